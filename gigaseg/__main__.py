@@ -1,0 +1,3 @@
+from gigaseg.jobs.cli import main
+
+main()

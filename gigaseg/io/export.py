@@ -1,0 +1,106 @@
+"""Export a mask store to a Cloud-Optimized GeoTIFF, chunk row by chunk row."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from gigaseg.errors import InputError, OutputError, OutputExistsError
+from gigaseg.io.geotiff import GigasegWarning
+from gigaseg.io.store import MaskStore, open_store
+
+# Distinct colours for classes without colours of their own (tab10).
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
+
+
+def export_mask(
+    store_path: str | Path, output: str | Path, *, overwrite: bool = False, allow_incomplete: bool = False
+) -> None:
+    """Write the store's mask as a COG with its CRS, transform, nodata and colour table."""
+    store = open_store(store_path, require_complete=not allow_incomplete)
+    if not store.complete:
+        warnings.warn(
+            f"{store_path} is INCOMPLETE: unwritten blocks export as nodata", GigasegWarning, stacklevel=2
+        )
+    output = Path(output)
+    if output.suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"cannot export to {output}: the name must end in .tif")
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"output {output} exists; pass --overwrite to replace it")
+    if not os.access(output.absolute().parent, os.W_OK):
+        raise OutputError(f"output directory {output.absolute().parent} is not writable")
+    staging = output.with_name(f".{output.name}.staging.tif")
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        _write_tiled(store, staging)
+        rasterio.shutil.copy(
+            staging, partial, driver="COG", compress="DEFLATE", blocksize=512, overview_resampling="NEAREST"
+        )
+        os.replace(partial, output)
+    except RasterioError as e:
+        raise OutputError(f"cannot write {output}: {e}") from None
+    finally:
+        for path in (staging, partial):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _write_tiled(store: MaskStore, path: Path) -> None:
+    mask = store.mask
+    if mask.ndim != 2:
+        raise InputError("only 2-D masks export to GeoTIFF; export 3-D masks to .nii.gz")
+    height, width = mask.shape
+    georef = store.georef
+    profile = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": 1,
+        "dtype": str(mask.dtype),
+        "nodata": store.nodata,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "DEFLATE",
+        "BIGTIFF": "IF_SAFER",
+        "transform": georef.affine,
+        "crs": georef.crs_wkt,
+    }
+    rows = mask.chunks[0]
+    with rasterio.open(path, "w", **profile) as dst:
+        for start in range(0, height, rows):
+            stop = min(start + rows, height)
+            dst.write(mask[start:stop], 1, window=Window(0, start, width, stop - start))
+        if mask.dtype == np.uint8:
+            dst.write_colormap(1, colormap(store))
+        dst.update_tags(1, CLASSES=",".join(store.classes))
+
+
+def colormap(store: MaskStore) -> dict[int, tuple[int, int, int, int]]:
+    """Class colours from the model card (else a default palette); nodata transparent."""
+    colors = store.attrs.get("model_card", {}).get("colors") or []
+    table = {}
+    for i, _ in enumerate(store.classes):
+        hex_color = colors[i] if i < len(colors) else PALETTE[i % len(PALETTE)]
+        table[i] = (*(int(hex_color.lstrip("#")[k : k + 2], 16) for k in (0, 2, 4)), 255)
+    table[store.nodata] = (0, 0, 0, 0)
+    return table

@@ -1,0 +1,130 @@
+"""GeoTIFF (and any GDAL raster) source: windowed reads, one handle per thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from gigaseg.errors import InputError, SourceError
+from gigaseg.io.georef import Georef
+from gigaseg.tiler import Box
+
+
+class GigasegWarning(UserWarning):
+    """Odd but valid input: processing goes on."""
+
+
+def open_dataset(path: str) -> rasterio.DatasetReader:
+    """Open ``path`` with rasterio, turning GDAL's failures into one clear error."""
+    if not os.path.exists(path):
+        raise SourceError(f"input {path} does not exist")
+    if os.path.isdir(path):
+        raise SourceError(f"input {path} is a directory, not a raster file")
+    try:
+        return rasterio.open(path)
+    except RasterioError as e:
+        raise SourceError(f"cannot read {path} as a raster: {_first_line(e)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+class GeoTiffSource:
+    """A raster read window by window; never the whole scene.
+
+    rasterio handles are neither thread-safe nor picklable, so each thread opens
+    its own from the path, and pickling keeps only the path and the band choice.
+    """
+
+    def __init__(self, path: str | Path, *, bands: list[int] | None = None) -> None:
+        self.path = str(path)
+        with open_dataset(self.path) as ds:
+            self.bands = _check_bands(bands, ds.count, self.path)
+            self.shape: tuple[int, int] = (ds.height, ds.width)
+            self.dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
+            self.nodata = ds.nodata
+            self.block_shape: tuple[int, int] = tuple(ds.block_shapes[self.bands[0] - 1])
+            self.band_names = [ds.descriptions[b - 1] or f"band{b}" for b in self.bands]
+            self.georef = _georef(ds)
+            self._all_valid = all(ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in self.bands)
+        self._local = threading.local()
+        if self.georef.crs_wkt is None:
+            warnings.warn(
+                f"{self.path} has no CRS: the mask keeps pixel coordinates",
+                GigasegWarning,
+                stacklevel=2,
+            )
+
+    @property
+    def channels(self) -> int:
+        return len(self.bands)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _dataset(self) -> rasterio.DatasetReader:
+        ds = getattr(self._local, "dataset", None)
+        if ds is None:
+            ds = self._local.dataset = open_dataset(self.path)
+        return ds
+
+    def close(self) -> None:
+        ds = getattr(self._local, "dataset", None)
+        if ds is not None:
+            ds.close()
+            self._local.dataset = None
+
+    def read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of ``box`` as float32 ``(bands, h, w)`` and validity ``(h, w)``.
+
+        A pixel is invalid where any selected band is nodata, masked by an
+        internal mask or alpha band, or not finite (NaN, inf).
+        """
+        (r0, c0), (r1, c1) = box.start, box.stop
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        ds = self._dataset()
+        try:
+            data = ds.read(self.bands, window=window, out_dtype=np.float32)
+            valid = self._valid(ds, window, data)
+        except RasterioError as e:
+            raise SourceError(f"cannot read {box} from {self.path}: {_first_line(e)}") from None
+        return data, valid
+
+    def _valid(self, ds: rasterio.DatasetReader, window: Window, data: np.ndarray) -> np.ndarray:
+        valid = np.ones(data.shape[1:], bool)
+        if not self._all_valid:
+            valid &= (ds.read_masks(self.bands, window=window) > 0).all(axis=0)
+        if self.dtype.kind == "f":
+            valid &= np.isfinite(data).all(axis=0)
+        return valid
+
+
+def _check_bands(bands: list[int] | None, count: int, path: str) -> list[int]:
+    if not bands:
+        return list(range(1, count + 1))
+    bad = [b for b in bands if not 1 <= b <= count]
+    if bad:
+        raise InputError(f"bands {bad} do not exist in {path}, which has bands 1..{count}")
+    return list(bands)
+
+
+def _georef(ds: rasterio.DatasetReader) -> Georef:
+    crs = ds.crs.to_wkt() if ds.crs else None
+    return Georef(crs, tuple(ds.transform)[:6])

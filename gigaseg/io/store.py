@@ -1,0 +1,299 @@
+"""The Zarr mask store: labels, optional probabilities, georeferencing, progress.
+
+Layout (zarr format 2 by default, which the GDAL inside rasterio's wheels reads)::
+
+    out.zarr/                 attrs["gigaseg"]: provenance and "complete"
+      mask                    (y, x) labels; fill value = nodata label
+      probabilities           optional (class, y, x), float16 or uint8 (p * 255)
+      x, y                    pixel-centre coordinates (rectilinear grids only)
+      spatial_ref             CF grid mapping: crs_wkt and GeoTransform
+      blocks_done             one element per block, each its own chunk
+
+Completion protocol: a block writes its chunks, then its own ``blocks_done``
+element; :meth:`MaskStore.finish` sets ``complete`` only when every element is
+set. A store killed half way therefore says how far it got and never claims to
+be complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from numcodecs import Blosc
+
+from gigaseg.errors import IncompleteStoreError, OutputError, OutputExistsError, SourceError
+from gigaseg.io.georef import Georef
+from gigaseg.tiler import Box
+
+PROBABILITY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Everything needed to create an empty store for one scene."""
+
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    block_counts: tuple[int, ...]
+    classes: list[str]
+    georef: Georef
+    probabilities: str | None = None
+    zarr_format: int = 2
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if len(self.classes) < 255 else np.uint16)
+
+    @property
+    def nodata(self) -> int:
+        """The label of nodata pixels: the dtype's largest value."""
+        return int(np.iinfo(self.dtype).max)
+
+
+def _compressor(zarr_format: int) -> Any:
+    blosc = Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE)
+    return blosc if zarr_format == 2 else zarr.codecs.BloscCodec(cname="zstd", clevel=3)
+
+
+def prepare_output(path: str | Path, *, overwrite: bool) -> None:
+    """Refuse an existing output unless asked to overwrite, and an unwritable parent."""
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise OutputExistsError(
+                f"output {path} exists; pass --overwrite to replace it or --resume to finish it"
+            )
+        if not is_store(path):
+            raise OutputError(f"refusing to overwrite {path}: it is not a gigaseg Zarr store")
+        shutil.rmtree(path)
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {parent} is not writable")
+
+
+def is_store(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / ".zgroup").exists() or (path / "zarr.json").exists()
+
+
+def create_store(path: str | Path, layout: StoreLayout, *, overwrite: bool = False) -> MaskStore:
+    """Create an empty, incomplete store for ``layout`` at ``path``."""
+    prepare_output(path, overwrite=overwrite)
+    fmt = layout.zarr_format
+    try:
+        group = zarr.open_group(str(path), mode="w-", zarr_format=fmt)
+    except OSError as e:
+        raise OutputError(f"cannot create {path}: {e.strerror or e}") from None
+    dims = ["z", "y", "x"][-len(layout.shape) :]
+    mask = _array(group, "mask", layout.shape, layout.chunks, layout.dtype, layout.nodata, fmt)
+    mask.attrs.update(
+        {
+            "_ARRAY_DIMENSIONS": dims,
+            "classes": list(layout.classes),
+            "nodata": layout.nodata,
+            **georef_attrs(layout.georef, layout.shape),
+        }
+    )
+    if layout.probabilities:
+        _probability_array(group, layout, dims)
+    if len(layout.shape) == 2:
+        _write_coordinates(group, layout.georef, layout.shape)
+    done = _array(
+        group, "blocks_done", layout.block_counts, (1,) * len(layout.block_counts), np.uint8, 0, fmt
+    )
+    done.attrs["_ARRAY_DIMENSIONS"] = [f"block_{d}" for d in dims]
+    group.attrs["gigaseg"] = {**layout.attrs, "complete": False}
+    return MaskStore(group)
+
+
+def _array(
+    group: zarr.Group,
+    name: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: Any,
+    fill: Any,
+    fmt: int,
+) -> zarr.Array:
+    return group.create_array(
+        name,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=fill,
+        compressors=[_compressor(fmt)],
+    )
+
+
+def _probability_array(group: zarr.Group, layout: StoreLayout, dims: list[str]) -> None:
+    kind = layout.probabilities
+    if kind not in PROBABILITY_DTYPES:
+        raise OutputError(f"probabilities must be one of {sorted(PROBABILITY_DTYPES)}, got {kind!r}")
+    classes = len(layout.classes)
+    probs = _array(
+        group,
+        "probabilities",
+        (classes, *layout.shape),
+        (classes, *layout.chunks),
+        PROBABILITY_DTYPES[kind],
+        0,
+        layout.zarr_format,
+    )
+    attrs: dict[str, Any] = {"_ARRAY_DIMENSIONS": ["class", *dims], "classes": layout.classes}
+    if kind == "uint8":
+        attrs["scale_factor"] = 1 / 255
+    probs.attrs.update(attrs)
+
+
+def georef_attrs(georef: Georef, shape: tuple[int, ...]) -> dict[str, Any]:
+    """Georeferencing attributes in the forms GDAL, xarray and GeoZarr readers look for."""
+    if len(shape) != 2:
+        return {}
+    height, width = shape
+    t = georef.affine
+    corners = [t @ (c, r) for c, r in ((0, 0), (width, 0), (0, height), (width, height))]
+    xs, ys = zip(*corners, strict=True)
+    attrs: dict[str, Any] = {
+        "grid_mapping": "spatial_ref",
+        "spatial:dimensions": ["y", "x"],
+        "spatial:transform": list(georef.transform),
+        "spatial:shape": [height, width],
+        "spatial:bbox": [min(xs), min(ys), max(xs), max(ys)],
+        "spatial:registration": "pixel",
+        "zarr_conventions": [{"name": "spatial"}, {"name": "proj"}],
+    }
+    if georef.crs_wkt:
+        attrs["_CRS"] = {"wkt": georef.crs_wkt}
+        attrs["proj:wkt2"] = georef.crs_wkt
+    return attrs
+
+
+def _write_coordinates(group: zarr.Group, georef: Georef, shape: tuple[int, int]) -> None:
+    ref = _array(group, "spatial_ref", (), (), np.int32, 0, group.metadata.zarr_format)
+    a, b, c, d, e, f = georef.transform
+    ref.attrs.update(
+        {
+            "_ARRAY_DIMENSIONS": [],
+            "GeoTransform": " ".join(repr(float(v)) for v in (c, a, b, f, d, e)),
+            **({"crs_wkt": georef.crs_wkt, "spatial_ref": georef.crs_wkt} if georef.crs_wkt else {}),
+        }
+    )
+    if not georef.is_rectilinear:
+        return  # rotated grids have no 1-D coordinates; GeoTransform above says it all
+    for name, size, origin, step in (("y", shape[0], f, e), ("x", shape[1], c, a)):
+        values = pixel_centres(origin, step, size)
+        arr = _array(group, name, (size,), (size,), np.float64, np.nan, group.metadata.zarr_format)
+        arr[:] = values
+        arr.attrs.update({"_ARRAY_DIMENSIONS": [name], "axis": name.upper()})
+
+
+def pixel_centres(origin: float, step: float, size: int) -> np.ndarray:
+    """Pixel-centre coordinates from which GDAL recovers ``origin`` and ``step`` exactly.
+
+    GDAL (3.10) guesses a geotransform from 1-D coordinates as
+    ``step = (x[-1] - x[0]) / (size - 1)`` and ``origin = x[0] - step / 2``. Plain
+    ``origin + (i + 0.5) * step`` is off by an ulp there, so the two end values
+    are nudged by a few ulps until that arithmetic gives the exact numbers back.
+    """
+    values = origin + (np.arange(size, dtype=np.float64) + 0.5) * step
+    if size < 2:
+        return values
+    for first in _neighbours(values[0]):
+        for last in _neighbours(values[-1]):
+            guessed = (last - first) / (size - 1)
+            if guessed == step and first - guessed / 2 == origin:
+                values[0], values[-1] = first, last
+                return values
+    return values
+
+
+def _neighbours(value: float, ulps: int = 4) -> list[float]:
+    out, lo, hi = [float(value)], float(value), float(value)
+    for _ in range(ulps):
+        lo, hi = float(np.nextafter(lo, -np.inf)), float(np.nextafter(hi, np.inf))
+        out += [lo, hi]
+    return out
+
+
+class MaskStore:
+    """An open mask store: write a block's pixels, record it done, finish."""
+
+    def __init__(self, group: zarr.Group) -> None:
+        self.group = group
+        self.mask: zarr.Array = group["mask"]
+        self.probabilities: zarr.Array | None = group.get("probabilities")
+        self.blocks_done: zarr.Array = group["blocks_done"]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs.get("gigaseg", {}))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete", False))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.mask.attrs["classes"])
+
+    @property
+    def nodata(self) -> int:
+        return int(self.mask.attrs["nodata"])
+
+    @property
+    def georef(self) -> Georef:
+        attrs = self.mask.attrs
+        crs = attrs.get("_CRS", {}).get("wkt")
+        transform = attrs.get("spatial:transform", (1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+        return Georef(crs, tuple(float(v) for v in transform))
+
+    def write(self, box: Box, labels: np.ndarray, probabilities: np.ndarray | None = None) -> None:
+        """Write labels (and probabilities in [0, 1]) of ``box``; whole chunks only."""
+        self.mask[box.slices()] = labels
+        if self.probabilities is not None and probabilities is not None:
+            if self.probabilities.dtype == np.uint8:
+                probabilities = np.rint(probabilities * 255)
+            self.probabilities[(slice(None), *box.slices())] = probabilities.astype(self.probabilities.dtype)
+
+    def mark_done(self, index: tuple[int, ...]) -> None:
+        self.blocks_done[index] = 1
+
+    def done(self) -> np.ndarray:
+        return self.blocks_done[...] > 0
+
+    def finish(self) -> None:
+        """Mark the store complete; only valid once every block is done."""
+        missing = int((~self.done()).sum())
+        if missing:
+            raise IncompleteStoreError(f"{missing} blocks are not written yet")
+        self.group.attrs["gigaseg"] = {**self.attrs, "complete": True}
+        zarr.consolidate_metadata(self.group.store)
+
+    def set_attrs(self, **values: Any) -> None:
+        self.group.attrs["gigaseg"] = {**self.attrs, **values}
+
+
+def open_store(path: str | Path, *, mode: str = "r", require_complete: bool = False) -> MaskStore:
+    """Open an existing store; with ``require_complete``, refuse one whose run never finished."""
+    if not is_store(path):
+        raise SourceError(f"{path} is not a gigaseg Zarr store")
+    group = zarr.open_group(str(path), mode=mode)
+    if "gigaseg" not in group.attrs or "mask" not in group:
+        raise SourceError(f"{path} is a Zarr store but not one gigaseg wrote")
+    store = MaskStore(group)
+    if require_complete and not store.complete:
+        done = store.done()
+        raise IncompleteStoreError(
+            f"{path} is incomplete ({int(done.sum())} of {done.size} blocks written); "
+            "finish it with --resume, or pass --allow-incomplete"
+        )
+    return store

@@ -1,0 +1,207 @@
+"""The ``gigaseg`` command line: parse, call one library function, print.
+
+Errors a user can act on (:class:`GigasegError`) end as one line on stderr and
+exit code 2; warnings about odd but valid input print as one line each.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gigaseg.errors import GigasegError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL = 70
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    click.echo(f"gigaseg: warning: {message}", err=True)
+
+
+class GigasegGroup(click.Group):
+    """Turn every user error into one line on stderr, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        warnings.showwarning = _show_warning
+        try:
+            return super().invoke(ctx)
+        except GigasegError as e:
+            click.echo(f"gigaseg: error: {e}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            click.echo("gigaseg: interrupted; rerun with --resume to finish", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(
+                f"gigaseg: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                err=True,
+            )
+            sys.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=GigasegGroup)
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.version_option(package_name="gigaseg")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Segment scenes too big for memory: GeoTIFF in, georeferenced Zarr mask out."""
+    ctx.obj = {"debug": debug}
+
+
+def _bands(value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(b) for b in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"bands must be comma-separated numbers, got {value!r}") from None
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Checkpoint file (.pt) with its model card.",
+)
+@click.option("--out", "output", required=True, type=click.Path(path_type=Path), help="Output Zarr store.")
+@click.option("--tile", default=None, help="Tile side in pixels (512) or CRS units (5120m).")
+@click.option("--overlap", default=None, help="Tile overlap in pixels (64) or CRS units (640m).")
+@click.option(
+    "--blend", type=click.Choice(["gaussian", "cosine", "constant"]), default="gaussian", show_default=True
+)
+@click.option(
+    "--merge",
+    type=click.Choice(["probs", "logits"]),
+    default="probs",
+    show_default=True,
+    help="Blend softmax probabilities or raw logits.",
+)
+@click.option("--bands", default=None, help="Input bands to use, 1-based: 4,3,2.")
+@click.option("--block", default=16384, show_default=True, help="Largest output block side.")
+@click.option("--chunk", default=512, show_default=True, help="Output chunk side.")
+@click.option("--batch-size", type=int, default=None, help="Tiles per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option(
+    "--probabilities",
+    type=click.Choice(["float32", "float16", "uint8"]),
+    default=None,
+    help="Also store per-class probabilities.",
+)
+@click.option(
+    "--zarr-format",
+    type=click.Choice(["2", "3"]),
+    default="2",
+    show_default=True,
+    help="2 is what GDAL 3.10 reads.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted output store.")
+def segment(input_path: Path, model_path: Path, output: Path, **kw: Any) -> None:
+    """Segment INPUT (a GeoTIFF or any GDAL raster) into a Zarr mask."""
+    from gigaseg.jobs.segment import SegmentOptions
+    from gigaseg.jobs.segment import segment as run
+
+    if kw["overwrite"] and kw["resume"]:
+        raise click.BadParameter("--overwrite and --resume exclude each other")
+    options = SegmentOptions(
+        **{
+            **kw,
+            "bands": _bands(kw["bands"]),
+            "zarr_format": int(kw["zarr_format"]),
+            "progress": sys.stderr.isatty(),
+        }
+    )
+    summary = run(input_path, model_path, output, options)
+    click.echo(summary.line())
+
+
+@cli.command("init-model")
+@click.option("--arch", default="unet", show_default=True)
+@click.option("--encoder", default="resnet18", show_default=True)
+@click.option("--in-channels", type=int, default=3, show_default=True)
+@click.option(
+    "--classes", default="4", show_default=True, help="A number of classes, or comma-separated class names."
+)
+@click.option("--tile", type=int, default=512, show_default=True)
+@click.option("--overlap", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "output", required=True, type=click.Path(path_type=Path))
+def init_model(output: Path, **kw: Any) -> None:
+    """Write a seeded, untrained checkpoint (for tests and benchmarks)."""
+    from gigaseg.models.checkpoint import init_checkpoint
+
+    classes = kw.pop("classes")
+    names = [f"class{i}" for i in range(int(classes))] if classes.isdigit() else classes.split(",")
+    card = init_checkpoint(output, classes=names, **kw)
+    click.echo(
+        f"{output}: untrained {card.arch} ({card.encoder}), {card.in_channels} bands, "
+        f"{card.num_classes} classes"
+    )
+
+
+@cli.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
+def info(store_path: Path, as_json: bool) -> None:
+    """Describe a mask store: shape, classes, georeferencing, progress."""
+    from gigaseg.io.inspect import describe_store
+
+    record = describe_store(store_path)
+    if as_json:
+        click.echo(json.dumps(record, indent=2, default=str))
+        return
+    for key, value in record.items():
+        if key != "provenance":
+            click.echo(f"{key}: {value}")
+    if not record["complete"]:
+        click.echo(f"gigaseg: warning: {store_path} is INCOMPLETE", err=True)
+
+
+@cli.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--allow-incomplete", is_flag=True, help="Export a store whose run never finished.")
+def export(store_path: Path, output: Path, overwrite: bool, allow_incomplete: bool) -> None:
+    """Export a mask store to a Cloud-Optimized GeoTIFF (.tif)."""
+    from gigaseg.io.export import export_mask
+
+    export_mask(store_path, output, overwrite=overwrite, allow_incomplete=allow_incomplete)
+    click.echo(f"{output}: written")
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "output",
+    type=click.Path(path_type=Path),
+    default=Path("gigaseg-demo"),
+    show_default=True,
+    help="Directory for the scene, the model and the mask.",
+)
+@click.option("--size", type=int, default=2048, show_default=True, help="Scene side in pixels.")
+@click.option("--device", default="auto", show_default=True)
+def demo(output: Path, size: int, device: str) -> None:
+    """Generate a georeferenced scene and segment it with the bundled model."""
+    from gigaseg.jobs.demo import run_demo
+
+    summary = run_demo(output, size=size, device=device, progress=sys.stderr.isatty())
+    click.echo(summary.line())
+    click.echo(f"mask: {summary.output}  (try: gigaseg info {summary.output})")
+
+
+def main() -> None:
+    cli(prog_name="gigaseg")

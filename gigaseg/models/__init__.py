@@ -1,0 +1,19 @@
+"""Networks, checkpoints with their model cards, and batched inference."""
+
+from gigaseg.models.card import ModelCard
+from gigaseg.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from gigaseg.models.inference import Predictor, resolve_device
+from gigaseg.models.registry import MODELS, create_model, output_stride, register_model
+
+__all__ = [
+    "MODELS",
+    "ModelCard",
+    "Predictor",
+    "create_model",
+    "load_checkpoint",
+    "output_stride",
+    "read_checkpoint",
+    "register_model",
+    "resolve_device",
+    "save_checkpoint",
+]

@@ -1,0 +1,111 @@
+"""Batched inference on tiles: numpy in, class scores out."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from gigaseg.errors import InputError
+from gigaseg.models.card import ModelCard
+from gigaseg.models.registry import output_stride
+
+MERGES = ("probs", "logits")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} was asked for but torch sees no CUDA device")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device must be auto, cpu or cuda[:N], got {name!r}") from None
+
+
+class Predictor:
+    """Run a network over batches of tiles and return per-class scores.
+
+    Scores are softmax probabilities (``merge="probs"``, the default: blending
+    unnormalised logits across tiles shows seams) or raw logits.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        card: ModelCard,
+        *,
+        device: str = "auto",
+        batch_size: int | None = None,
+        merge: str = "probs",
+    ) -> None:
+        if merge not in MERGES:
+            raise InputError(f"merge must be one of {MERGES}, got {merge!r}")
+        self.card = card
+        self.device = resolve_device(device)
+        self.merge = merge
+        self.batch_size = batch_size or default_batch_size(self.device)
+        self.stride = output_stride(model)
+        memory_format = torch.channels_last if card.spatial_dims == 2 else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=memory_format).eval()
+        self._memory_format = memory_format
+
+    def check_tile(self, tile: tuple[int, ...]) -> None:
+        """Refuse a tile the network cannot take, saying how to fix it."""
+        bad = [t for t in tile if t % self.stride]
+        if bad:
+            fixed = tuple(-(-t // self.stride) * self.stride for t in tile)
+            raise InputError(
+                f"tile {tile} is not a multiple of {self.stride}, which {self.card.arch} "
+                f"needs; use --tile {fixed[0]}"
+            )
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        """``(N, C, *tile)`` normalised float32 tiles -> ``(N, K, *tile)`` float32 scores.
+
+        Every forward pass holds exactly ``batch_size`` tiles (the last is padded):
+        convolution kernels are chosen by batch size, so a tile's scores then do not
+        depend on how many tiles came with it, and blocks of any size give the same bits.
+        """
+        out = [
+            self._forward(_pad_batch(tiles[i : i + self.batch_size], self.batch_size))
+            for i in range(0, len(tiles), self.batch_size)
+        ]
+        return np.concatenate(out)[: len(tiles)]
+
+    @torch.inference_mode()
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=self._memory_format)
+        with self._autocast():
+            scores = self.model(x).float()
+        if self.merge == "probs":
+            scores = torch.softmax(scores, dim=1)
+        return scores.cpu().numpy()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+
+def _pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    if len(batch) == size:
+        return batch
+    padding = np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)
+    return np.concatenate([batch, padding])
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Four tiles on a CPU; on a GPU as many as a quarter of its free memory allows."""
+    if device.type != "cuda":
+        return 4
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(4, min(64, free // (4 * 2**30) * 4)))

@@ -1,0 +1,99 @@
+"""The model registry: one small builder per architecture, one door to build.
+
+2-D networks come from segmentation-models-pytorch (``encoder_weights=None``:
+weights come from checkpoints, never from the network at run time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import segmentation_models_pytorch as smp
+from torch import nn
+
+from gigaseg.errors import ModelError
+from gigaseg.models.card import ModelCard
+
+Builder = Callable[[ModelCard], nn.Module]
+MODELS: dict[str, Builder] = {}
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    def wrap(builder: Builder) -> Builder:
+        MODELS[name] = builder
+        return builder
+
+    return wrap
+
+
+def create_model(card: ModelCard) -> nn.Module:
+    """Build the untrained network that ``card`` describes."""
+    try:
+        builder = MODELS[card.arch]
+    except KeyError:
+        raise ModelError(
+            f"unknown architecture {card.arch!r}; available: {', '.join(sorted(MODELS))}"
+        ) from None
+    try:
+        return builder(card)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ModelError(f"cannot build {card.arch} from its card: {e}") from None
+
+
+def output_stride(model: nn.Module) -> int:
+    """The factor a tile's side must be a multiple of (1 for fully local models)."""
+    encoder = getattr(model, "encoder", None)
+    return int(getattr(encoder, "output_stride", None) or getattr(model, "output_stride", 1))
+
+
+def _smp_builder(arch: str) -> Builder:
+    def build(card: ModelCard) -> nn.Module:
+        return smp.create_model(
+            arch,
+            encoder_name=card.encoder or "resnet18",
+            encoder_weights=None,
+            in_channels=card.in_channels,
+            classes=card.num_classes,
+            **card.arch_kwargs,
+        )
+
+    build.__doc__ = f"segmentation-models-pytorch {arch}"
+    return build
+
+
+for _arch in (
+    "unet",
+    "unetplusplus",
+    "fpn",
+    "pspnet",
+    "deeplabv3",
+    "deeplabv3plus",
+    "linknet",
+    "manet",
+    "pan",
+    "upernet",
+):
+    register_model(_arch)(_smp_builder(_arch))
+
+
+class ConvNet(nn.Module):
+    """One convolution: the cheapest possible model, for tests and overhead benchmarks.
+
+    With ``kernel_size=1`` it is a per-pixel classifier (an FCN head alone), whose
+    tiled output must equal its whole-image output exactly.
+    """
+
+    output_stride = 1
+
+    def __init__(self, in_channels: int, classes: int, *, kernel_size: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, classes, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x):  # noqa: D102 - nn.Module protocol
+        return self.conv(x)
+
+
+@register_model("conv")
+def conv(card: ModelCard) -> nn.Module:
+    """A single 2-D convolution (kernel_size from the card, default 1)."""
+    return ConvNet(card.in_channels, card.num_classes, **card.arch_kwargs)
