@@ -231,19 +231,16 @@ def organ_volume(shape: tuple[int, int, int], *, seed: int = 0) -> tuple[np.ndar
     volume = np.where(spine & (body <= 1.0), np.float32(700.0), volume)
 
     labels = np.zeros(shape, dtype=np.uint8)
-    centres = [(-0.05, -0.35), (0.1, 0.35), (-0.2, 0.05)]
+    centres = [(0.0, -0.3), (0.15, 0.3), (-0.35, 0.1)]
     for organ, (hu, (cy, cx)) in enumerate(zip((60.0, 150.0, 10.0), centres, strict=True), 1):
-        rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-        radii = rng.uniform(0.14, 0.26, size=3)
+        rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0].astype(np.float32)
+        radii = rng.uniform(0.18, 0.32, size=3).astype(np.float32)
         centre = (rng.uniform(-0.3, 0.3), cy + rng.uniform(-0.05, 0.05), cx + rng.uniform(-0.05, 0.05))
-        d = (z - centre[0], y - centre[1], x - centre[2])
-        inside = (
-            sum(
-                ((rotation[i, 0] * d[0] + rotation[i, 1] * d[1] + rotation[i, 2] * d[2]) / radii[i]) ** 2
-                for i in range(3)
-            )
-            <= 1.0
+        d = [np.float32(c) - a for c, a in zip(centre, (z, y, x), strict=True)]
+        distance = sum(
+            ((r[0] * d[0] + r[1] * d[1] + r[2] * d[2]) / a) ** 2 for r, a in zip(rotation, radii, strict=True)
         )
+        inside = (distance <= 1.0) & (body <= 0.82)
         labels[inside] = organ
         volume[inside] = hu
 

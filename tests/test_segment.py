@@ -157,7 +157,7 @@ def test_wrong_band_count_is_refused(tmp_path, make_tiff, pointwise_model):
     tif = make_tiff((4, 50, 50))
     with pytest.raises(InputError, match="takes 3 bands but 4 are selected"):
         segment(tif, pointwise_model, tmp_path / "o.zarr")
-    segment(tif, pointwise_model, tmp_path / "o.zarr", SegmentOptions(bands=[1, 2, 3]))
+    segment(tif, pointwise_model, tmp_path / "o.zarr", SegmentOptions(bands=(1, 2, 3)))
 
 
 def test_resume_skips_done_blocks_and_gives_the_same_bits(tmp_path, make_tiff, unet_model):

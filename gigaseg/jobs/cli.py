@@ -58,11 +58,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-def _bands(value: str | None) -> list[int] | None:
+def _bands(value: str | None) -> tuple[int, ...] | None:
     if not value:
         return None
     try:
-        return [int(b) for b in value.split(",")]
+        return tuple(int(b) for b in value.split(","))
     except ValueError:
         raise click.BadParameter(f"bands must be comma-separated numbers, got {value!r}") from None
 

@@ -41,7 +41,7 @@ class SegmentOptions:
     overlap: Length | None = None
     blend: str = "gaussian"
     merge: str = "probs"
-    bands: list[int] | None = None
+    bands: tuple[int, ...] | None = None
     block: int = 16384
     chunk: int = 512
     batch_size: int | None = None
@@ -134,11 +134,14 @@ class BlockRunner:
         self.store = store
         self.window = blend_window(plan.blend, plan.grid.tile)
         self.classes = predictor.card.num_classes
-        self.counts = np.zeros(self.classes + 1, np.int64)  # last bin: nodata
 
-    def run(self, index: tuple[int, ...], on_rows: Callable[[int], None] | None = None) -> None:
-        """Compute block ``index``, write its chunks, then record it done."""
+    def run(self, index: tuple[int, ...]) -> np.ndarray:
+        """Compute block ``index``, write its chunks, then record it done.
+
+        Returns the block's pixel count per class, nodata last.
+        """
         grid, box = self.plan.grid, self.plan.blocks.block_box(index)
+        counts = np.zeros(self.classes + 1, np.int64)
         ranges = grid.tiles_overlapping(box)
         chunk = self.plan.blocks.chunk[0]
         stitcher = Stitcher(box, self.classes, depth=grid.tile[0] + chunk)
@@ -149,10 +152,9 @@ class BlockRunner:
             last = row == ranges[0][-1]
             until = box.stop[0] if last else origins[row + 1] // chunk * chunk
             if until > stitcher.start:
-                released = self._write(*stitcher.release(until))
-                if on_rows:
-                    on_rows(released)
+                counts += self._write(*stitcher.release(until))
         self.store.mark_done(index)
+        return counts
 
     def _read_strip(self, row: int, ranges: tuple[range, ...]) -> tuple[Box, np.ndarray, np.ndarray]:
         grid = self.plan.grid
@@ -180,16 +182,16 @@ class BlockRunner:
             tile_valid = valid[tile_box.slices(strip_box.start)]
             stitcher.add(tile_box, tile_scores[(slice(None), *inner)], self.window[inner], tile_valid)
 
-    def _write(self, box: Box, scores: np.ndarray, valid: np.ndarray) -> int:
+    def _write(self, box: Box, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
         labels = scores.argmax(axis=0).astype(self.store.mask.dtype)
         labels[~valid] = self.store.nodata
-        self.counts += np.bincount(np.where(valid, labels, self.classes).ravel(), minlength=self.classes + 1)
+        counts = np.bincount(np.where(valid, labels, self.classes).ravel(), minlength=self.classes + 1)
         probs = None
         if self.store.probabilities is not None:
             probs = softmax(scores) if self.plan.merge == "logits" else scores
             probs[:, ~valid] = 0
         self.store.write(box, labels, probs)
-        return box.size
+        return counts
 
 
 def cut_tile(data: np.ndarray, valid: np.ndarray, tile: Box, strip: Box, size: tuple[int, ...]) -> np.ndarray:
@@ -226,6 +228,58 @@ def prefetch(fn: Callable[[T], Any], items: Iterable[T]) -> Iterator[Any]:
         yield future.result()
 
 
+@dataclass(frozen=True)
+class SceneSpec:
+    """One scene's job: everything a block task needs, small and picklable."""
+
+    input: str
+    model: str
+    output: str
+    options: SegmentOptions = SegmentOptions()
+    card: dict[str, Any] | None = None  # for plain state_dicts without a card of their own
+
+    @property
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+
+def open_runner(spec: SceneSpec, *, create: bool = False) -> BlockRunner:
+    """Source, model and store of ``spec`` ready to run blocks.
+
+    With ``create`` the store is created (or, with resume, checked and reopened):
+    that is the driver's job, once per scene. Block tasks open it for writing.
+    """
+    options = spec.options
+    source = GeoTiffSource(spec.input, bands=list(options.bands) if options.bands else None)
+    predictor = load_predictor(spec)
+    card = predictor.card
+    check_channels(card, source.channels, spec.input)
+    plan = make_plan(
+        source.shape, card, options, pixel_size=min(source.georef.pixel_size), stride=predictor.stride
+    )
+    predictor.check_tile(plan.grid.tile)
+    if create:
+        store = _open_output(spec.output, plan, card, source, options, spec.model)
+    else:
+        store = open_store(spec.output, mode="r+")
+    return BlockRunner(plan, source, predictor, store)
+
+
+_PREDICTORS: dict[str, Predictor] = {}
+
+
+def load_predictor(spec: SceneSpec) -> Predictor:
+    """The scene's model, loaded once per process and reused by every block task."""
+    o = spec.options
+    key = json.dumps([spec.model, spec.card, o.device, o.batch_size, o.merge], default=str)
+    if key not in _PREDICTORS:
+        card = ModelCard.from_dict(spec.card) if spec.card else None
+        model, card = load_checkpoint(spec.model, card=card)
+        _PREDICTORS.clear()  # one model per worker at a time
+        _PREDICTORS[key] = Predictor(model, card, device=o.device, batch_size=o.batch_size, merge=o.merge)
+    return _PREDICTORS[key]
+
+
 def segment(
     input_path: str | Path,
     model_path: str | Path,
@@ -235,19 +289,15 @@ def segment(
     card: ModelCard | None = None,
 ) -> Summary:
     """Segment one raster into a Zarr mask store; the whole path in one call."""
-    options = options or SegmentOptions()
-    source = GeoTiffSource(input_path, bands=options.bands)
-    model, card = load_checkpoint(model_path, card=card)
-    check_channels(card, source.channels, str(input_path))
-    predictor = Predictor(
-        model, card, device=options.device, batch_size=options.batch_size, merge=options.merge
+    spec = SceneSpec(
+        str(input_path),
+        str(model_path),
+        str(output),
+        options or SegmentOptions(),
+        card.to_dict() if card else None,
     )
-    plan = make_plan(
-        source.shape, card, options, pixel_size=min(source.georef.pixel_size), stride=predictor.stride
-    )
-    predictor.check_tile(plan.grid.tile)
-    store = _open_output(output, plan, card, source, options, model_path)
-    return run_blocks(BlockRunner(plan, source, predictor, store), output, options.progress)
+    runner = open_runner(spec, create=True)
+    return run_blocks(runner, output, spec.options.progress)
 
 
 def check_channels(card: ModelCard, channels: int, path: str) -> None:
@@ -304,26 +354,37 @@ def provenance(plan: Plan, card: ModelCard, source: GeoTiffSource, model_path: s
 def run_blocks(runner: BlockRunner, output: str | Path, progress: bool) -> Summary:
     """Run every block not yet done, in order, then mark the store complete."""
     started = time.perf_counter()
-    done = runner.store.done()
-    todo = [i for i in runner.plan.blocks.indices() if not done[i]]
+    todo = pending_blocks(runner.store, runner.plan)
+    counts = np.zeros(runner.classes + 1, np.int64)
     total = math.prod(runner.plan.grid.shape)
     with tqdm(
         total=total, disable=not progress, unit="px", unit_scale=True, desc="segment", leave=False
     ) as bar:
         for index in todo:
-            runner.run(index, on_rows=bar.update)
-    runner.store.finish()
+            counts += runner.run(index)
+            bar.update(runner.plan.blocks.block_box(index).size)
     runner.source.close()
-    classes = runner.predictor.card.classes
     summary = Summary(
         str(output),
-        list(classes),
+        list(runner.predictor.card.classes),
         blocks=runner.plan.blocks.size,
         blocks_skipped=runner.plan.blocks.size - len(todo),
     )
-    summary.counts = {name: int(n) for name, n in zip(classes, runner.counts[:-1], strict=True)}
-    summary.nodata_pixels = int(runner.counts[-1])
-    summary.pixels = int(runner.counts.sum())
-    summary.seconds = time.perf_counter() - started
-    runner.store.set_attrs(summary=asdict(summary))
+    return finish_scene(runner.store, summary, counts, time.perf_counter() - started)
+
+
+def pending_blocks(store: MaskStore, plan: Plan) -> list[tuple[int, ...]]:
+    """Blocks not yet recorded done, in grid order."""
+    done = store.done()
+    return [i for i in plan.blocks.indices() if not done[i]]
+
+
+def finish_scene(store: MaskStore, summary: Summary, counts: np.ndarray, seconds: float) -> Summary:
+    """Fill the summary from the class counts, record it, and mark the store complete."""
+    summary.counts = {name: int(n) for name, n in zip(summary.classes, counts[:-1], strict=True)}
+    summary.nodata_pixels = int(counts[-1])
+    summary.pixels = int(counts.sum())
+    summary.seconds = seconds
+    store.set_attrs(summary=asdict(summary))
+    store.finish()
     return summary
