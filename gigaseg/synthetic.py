@@ -43,7 +43,7 @@ EDGE_PIXELS = 3.0
 _MASK = 0xFFFFFFFF
 
 
-def _mix(h):
+def _mix(h: int | np.ndarray) -> int | np.ndarray:
     """lowbias32 integer hash; works on Python ints and uint32 arrays alike."""
     h = h ^ (h >> 16)
     h = (h * 0x7FEB352D) & _MASK
@@ -113,7 +113,7 @@ def _ramp(distance: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(distance * np.float32(2.0 * scale / EDGE_PIXELS) + np.float32(0.5), 0.0, 1.0)
 
 
-def _streets(coords: np.ndarray, block: int, width: int, key: int) -> np.ndarray:
+def _streets(coords: np.ndarray, block: int, width: int, key: int) -> tuple[np.ndarray, np.ndarray]:
     """Block index and street mask along one axis; streets sit at a hashed spot per block."""
     cell = coords // block
     spot = _mix((cell & _MASK).astype(np.uint32) ^ np.uint32(key)) % np.uint32(block - width)
@@ -123,9 +123,7 @@ def _streets(coords: np.ndarray, block: int, width: int, key: int) -> np.ndarray
 def _sensor_noise(y: np.ndarray, x: np.ndarray, key: int) -> np.ndarray:
     """Per-pixel triangular noise in (-1, 1) hashed from absolute coordinates."""
     h = _hash2(y, x, key)
-    return ((h & 0xFFFF).astype(np.float32) + (h >> 16).astype(np.float32)) * np.float32(
-        1 / 65536
-    ) - np.float32(1.0)
+    return ((h & 0xFFFF).astype(np.float32) + (h >> 16).astype(np.float32)) * np.float32(1 / 65536) - np.float32(1.0)
 
 
 def _signature(band: int) -> int:
@@ -236,7 +234,7 @@ def organ_volume(shape: tuple[int, int, int], *, seed: int = 0) -> tuple[np.ndar
         rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0].astype(np.float32)
         radii = rng.uniform(0.18, 0.32, size=3).astype(np.float32)
         centre = (rng.uniform(-0.3, 0.3), cy + rng.uniform(-0.05, 0.05), cx + rng.uniform(-0.05, 0.05))
-        d = [np.float32(c) - a for c, a in zip(centre, (z, y, x), strict=True)]
+        d = [c - a for c, a in zip(centre, (z, y, x), strict=True)]
         distance = sum(
             ((r[0] * d[0] + r[1] * d[1] + r[2] * d[2]) / a) ** 2 for r, a in zip(rotation, radii, strict=True)
         )
@@ -249,4 +247,4 @@ def organ_volume(shape: tuple[int, int, int], *, seed: int = 0) -> tuple[np.ndar
     bias = coefficients[0] * z + coefficients[1] * y + coefficients[2] * x + coefficients[3] * y * x
     volume += np.where(volume > -500.0, bias, np.float32(0.0))
     volume += rng.normal(scale=15.0, size=shape).astype(np.float32)
-    return volume.astype(np.float32), labels
+    return volume, labels

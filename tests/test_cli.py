@@ -84,9 +84,7 @@ def inputs(tmp_path, rng):
     tif = write_tiff(tmp_path / "s.tif", rng.integers(0, 200, (3, 40, 50)).astype(np.uint8))
     model = tmp_path / "m.pt"
     assert (
-        run(
-            "init-model", "--arch", "conv", "--in-channels", 3, "--tile", 32, "--overlap", 8, "--out", model
-        ).exit_code
+        run("init-model", "--arch", "conv", "--in-channels", 3, "--tile", 32, "--overlap", 8, "--out", model).exit_code
         == 0
     )
     return tif, model

@@ -27,9 +27,7 @@ CASES = {
 
 
 def make_store(path, georef, shape=(300, 500), **kw):
-    layout = StoreLayout(
-        shape=shape, chunks=(128, 128), block_counts=(1, 1), classes=["a", "b"], georef=georef, **kw
-    )
+    layout = StoreLayout(shape=shape, chunks=(128, 128), block_counts=(1, 1), classes=["a", "b"], georef=georef, **kw)
     store = create_store(path, layout)
     store.write(Box((0, 0), shape), (np.arange(np.prod(shape)) % 2).reshape(shape).astype(np.uint8))
     store.mark_done((0, 0))
@@ -87,9 +85,7 @@ def test_rotated_transform_is_kept_in_attributes(tmp_path):
 
 
 def test_store_is_complete_only_after_every_block(tmp_path):
-    layout = StoreLayout(
-        shape=(20, 20), chunks=(10, 10), block_counts=(2, 2), classes=["a"], georef=Georef(None)
-    )
+    layout = StoreLayout(shape=(20, 20), chunks=(10, 10), block_counts=(2, 2), classes=["a"], georef=Georef(None))
     store = create_store(tmp_path / "s.zarr", layout)
     store.mark_done((0, 0))
     with pytest.raises(IncompleteStoreError):

@@ -38,9 +38,7 @@ def test_tiles_overlapping_matches_brute_force(grid, data):
     box = Box(start, stop)
     ranges = grid.tiles_overlapping(box)
     expected = [
-        i
-        for i in itertools.product(*(range(c) for c in grid.counts))
-        if grid.tile_box(i).intersection(box) is not None
+        i for i in itertools.product(*(range(c) for c in grid.counts)) if grid.tile_box(i).intersection(box) is not None
     ]
     assert list(itertools.product(*ranges)) == expected
 
@@ -56,8 +54,7 @@ def test_blocks_partition_the_scene_and_halos_hold_their_blocks(grid, max_block,
         halo = read_box(grid, box)
         assert halo.intersection(box) == box
         assert all(
-            b % c == 0 or e == n
-            for b, c, e, n in zip(box.start, blocks.chunk, box.stop, grid.shape, strict=False)
+            b % c == 0 or e == n for b, c, e, n in zip(box.start, blocks.chunk, box.stop, grid.shape, strict=False)
         )
     assert (owner == 1).all()
     assert halo_overhead(grid, blocks) >= 1.0

@@ -38,9 +38,7 @@ def export_mask(
     """Write the store's mask as a COG with its CRS, transform, nodata and colour table."""
     store = open_store(store_path, require_complete=not allow_incomplete)
     if not store.complete:
-        warnings.warn(
-            f"{store_path} is INCOMPLETE: unwritten blocks export as nodata", GigasegWarning, stacklevel=2
-        )
+        warnings.warn(f"{store_path} is INCOMPLETE: unwritten blocks export as nodata", GigasegWarning, stacklevel=2)
     output = Path(output)
     if output.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"cannot export to {output}: the name must end in .tif")

@@ -63,9 +63,7 @@ def write_landcover_tiff(
     return Path(path)
 
 
-def _border_mask(
-    shape: tuple[int, int], offset: tuple[int, int], full: tuple[int, int], border: int
-) -> np.ndarray:
+def _border_mask(shape: tuple[int, int], offset: tuple[int, int], full: tuple[int, int], border: int) -> np.ndarray:
     rows = np.arange(offset[0], offset[0] + shape[0])
     cols = np.arange(offset[1], offset[1] + shape[1])
     row_edge = (rows < border) | (rows >= full[0] - border)

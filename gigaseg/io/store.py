@@ -67,9 +67,7 @@ def prepare_output(path: str | Path, *, overwrite: bool) -> None:
     path = Path(path)
     if path.exists():
         if not overwrite:
-            raise OutputExistsError(
-                f"output {path} exists; pass --overwrite to replace it or --resume to finish it"
-            )
+            raise OutputExistsError(f"output {path} exists; pass --overwrite to replace it or --resume to finish it")
         if not is_store(path):
             raise OutputError(f"refusing to overwrite {path}: it is not a gigaseg Zarr store")
         shutil.rmtree(path)
@@ -107,9 +105,7 @@ def create_store(path: str | Path, layout: StoreLayout, *, overwrite: bool = Fal
         _probability_array(group, layout, dims)
     if len(layout.shape) == 2:
         _write_coordinates(group, layout.georef, layout.shape)
-    done = _array(
-        group, "blocks_done", layout.block_counts, (1,) * len(layout.block_counts), np.uint8, 0, fmt
-    )
+    done = _array(group, "blocks_done", layout.block_counts, (1,) * len(layout.block_counts), np.uint8, 0, fmt)
     done.attrs["_ARRAY_DIMENSIONS"] = [f"block_{d}" for d in dims]
     group.attrs["gigaseg"] = {**layout.attrs, "complete": False}
     return MaskStore(group)

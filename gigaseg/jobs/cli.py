@@ -79,9 +79,7 @@ def _bands(value: str | None) -> tuple[int, ...] | None:
 @click.option("--out", "output", required=True, type=click.Path(path_type=Path), help="Output Zarr store.")
 @click.option("--tile", default=None, help="Tile side in pixels (512) or CRS units (5120m).")
 @click.option("--overlap", default=None, help="Tile overlap in pixels (64) or CRS units (640m).")
-@click.option(
-    "--blend", type=click.Choice(["gaussian", "cosine", "constant"]), default="gaussian", show_default=True
-)
+@click.option("--blend", type=click.Choice(["gaussian", "cosine", "constant"]), default="gaussian", show_default=True)
 @click.option(
     "--merge",
     type=click.Choice(["probs", "logits"]),
@@ -130,11 +128,9 @@ def segment(input_path: Path, model_path: Path, output: Path, **kw: Any) -> None
 
 @cli.command("init-model")
 @click.option("--arch", default="unet", show_default=True)
-@click.option("--encoder", default="resnet18", show_default=True)
+@click.option("--encoder", default=None, help="Encoder of smp architectures [default: resnet18].")
 @click.option("--in-channels", type=int, default=3, show_default=True)
-@click.option(
-    "--classes", default="4", show_default=True, help="A number of classes, or comma-separated class names."
-)
+@click.option("--classes", default="4", show_default=True, help="A number of classes, or comma-separated class names.")
 @click.option("--tile", type=int, default=512, show_default=True)
 @click.option("--overlap", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -146,10 +142,8 @@ def init_model(output: Path, **kw: Any) -> None:
     classes = kw.pop("classes")
     names = [f"class{i}" for i in range(int(classes))] if classes.isdigit() else classes.split(",")
     card = init_checkpoint(output, classes=names, **kw)
-    click.echo(
-        f"{output}: untrained {card.arch} ({card.encoder}), {card.in_channels} bands, "
-        f"{card.num_classes} classes"
-    )
+    encoder = f" ({card.encoder})" if card.encoder else ""
+    click.echo(f"{output}: untrained {card.arch}{encoder}, {card.in_channels} bands, {card.num_classes} classes")
 
 
 @cli.command()
@@ -201,6 +195,64 @@ def demo(output: Path, size: int, device: str) -> None:
     summary = run_demo(output, size=size, device=device, progress=sys.stderr.isatty())
     click.echo(summary.line())
     click.echo(f"mask: {summary.output}  (try: gigaseg info {summary.output})")
+
+
+@cli.command("run")
+@click.argument("job_path", metavar="JOB", type=click.Path(path_type=Path))
+@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786).")
+@click.option("--workers", type=int, default=None, help="Local workers (default: one per GPU, else per 2 cores).")
+@click.option("--slurm", is_flag=True, help="Run the workers as SLURM jobs (dask-jobqueue).")
+@click.option("--slurm-queue", default=None, help="SLURM partition.")
+@click.option("--slurm-jobs", type=int, default=None, help="SLURM jobs, one Dask worker each.")
+@click.option("--slurm-cores", type=int, default=None, help="Cores per SLURM job.")
+@click.option("--slurm-memory", default=None, help="Memory per SLURM job, e.g. 16GB.")
+@click.option("--slurm-walltime", default=None, help="Walltime per SLURM job, e.g. 02:00:00.")
+@click.option("--slurm-gpus-per-job", type=int, default=None)
+@click.option("--slurm-lifetime", default=None, help="Retire workers after this long (e.g. 50m); replaced.")
+@click.option("--resume", is_flag=True, help="Redo only the blocks that are not finished.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and what exists; run nothing.")
+def run_command(job_path: Path, resume: bool, dry_run: bool, **kw: Any) -> None:
+    """Run a job file (many scenes) on a Dask cluster."""
+    from gigaseg.jobs.jobfile import load_job
+    from gigaseg.jobs.runner import plan_lines, run_job
+
+    job = load_job(job_path)
+    base = job_path.absolute().parent
+    if dry_run:
+        for line in plan_lines(job, base=base, resume=resume):
+            click.echo(line)
+        return
+    report = run_job(
+        job,
+        base=base,
+        resume=resume,
+        scheduler=kw["scheduler"],
+        slurm=_slurm_settings(job, kw) if kw["slurm"] else None,
+        workers=kw["workers"],
+        progress=sys.stderr.isatty(),
+    )
+    click.echo(report.table())
+    if not report.ok:
+        sys.exit(1)
+
+
+def _slurm_settings(job: Any, kw: dict[str, Any]) -> Any:
+    from gigaseg.jobs.jobfile import Slurm
+
+    given = {k.removeprefix("slurm_"): v for k, v in kw.items() if k.startswith("slurm_") and v is not None}
+    return (job.cluster.slurm or Slurm()).model_copy(update=given)
+
+
+@cli.command()
+@click.argument("job_path", metavar="JOB", type=click.Path(path_type=Path))
+def status(job_path: Path) -> None:
+    """Per-scene progress of a job, read from the output stores themselves."""
+    from gigaseg.jobs.jobfile import load_job
+    from gigaseg.jobs.plan import existing
+
+    job = load_job(job_path)
+    for spec in job.scenes(base=job_path.absolute().parent):
+        click.echo(f"{spec.input} -> {spec.output}: {existing(spec.output)}")
 
 
 def main() -> None:

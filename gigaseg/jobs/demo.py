@@ -19,9 +19,7 @@ def bundled_model(name: str) -> Path | None:
     return Path(str(path)) if path.is_file() else None
 
 
-def run_demo(
-    output: str | Path, *, size: int = 2048, device: str = "auto", progress: bool = False
-) -> Summary:
+def run_demo(output: str | Path, *, size: int = 2048, device: str = "auto", progress: bool = False) -> Summary:
     """Generate a 4-band scene with a nodata border, segment it, return the summary."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)

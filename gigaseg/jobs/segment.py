@@ -249,20 +249,24 @@ def open_runner(spec: SceneSpec, *, create: bool = False) -> BlockRunner:
     With ``create`` the store is created (or, with resume, checked and reopened):
     that is the driver's job, once per scene. Block tasks open it for writing.
     """
-    options = spec.options
-    source = GeoTiffSource(spec.input, bands=list(options.bands) if options.bands else None)
-    predictor = load_predictor(spec)
-    card = predictor.card
-    check_channels(card, source.channels, spec.input)
-    plan = make_plan(
-        source.shape, card, options, pixel_size=min(source.georef.pixel_size), stride=predictor.stride
-    )
-    predictor.check_tile(plan.grid.tile)
+    source, predictor, plan = plan_scene(spec)
     if create:
-        store = _open_output(spec.output, plan, card, source, options, spec.model)
+        store = _open_output(spec.output, plan, predictor.card, source, spec.options, spec.model)
     else:
         store = open_store(spec.output, mode="r+")
     return BlockRunner(plan, source, predictor, store)
+
+
+def plan_scene(spec: SceneSpec) -> tuple[GeoTiffSource, Predictor, Plan]:
+    """Open the input and the model, check they fit, and tile the scene."""
+    options = spec.options
+    source = GeoTiffSource(spec.input, bands=list(options.bands) if options.bands else None)
+    predictor = load_predictor(spec)
+    check_channels(predictor.card, source.channels, spec.input)
+    pixel_size = min(source.georef.pixel_size)
+    plan = make_plan(source.shape, predictor.card, options, pixel_size=pixel_size, stride=predictor.stride)
+    predictor.check_tile(plan.grid.tile)
+    return source, predictor, plan
 
 
 _PREDICTORS: dict[str, Predictor] = {}
@@ -357,9 +361,7 @@ def run_blocks(runner: BlockRunner, output: str | Path, progress: bool) -> Summa
     todo = pending_blocks(runner.store, runner.plan)
     counts = np.zeros(runner.classes + 1, np.int64)
     total = math.prod(runner.plan.grid.shape)
-    with tqdm(
-        total=total, disable=not progress, unit="px", unit_scale=True, desc="segment", leave=False
-    ) as bar:
+    with tqdm(total=total, disable=not progress, unit="px", unit_scale=True, desc="segment", leave=False) as bar:
         for index in todo:
             counts += runner.run(index)
             bar.update(runner.plan.blocks.block_box(index).size)

@@ -41,9 +41,7 @@ class ModelCard:
         for name in ("mean", "std", "band_names"):
             values = getattr(self, name)
             if values is not None and len(values) != self.in_channels:
-                raise ModelError(
-                    f"model card: {name} has {len(values)} values but in_channels is {self.in_channels}"
-                )
+                raise ModelError(f"model card: {name} has {len(values)} values but in_channels is {self.in_channels}")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ModelError(f"model card: std must be positive, got {self.std}")
 

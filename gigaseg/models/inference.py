@@ -60,8 +60,7 @@ class Predictor:
         if bad:
             fixed = tuple(-(-t // self.stride) * self.stride for t in tile)
             raise InputError(
-                f"tile {tile} is not a multiple of {self.stride}, which {self.card.arch} "
-                f"needs; use --tile {fixed[0]}"
+                f"tile {tile} is not a multiple of {self.stride}, which {self.card.arch} needs; use --tile {fixed[0]}"
             )
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:

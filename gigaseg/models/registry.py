@@ -31,9 +31,7 @@ def create_model(card: ModelCard) -> nn.Module:
     try:
         builder = MODELS[card.arch]
     except KeyError:
-        raise ModelError(
-            f"unknown architecture {card.arch!r}; available: {', '.join(sorted(MODELS))}"
-        ) from None
+        raise ModelError(f"unknown architecture {card.arch!r}; available: {', '.join(sorted(MODELS))}") from None
     try:
         return builder(card)
     except (TypeError, ValueError, KeyError) as e:

@@ -113,9 +113,7 @@ class TileGrid:
     @property
     def origins(self) -> tuple[tuple[int, ...], ...]:
         """Tile origins per axis."""
-        return tuple(
-            axis_origins(n, t, s) for n, t, s in zip(self.shape, self.tile, self.stride, strict=True)
-        )
+        return tuple(axis_origins(n, t, s) for n, t, s in zip(self.shape, self.tile, self.stride, strict=True))
 
     @property
     def counts(self) -> Shape:
@@ -140,9 +138,7 @@ class TileGrid:
 
     def tiles_overlapping(self, box: Box) -> tuple[range, ...]:
         """Per-axis index ranges of every tile that overlaps ``box``."""
-        return tuple(
-            self.axis_range(ax, a, b) for ax, (a, b) in enumerate(zip(box.start, box.stop, strict=False))
-        )
+        return tuple(self.axis_range(ax, a, b) for ax, (a, b) in enumerate(zip(box.start, box.stop, strict=False)))
 
 
 def to_pixels(length: float, pixel_size: float, *, multiple: int = 1) -> int:
@@ -215,7 +211,5 @@ def read_box(grid: TileGrid, block: Box) -> Box:
 
 def halo_overhead(grid: TileGrid, blocks: BlockGrid) -> float:
     """Tiles computed over all blocks divided by the tiles of the grid (>= 1)."""
-    computed = sum(
-        math.prod(len(r) for r in grid.tiles_overlapping(blocks.block_box(i))) for i in blocks.indices()
-    )
+    computed = sum(math.prod(len(r) for r in grid.tiles_overlapping(blocks.block_box(i))) for i in blocks.indices())
     return computed / grid.size

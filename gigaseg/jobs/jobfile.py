@@ -1,0 +1,147 @@
+"""Job files: many scenes, one model, one set of settings, validated with pydantic.
+
+Example::
+
+    inputs: ["scenes/*.tif", "extra/scene_07.tif"]
+    model: models/landcover.pt
+    output: {dir: masks, name: "{stem}_mask.zarr"}
+    tiling: {tile: 512, overlap: 64, blend: gaussian}
+    cluster: {workers: 2, retries: 3}
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gigaseg.errors import InputError
+from gigaseg.jobs.segment import SceneSpec, SegmentOptions
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tiling(Strict):
+    tile: int | str | None = None
+    overlap: int | str | None = None
+    blend: Literal["gaussian", "cosine", "constant"] = "gaussian"
+    merge: Literal["probs", "logits"] = "probs"
+    block: int = Field(16384, gt=0)
+    chunk: int = Field(512, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+
+
+class Output(Strict):
+    dir: Path = Path(".")
+    name: str = "{stem}_mask.zarr"
+    probabilities: Literal["float32", "float16", "uint8"] | None = None
+    zarr_format: Literal[2, 3] = 2
+    overwrite: bool = False
+
+
+class Slurm(Strict):
+    queue: str | None = None
+    jobs: int = Field(1, gt=0)
+    cores: int = Field(2, gt=0)
+    memory: str = "8GB"
+    walltime: str = "01:00:00"
+    gpus_per_job: int = Field(0, ge=0)
+    lifetime: str | None = None
+    account: str | None = None
+
+
+class Cluster(Strict):
+    scheduler: str | None = None
+    workers: int | None = Field(None, gt=0)
+    threads_per_worker: int | None = Field(None, gt=0)
+    retries: int = Field(3, ge=0)
+    slurm: Slurm | None = None
+
+
+class Job(Strict):
+    inputs: list[str] = Field(min_length=1)
+    model: Path
+    bands: list[int] | None = None
+    device: str = "auto"
+    tiling: Tiling = Tiling()
+    output: Output = Output()
+    cluster: Cluster = Cluster()
+
+    def scenes(self, *, resume: bool = False, base: Path | None = None) -> list[SceneSpec]:
+        """One spec per input file, in a stable order; each glob must match something."""
+        base = base or Path(".")
+        specs = []
+        for path in expand_inputs(self.inputs, base):
+            output = base / self.output.dir / self.output.name.format(stem=_stem(path))
+            specs.append(SceneSpec(str(path), str(base / self.model), str(output), self.options(resume)))
+        names = [s.output for s in specs]
+        if len(set(names)) != len(names):
+            raise InputError(f"two inputs map to the same output name; change output.name ({self.output.name})")
+        return specs
+
+    def options(self, resume: bool) -> SegmentOptions:
+        t, o = self.tiling, self.output
+        return SegmentOptions(
+            tile=t.tile,
+            overlap=t.overlap,
+            blend=t.blend,
+            merge=t.merge,
+            bands=tuple(self.bands) if self.bands else None,
+            block=t.block,
+            chunk=t.chunk,
+            batch_size=t.batch_size,
+            device=self.device,
+            probabilities=o.probabilities,
+            zarr_format=o.zarr_format,
+            overwrite=o.overwrite and not resume,
+            resume=resume,
+        )
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def expand_inputs(patterns: list[str], base: Path) -> list[Path]:
+    paths: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(base / pattern), recursive=True))
+        if not matches:
+            raise InputError(f"input pattern {pattern!r} matches no file")
+        paths += [Path(m) for m in matches if Path(m) not in paths]
+    return paths
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a YAML job file; errors name the offending key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"job file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"job file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"job file {path} must hold a mapping of settings, not {type(data).__name__}")
+    try:
+        return Job.model_validate(data)
+    except ValidationError as e:
+        raise InputError(f"job file {path}: {_first_error(e)}") from None
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {where!r}"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"

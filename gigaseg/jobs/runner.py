@@ -1,0 +1,345 @@
+"""Run a job on Dask: one task per output block, across every scene and worker.
+
+The driver opens each scene once (validates it, creates or reopens its store)
+and submits one task per pending block. A task writes only its own chunks and
+its own ``blocks_done`` element, so Dask may retry it, or rerun it on another
+worker after a crash, without locks. A scene is marked complete when its last
+block lands; a scene that fails (bad input, a block failing every retry) is
+reported and the other scenes go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from gigaseg.errors import GigasegError
+from gigaseg.jobs.jobfile import Job, Slurm
+from gigaseg.jobs.segment import (
+    BlockRunner,
+    SceneSpec,
+    Summary,
+    finish_scene,
+    open_runner,
+    pending_blocks,
+)
+
+REPORT_NAME = "gigaseg-run-report.json"
+
+
+@dataclass
+class SceneResult:
+    input: str
+    output: str
+    status: str = "pending"  # done | failed
+    error: str | None = None
+    blocks: int = 0
+    blocks_skipped: int = 0
+    blocks_retried: int = 0
+    seconds: float = 0.0
+    mpix_per_s: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RunReport:
+    scenes: list[SceneResult]
+    workers: int = 0
+    seconds: float = 0.0
+    peak_worker_rss_mb: dict[str, float] = field(default_factory=dict)
+    dashboard: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status == "done" for s in self.scenes)
+
+    def table(self) -> str:
+        rows = [f"{'scene':40} {'status':7} {'blocks':>7} {'skipped':>7} {'retried':>7} {'s':>7} {'Mpix/s':>7}"]
+        for s in self.scenes:
+            rows.append(
+                f"{Path(s.input).name[:40]:40} {s.status:7} {s.blocks:7} {s.blocks_skipped:7} "
+                f"{s.blocks_retried:7} {s.seconds:7.1f} {s.mpix_per_s:7.2f}"
+            )
+            if s.error:
+                rows.append(f"    error: {s.error}")
+        peak = max(self.peak_worker_rss_mb.values(), default=0.0)
+        rows.append(
+            f"{len(self.scenes)} scenes, {self.workers} workers, {self.seconds:.1f} s, peak worker RSS {peak:.0f} MB"
+        )
+        return "\n".join(rows)
+
+
+# --- the block task, run on workers -----------------------------------------------------
+
+_RUNNERS: dict[str, BlockRunner] = {}
+MAX_OPEN_SCENES = 4
+
+
+def block_task(spec: SceneSpec, index: tuple[int, ...], torch_threads: int) -> np.ndarray:
+    """Compute and write one block; the worker keeps the scene's source, model and store."""
+    import torch
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    return worker_runner(spec).run(index)
+
+
+def worker_runner(spec: SceneSpec) -> BlockRunner:
+    spec = replace(spec, options=replace(spec.options, device=worker_device(spec.options.device)))
+    runner = _RUNNERS.pop(spec.key, None) or open_runner(spec)
+    _RUNNERS[spec.key] = runner  # most recently used last
+    while len(_RUNNERS) > MAX_OPEN_SCENES:
+        _RUNNERS.pop(next(iter(_RUNNERS))).source.close()
+    return runner
+
+
+def worker_device(device: str) -> str:
+    """``auto`` on a multi-GPU node: the worker's own GPU, by worker number."""
+    import torch
+
+    if device != "auto" or not torch.cuda.is_available():
+        return device
+    try:
+        from distributed import get_worker
+
+        number = int(str(get_worker().name).rsplit("-", 1)[-1])
+    except (ValueError, ImportError):
+        number = 0
+    return f"cuda:{number % torch.cuda.device_count()}"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _retries_used(dask_scheduler: Any, keys: list[str], allowed: int) -> int:
+    """Blocks that needed a retry: read off the scheduler's task states."""
+    used = 0
+    for key in keys:
+        ts = dask_scheduler.tasks.get(key)
+        if ts is not None and (ts.retries < allowed or ts.suspicious):
+            used += 1
+    return used
+
+
+# --- the driver ----------------------------------------------------------------------------
+
+
+@dataclass
+class SceneState:
+    spec: SceneSpec
+    result: SceneResult
+    summary: Summary | None = None
+    runner: BlockRunner | None = None
+    counts: np.ndarray | None = None
+    futures: dict[str, Any] = field(default_factory=dict)
+    left: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+def run_job(
+    job: Job,
+    *,
+    base: Path,
+    resume: bool = False,
+    scheduler: str | None = None,
+    slurm: Slurm | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> RunReport:
+    """Run every scene of ``job`` and write the run report next to the outputs."""
+    started = time.perf_counter()
+    (base / job.output.dir).mkdir(parents=True, exist_ok=True)
+    scenes = [prepare_scene(spec) for spec in job.scenes(resume=resume, base=base)]
+    report = RunReport([s.result for s in scenes])
+    with dask_client(job, scheduler=scheduler, slurm=slurm, workers=workers) as (client, nworkers):
+        report.workers = nworkers
+        report.dashboard = client.dashboard_link
+        _run_scenes(client, scenes, job, torch_threads(nworkers, scheduler=scheduler, slurm=slurm), progress)
+        report.peak_worker_rss_mb = {str(k): v for k, v in client.run(_peak_rss_mb).items()}
+    report.seconds = time.perf_counter() - started
+    write_report(report, base / job.output.dir)
+    return report
+
+
+def torch_threads(workers: int, *, scheduler: str | None, slurm: Slurm | None) -> int:
+    """Torch threads per worker: its share of the cores (0: leave a remote worker's default)."""
+    if slurm:
+        return slurm.cores
+    if scheduler:
+        return 0
+    return max(1, (os.cpu_count() or 2) // max(1, workers))
+
+
+def prepare_scene(spec: SceneSpec) -> SceneState:
+    """Open the scene and its store on the driver; a bad input fails this scene alone."""
+    state = SceneState(spec, SceneResult(spec.input, spec.output))
+    try:
+        cpu = replace(spec, options=replace(spec.options, device="cpu"))
+        state.runner = open_runner(cpu, create=True)
+    except GigasegError as e:
+        state.result.status, state.result.error = "failed", str(e)
+        return state
+    runner = state.runner
+    state.summary = Summary(spec.output, list(runner.predictor.card.classes), blocks=runner.plan.blocks.size)
+    state.counts = np.zeros(runner.classes + 1, np.int64)
+    state.result.blocks = runner.plan.blocks.size
+    return state
+
+
+def _run_scenes(client: Any, scenes: list[SceneState], job: Job, threads: int, progress: bool) -> None:
+    from distributed import as_completed
+
+    retries = job.cluster.retries
+    owner: dict[str, SceneState] = {}
+    futures = []
+    for n, state in enumerate(scenes):
+        if state.runner is None:
+            continue
+        todo = pending_blocks(state.runner.store, state.runner.plan)
+        state.result.blocks_skipped = state.result.blocks - len(todo)
+        state.left = len(todo)
+        for index in todo:
+            key = f"gigaseg-block-{n}-{'-'.join(map(str, index))}-{os.getpid()}"
+            future = client.submit(block_task, state.spec, index, threads, key=key, retries=retries, pure=False)
+            futures.append(future)
+            owner[key] = state
+            state.futures[key] = future
+        if not todo:
+            _finish(state)
+    total = len(futures)
+    with tqdm(total=total, disable=not progress, unit="block", desc="blocks") as bar:
+        for future in as_completed(futures):
+            state = owner[future.key]
+            bar.update(1)
+            if state.result.status == "failed":
+                continue
+            if future.status == "error":
+                _fail(client, state, future)
+                continue
+            state.counts += future.result()
+            state.left -= 1
+            if state.left == 0:
+                keys = list(state.futures)
+                state.result.blocks_retried = client.run_on_scheduler(_retries_used, keys=keys, allowed=retries)
+                _finish(state)
+
+
+def _fail(client: Any, state: SceneState, future: Any) -> None:
+    error = future.exception()
+    message = str(error) if isinstance(error, GigasegError) else f"{type(error).__name__}: {error}"
+    state.result.status, state.result.error = "failed", f"block failed after retries: {message}"
+    client.cancel([f for key, f in state.futures.items() if key != future.key])
+
+
+def _finish(state: SceneState) -> None:
+    assert state.runner is not None and state.summary is not None and state.counts is not None
+    state.summary.blocks_skipped = state.result.blocks_skipped
+    seconds = time.perf_counter() - state.started
+    summary = finish_scene(state.runner.store, state.summary, state.counts, seconds)
+    state.runner.source.close()
+    state.result.status = "done"
+    state.result.seconds = seconds
+    state.result.mpix_per_s = summary.pixels / 1e6 / seconds if seconds else 0.0
+    state.result.counts = summary.counts
+
+
+def write_report(report: RunReport, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / REPORT_NAME
+    payload = {**asdict(report), "ok": report.ok}
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+@contextmanager
+def dask_client(
+    job: Job, *, scheduler: str | None, slurm: Slurm | None, workers: int | None
+) -> Iterator[tuple[Any, int]]:
+    """A Dask client on an existing scheduler, a SLURM cluster, or a local cluster."""
+    from distributed import Client
+
+    settings = job.cluster
+    if scheduler or settings.scheduler:
+        with Client(scheduler or settings.scheduler) as client:
+            yield client, len(client.scheduler_info()["workers"])
+        return
+    slurm = slurm or settings.slurm
+    cluster = slurm_cluster(slurm) if slurm else local_cluster(workers or settings.workers)
+    with cluster, Client(cluster) as client:
+        expected = slurm.jobs if slurm else len(cluster.workers)
+        client.wait_for_workers(expected, timeout=300)
+        yield client, expected
+
+
+def local_cluster(workers: int | None) -> Any:
+    """One worker per GPU, else one per two cores; one task at a time per worker."""
+    import torch
+    from distributed import LocalCluster
+
+    gpus = torch.cuda.device_count()
+    n = workers or gpus or max(1, (os.cpu_count() or 2) // 2)
+    resources = {"GPU": 1} if gpus else None
+    return LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        resources=resources,
+        dashboard_address=":0",
+        memory_limit=0,
+    )
+
+
+def slurm_cluster(settings: Slurm) -> Any:
+    """Workers as SLURM jobs (dask-jobqueue), each one Dask worker with one task slot."""
+    import sys
+    import tempfile
+
+    from dask_jobqueue import SLURMCluster
+
+    extra = ["--nthreads", "1"]
+    if settings.lifetime:
+        extra += ["--lifetime", settings.lifetime, "--lifetime-stagger", "2s"]
+    if settings.gpus_per_job:
+        extra += ["--resources", f"GPU={settings.gpus_per_job}"]
+    cluster = SLURMCluster(
+        queue=settings.queue,
+        account=settings.account,
+        cores=settings.cores,
+        processes=1,
+        memory=settings.memory,
+        walltime=settings.walltime,
+        python=sys.executable,
+        worker_extra_args=extra,
+        job_extra_directives=[f"--gpus={settings.gpus_per_job}"] if settings.gpus_per_job else [],
+        log_directory=tempfile.mkdtemp(prefix="gigaseg-slurm-"),
+        local_directory=tempfile.gettempdir(),
+    )
+    # adapt keeps the worker count up when a worker's walltime (--lifetime) ends mid-run
+    cluster.adapt(minimum_jobs=settings.jobs, maximum_jobs=settings.jobs)
+    return cluster
+
+
+def plan_lines(job: Job, *, base: Path, resume: bool) -> list[str]:
+    """What ``gigaseg run --dry-run`` prints: per scene, the plan and what exists already."""
+    from gigaseg.jobs.plan import describe_scene
+
+    lines = []
+    for spec in job.scenes(resume=resume, base=base):
+        try:
+            lines.append(describe_scene(spec))
+        except GigasegError as e:
+            lines.append(f"{spec.input}: FAILS: {e}")
+    return lines

@@ -1,0 +1,193 @@
+"""Job files and the Dask runner: real local clusters, real worker kills, real resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import zarr
+
+from gigaseg.errors import InputError
+from gigaseg.jobs.jobfile import load_job
+from gigaseg.jobs.runner import REPORT_NAME, run_job
+from gigaseg.jobs.segment import SegmentOptions, segment
+from gigaseg.models.checkpoint import init_checkpoint
+from tests.conftest import write_tiff
+
+JOB = """
+inputs: ["scenes/*.tif"]
+model: m.pt
+output: {{dir: out}}
+tiling: {{block: {block}, chunk: {chunk}, batch_size: 2}}
+cluster: {{workers: 2, retries: 2}}
+"""
+
+
+@pytest.fixture
+def job_dir(tmp_path, rng):
+    (tmp_path / "scenes").mkdir()
+    for i in range(2):
+        data = rng.integers(0, 200, (3, 256, 200)).astype(np.uint8)
+        write_tiff(tmp_path / "scenes" / f"s{i}.tif", data)
+    init_checkpoint(
+        tmp_path / "m.pt",
+        arch="unet",
+        encoder="resnet18",
+        in_channels=3,
+        classes=["a", "b", "c"],
+        tile=64,
+        overlap=16,
+        mean=[100.0] * 3,
+        std=[50.0] * 3,
+        seed=1,
+        arch_kwargs={"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    )
+    (tmp_path / "job.yaml").write_text(JOB.format(block=64, chunk=64))
+    return tmp_path
+
+
+def clean_masks(job_dir):
+    """The oracle: each scene segmented in this process, one block after another."""
+    masks = {}
+    for tif in sorted((job_dir / "scenes").glob("s*.tif")):
+        out = job_dir / "clean" / f"{tif.stem}.zarr"
+        out.parent.mkdir(exist_ok=True)
+        segment(tif, job_dir / "m.pt", out, SegmentOptions(block=64, chunk=64, batch_size=2))
+        masks[tif.stem] = zarr.open_array(str(out / "mask"))[:]
+    return masks
+
+
+def assert_outputs_equal(job_dir, masks):
+    for stem, expected in masks.items():
+        group = zarr.open_group(str(job_dir / "out" / f"{stem}_mask.zarr"), mode="r")
+        assert group.attrs["gigaseg"]["complete"] is True
+        assert np.array_equal(group["mask"][:], expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("inputs: [a.tif]\nmodel: m.pt\ntiling: {tiles: 3}\n", "unknown key 'tiling.tiles'"),
+        ("inputs: [a.tif]\nmodel: m.pt\nextra: 1\n", "unknown key 'extra'"),
+        ("inputs: [a.tif]\nmodel: m.pt\ntiling: {block: big}\n", "tiling.block"),
+        ("inputs: a.tif\nmodel: m.pt\n", "inputs"),
+        ("model: m.pt\n", "inputs: Field required"),
+        ("- just\n- a list\n", "must hold a mapping"),
+        ("inputs: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_job_files_name_the_problem(tmp_path, text, message):
+    (tmp_path / "job.yaml").write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_job(tmp_path / "job.yaml")
+
+
+def test_empty_globs_are_refused(tmp_path):
+    (tmp_path / "job.yaml").write_text("inputs: ['nothing/*.tif']\nmodel: m.pt\n")
+    with pytest.raises(InputError, match="matches no file"):
+        load_job(tmp_path / "job.yaml").scenes(base=tmp_path)
+
+
+def test_job_on_two_workers_equals_the_single_process_run(job_dir):
+    (job_dir / "scenes" / "broken.tif").write_bytes(b"II*\x00garbage")
+    job = load_job(job_dir / "job.yaml")
+    report = run_job(job, base=job_dir)
+    status = {Path(s.input).name: s for s in report.scenes}
+    assert status["broken.tif"].status == "failed"
+    assert "cannot read" in status["broken.tif"].error
+    assert status["s0.tif"].status == status["s1.tif"].status == "done"
+    assert not report.ok
+    assert_outputs_equal(job_dir, clean_masks(job_dir))
+    saved = json.loads((job_dir / "out" / REPORT_NAME).read_text())
+    assert saved["ok"] is False and len(saved["scenes"]) == 3
+    assert all(mb > 0 for mb in saved["peak_worker_rss_mb"].values())
+
+
+def worker_processes():
+    """Dask worker processes of this process's LocalCluster (spawned by its nannies)."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            line = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "spawn_main" in line and "resource_tracker" not in line:
+            found.append(proc)
+    return found
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_result_unchanged(job_dir):
+    killed = []
+
+    def kill_a_worker_once_blocks_land():
+        store = job_dir / "out" / "s0_mask.zarr" / "blocks_done"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            done = len([p for p in store.glob("*") if not p.name.startswith(".")]) if store.exists() else 0
+            workers = worker_processes()
+            if done >= 2 and workers:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker_once_blocks_land)
+    killer.start()
+    report = run_job(load_job(job_dir / "job.yaml"), base=job_dir)
+    killer.join()
+    assert killed, "no worker was killed: the job finished too fast for this test"
+    assert report.ok
+    assert_outputs_equal(job_dir, clean_masks(job_dir))
+
+
+def test_a_killed_job_resumes_redoing_only_unfinished_blocks(job_dir):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "gigaseg", "run", str(job_dir / "job.yaml")]
+    proc = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    done_path = job_dir / "out" / "s0_mask.zarr" / "blocks_done"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if done_path.exists() and len([p for p in done_path.glob("*") if not p.name.startswith(".")]) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {
+        s: zarr.open_array(str(job_dir / "out" / f"{s}_mask.zarr" / "blocks_done"))[:].sum() for s in ("s0", "s1")
+    }
+    group = zarr.open_group(str(job_dir / "out" / "s0_mask.zarr"), mode="r")
+    assert group.attrs["gigaseg"]["complete"] is False
+    report = run_job(load_job(job_dir / "job.yaml"), base=job_dir, resume=True)
+    assert report.ok
+    for scene in report.scenes:
+        assert scene.blocks_skipped >= done_before[Path(scene.input).stem]
+    assert_outputs_equal(job_dir, clean_masks(job_dir))
+
+
+def test_cli_run_exit_code_and_status(job_dir):
+    from click.testing import CliRunner
+
+    from gigaseg.jobs.cli import cli
+
+    result = CliRunner().invoke(cli, ["run", str(job_dir / "job.yaml"), "--dry-run"])
+    assert result.exit_code == 0
+    assert "4 blocks" in result.output or "blocks of" in result.output
+    assert "new" in result.output
+    result = CliRunner().invoke(cli, ["run", str(job_dir / "job.yaml"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "done" in result.output
+    result = CliRunner().invoke(cli, ["status", str(job_dir / "job.yaml")])
+    assert result.output.count("complete") == 2
+    result = CliRunner().invoke(cli, ["run", str(job_dir / "job.yaml"), "--workers", "1"])
+    assert result.exit_code == 1  # outputs exist without --resume: each scene fails clearly
+    assert "--overwrite" in result.output
