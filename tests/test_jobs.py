@@ -191,3 +191,31 @@ def test_cli_run_exit_code_and_status(job_dir):
     result = CliRunner().invoke(cli, ["run", str(job_dir / "job.yaml"), "--workers", "1"])
     assert result.exit_code == 1  # outputs exist without --resume: each scene fails clearly
     assert "--overwrite" in result.output
+
+
+def slurm_ready() -> bool:
+    import shutil
+
+    if not shutil.which("sinfo"):
+        return False
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, check=False).stdout
+    return any(s in states for s in ("idle", "mixed", "allocated"))
+
+
+def test_a_job_runs_through_slurm_while_workers_retire(job_dir):
+    """Real SLURM (.ci/slurm.sh starts it in CI): two worker jobs whose lifetime ends mid-run."""
+    from tests.conftest import require
+
+    require(slurm_ready(), "no SLURM controller is up (bash .ci/slurm.sh starts one)")
+    from gigaseg.jobs.jobfile import Slurm
+
+    logs = job_dir / "slurm-logs"
+    logs.mkdir()
+    settings = Slurm(
+        queue="debug", jobs=2, cores=1, memory="2GB", walltime="00:10:00", lifetime="12s", log_directory=logs
+    )
+    report = run_job(load_job(job_dir / "job.yaml"), base=job_dir, slurm=settings)
+    assert report.ok, report.table()
+    assert_outputs_equal(job_dir, clean_masks(job_dir))
+    submitted = list(logs.glob("*.err")) or list(logs.glob("*.out"))
+    assert len(submitted) > 2, f"no worker was replaced: {submitted}"

@@ -211,10 +211,28 @@ def demo(output: Path, size: int, device: str) -> None:
 @click.option("--slurm-lifetime", default=None, help="Retire workers after this long (e.g. 50m); replaced.")
 @click.option("--resume", is_flag=True, help="Redo only the blocks that are not finished.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and what exists; run nothing.")
-def run_command(job_path: Path, resume: bool, dry_run: bool, **kw: Any) -> None:
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the run report here (written even when the run fails).",
+)
+def run_command(job_path: Path, resume: bool, dry_run: bool, report: Path | None, **kw: Any) -> None:
     """Run a job file (many scenes) on a Dask cluster."""
+    if report is None:
+        return _run_job(job_path, resume, dry_run, **kw)
+    try:
+        _run_job(job_path, resume, dry_run, report=report, **kw)
+    except Exception as e:  # the report's reader (the Airflow trigger) must hear of any end
+        from gigaseg.jobs.runner import write_error_report
+
+        write_error_report(report, f"{type(e).__name__}: {e}")
+        raise
+
+
+def _run_job(job_path: Path, resume: bool, dry_run: bool, *, report: Path | None = None, **kw: Any) -> None:
     from gigaseg.jobs.jobfile import load_job
-    from gigaseg.jobs.runner import plan_lines, run_job
+    from gigaseg.jobs.runner import plan_lines, run_job, write_report
 
     job = load_job(job_path)
     base = job_path.absolute().parent
@@ -222,7 +240,7 @@ def run_command(job_path: Path, resume: bool, dry_run: bool, **kw: Any) -> None:
         for line in plan_lines(job, base=base, resume=resume):
             click.echo(line)
         return
-    report = run_job(
+    result = run_job(
         job,
         base=base,
         resume=resume,
@@ -231,8 +249,10 @@ def run_command(job_path: Path, resume: bool, dry_run: bool, **kw: Any) -> None:
         workers=kw["workers"],
         progress=sys.stderr.isatty(),
     )
-    click.echo(report.table())
-    if not report.ok:
+    if report is not None:
+        write_report(result, report)
+    click.echo(result.table())
+    if not result.ok:
         sys.exit(1)
 
 

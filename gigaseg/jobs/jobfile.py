@@ -53,6 +53,7 @@ class Slurm(Strict):
     gpus_per_job: int = Field(0, ge=0)
     lifetime: str | None = None
     account: str | None = None
+    log_directory: Path | None = None
 
 
 class Cluster(Strict):
@@ -83,6 +84,12 @@ class Job(Strict):
         if len(set(names)) != len(names):
             raise InputError(f"two inputs map to the same output name; change output.name ({self.output.name})")
         return specs
+
+    def absolute(self, base: Path) -> Job:
+        """The same job with every path absolute, so it can be saved anywhere."""
+        inputs = [p if Path(p).is_absolute() else str(base / p) for p in self.inputs]
+        output = self.output.model_copy(update={"dir": (base / self.output.dir).absolute()})
+        return self.model_copy(update={"inputs": inputs, "model": (base / self.model).absolute(), "output": output})
 
     def options(self, resume: bool) -> SegmentOptions:
         t, o = self.tiling, self.output

@@ -168,7 +168,7 @@ def run_job(
         _run_scenes(client, scenes, job, torch_threads(nworkers, scheduler=scheduler, slurm=slurm), progress)
         report.peak_worker_rss_mb = {str(k): v for k, v in client.run(_peak_rss_mb).items()}
     report.seconds = time.perf_counter() - started
-    write_report(report, base / job.output.dir)
+    write_report(report, base / job.output.dir / REPORT_NAME)
     return report
 
 
@@ -254,10 +254,17 @@ def _finish(state: SceneState) -> None:
     state.result.counts = summary.counts
 
 
-def write_report(report: RunReport, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / REPORT_NAME
-    payload = {**asdict(report), "ok": report.ok}
+def write_report(report: RunReport, path: Path) -> Path:
+    return _write_json(path, {**asdict(report), "ok": report.ok})
+
+
+def write_error_report(path: Path, error: str) -> Path:
+    return _write_json(path, {"ok": False, "error": error, "scenes": []})
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write atomically: a reader polling for ``path`` never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, path)
@@ -324,7 +331,7 @@ def slurm_cluster(settings: Slurm) -> Any:
         python=sys.executable,
         worker_extra_args=extra,
         job_extra_directives=[f"--gpus={settings.gpus_per_job}"] if settings.gpus_per_job else [],
-        log_directory=tempfile.mkdtemp(prefix="gigaseg-slurm-"),
+        log_directory=str(settings.log_directory or tempfile.mkdtemp(prefix="gigaseg-slurm-")),
         local_directory=tempfile.gettempdir(),
     )
     # adapt keeps the worker count up when a worker's walltime (--lifetime) ends mid-run
