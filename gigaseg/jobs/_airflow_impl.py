@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 import uuid
-from dataclasses import asdict
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
