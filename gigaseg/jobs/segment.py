@@ -24,13 +24,19 @@ from tqdm import tqdm
 
 import gigaseg
 from gigaseg.errors import InputError
-from gigaseg.io.geotiff import GeoTiffSource
+from gigaseg.io.sources import Source, open_source
 from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store
+from gigaseg.jobs.volume import ModelInput, model_input
 from gigaseg.models import ModelCard, Predictor, load_checkpoint
 from gigaseg.tiler import BlockGrid, Box, Stitcher, TileGrid, blend_window, to_pixels
 
 T = TypeVar("T")
-Length = int | str  # pixels, or a string such as "3840m" in CRS units
+Length = int | str  # pixels, or a string such as "3840m" in CRS units or "80mm"
+UNITS_IN_METRES = {"mm": 1e-3, "m": 1.0}
+# Largest block side and chunk side by scene dimensions when the options say None. A
+# volume's stitcher holds (tile + chunk) slices of a block's plane for every class.
+DEFAULT_BLOCK = {2: 16384, 3: 512}
+DEFAULT_CHUNK = {2: 512, 3: 64}
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,8 @@ class SegmentOptions:
     blend: str = "gaussian"
     merge: str = "probs"
     bands: list[int] | None = None
-    block: int = 16384
-    chunk: int = 512
+    block: int | None = None  # 16384 for images, 512 for volumes
+    chunk: int | None = None  # 512 for images, 64 for volumes
     batch_size: int | None = None
     device: str = "auto"
     probabilities: str | None = None
@@ -51,6 +57,11 @@ class SegmentOptions:
     overwrite: bool = False
     resume: bool = False
     progress: bool = False
+    volume: int | str | None = None  # NIfTI: a volume of a 4-D file, or "channels"
+    slice_axis: int | None = None  # run a 2-D model slice by slice along this (i, j, k) axis
+    context: int = 0  # 2.5-D: neighbouring slices on each side as channels
+    canonical: bool = False  # show the model the volume reoriented to RAS
+    cache_dir: str | None = None  # where .nii.gz volumes are decompressed
 
 
 @dataclass(frozen=True)
@@ -99,27 +110,63 @@ class Summary:
         )
 
 
-def parse_length(value: Length | None, *, pixel_size: float, multiple: int = 1) -> int | None:
-    """Pixels from ``512`` or ``"512"``, or from CRS units such as ``"3840m"``."""
+def parse_length(
+    value: Length | None, *, pixel_size: float, multiple: int = 1, unit: str = "m"
+) -> int | None:
+    """Pixels from ``512`` or ``"512"``, or from lengths such as ``"3840m"`` or ``"80mm"``.
+
+    ``pixel_size`` is in ``unit``: CRS units ("m") for rasters, millimetres for volumes.
+    """
     if value is None or isinstance(value, int):
         return value
     text = str(value).strip().lower()
     try:
-        if text.endswith("m"):
-            return to_pixels(float(text[:-1]), pixel_size, multiple=multiple)
+        for suffix in ("mm", "m"):
+            if text.endswith(suffix):
+                length = float(text[: -len(suffix)]) * UNITS_IN_METRES[suffix] / UNITS_IN_METRES[unit]
+                return to_pixels(length, pixel_size, multiple=multiple)
         return int(text)
     except ValueError:
-        raise InputError(f"a length must be pixels (512) or CRS units (3840m), got {value!r}") from None
+        raise InputError(
+            f"a length must be pixels (512), CRS units (3840m) or millimetres (80mm), got {value!r}"
+        ) from None
+
+
+def axis_lengths(
+    value: Length | None, spacing: tuple[float, ...], *, unit: str, multiple: int = 1
+) -> tuple[int, ...] | None:
+    """A length per axis: the same pixels on every axis, or one physical length over each spacing."""
+    found = [parse_length(value, pixel_size=s, multiple=multiple, unit=unit) for s in spacing]
+    return None if found[0] is None else tuple(int(n) for n in found)
 
 
 def make_plan(
-    shape: tuple[int, ...], card: ModelCard, options: SegmentOptions, *, pixel_size: float, stride: int
+    shape: tuple[int, ...],
+    card: ModelCard,
+    options: SegmentOptions,
+    *,
+    pixel_size: float | tuple[float, ...],
+    stride: int,
+    unit: str = "m",
+    flat_axis: int | None = None,
 ) -> Plan:
-    tile = parse_length(options.tile, pixel_size=pixel_size, multiple=stride) or card.tile
-    overlap = parse_length(options.overlap, pixel_size=pixel_size)
-    overlap = card.overlap if overlap is None else overlap
+    """The tiling of a scene; ``pixel_size`` per axis (or one for all axes).
+
+    ``flat_axis`` makes tiles one pixel thick along that axis with no overlap
+    there: slice-wise inference of a 2-D model on a volume.
+    """
+    ndim = len(shape)
+    spacing = (pixel_size,) * ndim if isinstance(pixel_size, int | float) else tuple(pixel_size)
+    tile = axis_lengths(options.tile, spacing, unit=unit, multiple=stride) or (card.tile,) * ndim
+    overlap = axis_lengths(options.overlap, spacing, unit=unit)
+    overlap = (card.overlap,) * ndim if overlap is None else overlap
+    if flat_axis is not None:
+        tile = tuple(1 if a == flat_axis else t for a, t in enumerate(tile))
+        overlap = tuple(0 if a == flat_axis else o for a, o in enumerate(overlap))
     grid = TileGrid.create(shape, tile, overlap)
-    blocks = BlockGrid.create(shape, max_block=options.block, chunk=options.chunk)
+    block = options.block or DEFAULT_BLOCK.get(ndim, DEFAULT_BLOCK[3])
+    chunk = options.chunk or DEFAULT_CHUNK.get(ndim, DEFAULT_CHUNK[3])
+    blocks = BlockGrid.create(shape, max_block=block, chunk=chunk)
     blend_window(options.blend, (1,))  # validates the name early
     return Plan(grid, blocks, options.blend, options.merge)
 
@@ -127,11 +174,20 @@ def make_plan(
 class BlockRunner:
     """Everything one process needs to run blocks of one scene into one store."""
 
-    def __init__(self, plan: Plan, source: GeoTiffSource, predictor: Predictor, store: MaskStore) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        source: Source,
+        predictor: Predictor,
+        store: MaskStore,
+        *,
+        normalize: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.plan = plan
         self.source = source
         self.predictor = predictor
         self.store = store
+        self.normalize = normalize or predictor.card.normalize
         self.window = blend_window(plan.blend, plan.grid.tile)
         self.classes = predictor.card.num_classes
         self.counts = np.zeros(self.classes + 1, np.int64)  # last bin: nodata
@@ -174,7 +230,7 @@ class BlockRunner:
         indices = [(row, *rest) for rest in itertools.product(*ranges[1:])]
         boxes = [grid.tile_box(i) for i in indices]
         tiles = np.stack([cut_tile(data, valid, b, strip_box, grid.tile) for b in boxes])
-        scores = self.predictor(self.predictor.card.normalize(tiles[:, :-1]) * tiles[:, -1:])
+        scores = self.predictor(self.normalize(tiles[:, :-1]) * tiles[:, -1:])
         for tile_box, tile_scores in zip(boxes, scores, strict=True):
             inner = tuple(slice(0, n) for n in tile_box.shape)
             tile_valid = valid[tile_box.slices(strip_box.start)]
@@ -234,20 +290,30 @@ def segment(
     *,
     card: ModelCard | None = None,
 ) -> Summary:
-    """Segment one raster into a Zarr mask store; the whole path in one call."""
+    """Segment one raster or volume into a Zarr mask store; the whole path in one call."""
     options = options or SegmentOptions()
-    source = GeoTiffSource(input_path, bands=options.bands)
     model, card = load_checkpoint(model_path, card=card)
-    check_channels(card, source.channels, str(input_path))
+    source = open_source(input_path, bands=options.bands, volume=options.volume, cache_dir=options.cache_dir)
     predictor = Predictor(
         model, card, device=options.device, batch_size=options.batch_size, merge=options.merge
     )
-    plan = make_plan(
-        source.shape, card, options, pixel_size=min(source.georef.pixel_size), stride=predictor.stride
+    fed = model_input(
+        source, predictor, slice_axis=options.slice_axis, context=options.context, canonical=options.canonical
     )
-    predictor.check_tile(plan.grid.tile)
-    store = _open_output(output, plan, card, source, options, model_path)
-    return run_blocks(BlockRunner(plan, source, predictor, store), output, options.progress)
+    check_channels(card, fed.source.channels, str(input_path))
+    plan = make_plan(
+        source.shape,
+        card,
+        options,
+        pixel_size=source.spacing,
+        unit=source.unit,
+        stride=predictor.stride,
+        flat_axis=fed.flat_axis,
+    )
+    fed.predictor.check_tile(plan.grid.tile)
+    store = _open_output(output, plan, card, fed, options, model_path)
+    runner = BlockRunner(plan, fed.source, fed.predictor, store, normalize=fed.normalize)
+    return run_blocks(runner, output, options.progress)
 
 
 def check_channels(card: ModelCard, channels: int, path: str) -> None:
@@ -262,7 +328,7 @@ def _open_output(
     output: str | Path,
     plan: Plan,
     card: ModelCard,
-    source: GeoTiffSource,
+    fed: ModelInput,
     options: SegmentOptions,
     model_path: str | Path,
 ) -> MaskStore:
@@ -280,20 +346,20 @@ def _open_output(
         chunks=plan.blocks.chunk,
         block_counts=plan.blocks.counts,
         classes=list(card.classes),
-        georef=source.georef,
+        georef=fed.source.georef,
         probabilities=options.probabilities,
         zarr_format=options.zarr_format,
-        attrs=provenance(plan, card, source, model_path),
+        attrs={**provenance(plan, card, fed.source, model_path), "model_input": fed.record},
     )
     return create_store(output, layout, overwrite=options.overwrite)
 
 
-def provenance(plan: Plan, card: ModelCard, source: GeoTiffSource, model_path: str | Path) -> dict[str, Any]:
+def provenance(plan: Plan, card: ModelCard, source: Source, model_path: str | Path) -> dict[str, Any]:
     return {
         "version": gigaseg.__version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "input": str(Path(source.path).absolute()),
-        "bands": source.bands,
+        **source.describe(),
         "model": str(Path(model_path).absolute()),
         "model_card": card.to_dict(),
         "model_card_sha256": card.digest(),

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from gigaseg.errors import ModelError
+from gigaseg.models.intensity import check_spec
 
 
 @dataclass
@@ -30,6 +31,7 @@ class ModelCard:
     tile: int = 512
     overlap: int = 64
     receptive_field: int | None = None
+    intensity: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -46,6 +48,8 @@ class ModelCard:
                 )
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ModelError(f"model card: std must be positive, got {self.std}")
+        if self.intensity is not None:
+            check_spec(self.intensity)
 
     @property
     def num_classes(self) -> int:
