@@ -135,7 +135,8 @@ def test_a_truncated_nii_is_refused(tmp_path):
 def broken(path, *, sform, qform_code, pixdim=None):
     """A file whose header nibabel would not write: patched on disk after saving."""
     write_nifti(path, np.zeros((4, 5, 6), np.int16), qform_code=qform_code)
-    header = nib.Nifti1Header.from_fileobj(open(path, "rb"))
+    with open(path, "rb") as f:
+        header = nib.Nifti1Header.from_fileobj(f)
     header["srow_x"], header["srow_y"], header["srow_z"] = sform[:3]
     if pixdim is not None:
         header["pixdim"][1:4] = pixdim
