@@ -226,9 +226,18 @@ class BlockRunner:
         strip: tuple[Box, np.ndarray, np.ndarray],
     ) -> None:
         grid = self.plan.grid
-        strip_box, data, valid = strip
         indices = [(row, *rest) for rest in itertools.product(*ranges[1:])]
         boxes = [grid.tile_box(i) for i in indices]
+        # One forward batch at a time: a volume's tile row is a whole slab of tiles.
+        step = self.predictor.batch_size
+        for i in range(0, len(boxes), step):
+            self._add_tiles(stitcher, boxes[i : i + step], strip)
+
+    def _add_tiles(
+        self, stitcher: Stitcher, boxes: list[Box], strip: tuple[Box, np.ndarray, np.ndarray]
+    ) -> None:
+        grid = self.plan.grid
+        strip_box, data, valid = strip
         tiles = np.stack([cut_tile(data, valid, b, strip_box, grid.tile) for b in boxes])
         scores = self.predictor(self.normalize(tiles[:, :-1]) * tiles[:, -1:])
         for tile_box, tile_scores in zip(boxes, scores, strict=True):
