@@ -75,7 +75,11 @@ class ModelCard:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def normalize(self, tiles: np.ndarray) -> np.ndarray:
-        """``(x - mean) / std`` per band, in place, on ``(N, C, ...)`` float32 tiles."""
+        """``(x - mean) / std`` per band, in place, on ``(N, C, ...)`` float32 tiles.
+
+        A card with an ``intensity`` spec is normalised by the spec instead, fitted
+        on the scene (:mod:`gigaseg.models.intensity`, ``gigaseg.jobs.volume``).
+        """
         shape = (1, -1) + (1,) * (tiles.ndim - 2)
         if self.mean is not None:
             tiles -= np.asarray(self.mean, np.float32).reshape(shape)
