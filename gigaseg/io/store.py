@@ -17,8 +17,10 @@ be complete.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,11 +88,15 @@ def is_store(path: str | Path) -> bool:
 def create_store(path: str | Path, layout: StoreLayout, *, overwrite: bool = False) -> MaskStore:
     """Create an empty, incomplete store for ``layout`` at ``path``."""
     prepare_output(path, overwrite=overwrite)
-    fmt = layout.zarr_format
     try:
-        group = zarr.open_group(str(path), mode="w-", zarr_format=fmt)
+        return _create(path, layout)
     except OSError as e:
         raise OutputError(f"cannot create {path}: {e.strerror or e}") from None
+
+
+def _create(path: str | Path, layout: StoreLayout) -> MaskStore:
+    fmt = layout.zarr_format
+    group = zarr.open_group(str(path), mode="w-", zarr_format=fmt)
     dims = ["z", "y", "x"][-len(layout.shape) :]
     mask = _array(group, "mask", layout.shape, layout.chunks, layout.dtype, layout.nodata, fmt)
     mask.attrs.update(
@@ -253,15 +259,29 @@ class MaskStore:
         return Georef(crs, tuple(float(v) for v in transform))
 
     def write(self, box: Box, labels: np.ndarray, probabilities: np.ndarray | None = None) -> None:
-        """Write labels (and probabilities in [0, 1]) of ``box``; whole chunks only."""
-        self.mask[box.slices()] = labels
-        if self.probabilities is not None and probabilities is not None:
-            if self.probabilities.dtype == np.uint8:
-                probabilities = np.rint(probabilities * 255)
-            self.probabilities[(slice(None), *box.slices())] = probabilities.astype(self.probabilities.dtype)
+        """Write labels (and probabilities in [0, 1]) of ``box``; whole chunks only.
+
+        zarr writes each chunk to a temporary file and renames it, so a process
+        killed mid-write leaves the old chunk or the new one, never half of one.
+        """
+        with self.io_errors():
+            self.mask[box.slices()] = labels
+            if self.probabilities is not None and probabilities is not None:
+                if self.probabilities.dtype == np.uint8:
+                    probabilities = np.rint(probabilities * 255)
+                self.probabilities[(slice(None), *box.slices())] = probabilities.astype(self.probabilities.dtype)
 
     def mark_done(self, index: tuple[int, ...]) -> None:
-        self.blocks_done[index] = 1
+        with self.io_errors():
+            self.blocks_done[index] = 1
+
+    @contextlib.contextmanager
+    def io_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            where = getattr(self.group.store, "root", self.group.store)
+            raise OutputError(f"cannot write to {where}: {e.strerror or e}") from None
 
     def done(self) -> np.ndarray:
         return self.blocks_done[...] > 0
@@ -271,11 +291,20 @@ class MaskStore:
         missing = int((~self.done()).sum())
         if missing:
             raise IncompleteStoreError(f"{missing} blocks are not written yet")
-        self.group.attrs["gigaseg"] = {**self.attrs, "complete": True}
-        zarr.consolidate_metadata(self.group.store)
+        with self.io_errors():
+            self.group.attrs["gigaseg"] = {**self.attrs, "complete": True}
+            zarr.consolidate_metadata(self.group.store)
 
     def set_attrs(self, **values: Any) -> None:
         self.group.attrs["gigaseg"] = {**self.attrs, **values}
+
+
+def remove_partials(path: str | Path) -> int:
+    """Delete temporary chunk files (``*.partial``) a killed writer left behind."""
+    stray = list(Path(path).rglob("*.partial"))
+    for file in stray:
+        file.unlink(missing_ok=True)
+    return len(stray)
 
 
 def open_store(path: str | Path, *, mode: str = "r", require_complete: bool = False) -> MaskStore:

@@ -49,6 +49,7 @@ class SceneResult:
     seconds: float = 0.0
     mpix_per_s: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
+    worker_rss_mb: float = 0.0  # largest worker RSS when the scene finished
 
 
 @dataclass
@@ -116,6 +117,12 @@ def worker_device(device: str) -> str:
     except (ValueError, ImportError):
         number = 0
     return f"cuda:{number % torch.cuda.device_count()}"
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def _peak_rss_mb() -> float:
@@ -232,6 +239,7 @@ def _run_scenes(client: Any, scenes: list[SceneState], job: Job, threads: int, p
             if state.left == 0:
                 keys = list(state.futures)
                 state.result.blocks_retried = client.run_on_scheduler(_retries_used, keys=keys, allowed=retries)
+                state.result.worker_rss_mb = max(client.run(_rss_mb).values(), default=0.0)
                 _finish(state)
 
 

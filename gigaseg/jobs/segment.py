@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 import gigaseg
 from gigaseg.errors import InputError
+from gigaseg.faults import maybe_fail_write
 from gigaseg.io.geotiff import GeoTiffSource
-from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store
+from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store, remove_partials
 from gigaseg.models import ModelCard, Predictor, load_checkpoint
 from gigaseg.tiler import BlockGrid, Box, Stitcher, TileGrid, blend_window, to_pixels
 
@@ -153,6 +154,8 @@ class BlockRunner:
             until = box.stop[0] if last else origins[row + 1] // chunk * chunk
             if until > stitcher.start:
                 counts += self._write(*stitcher.release(until))
+        with self.store.io_errors():
+            maybe_fail_write(index)
         self.store.mark_done(index)
         return counts
 
@@ -321,6 +324,7 @@ def _open_output(
     model_path: str | Path,
 ) -> MaskStore:
     if options.resume and Path(output).exists():
+        remove_partials(output)
         store = open_store(output, mode="r+")
         stored = store.attrs.get("plan")
         if stored != json.loads(json.dumps(plan.describe())):
