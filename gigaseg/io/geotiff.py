@@ -18,6 +18,16 @@ from gigaseg.errors import InputError, SourceError
 from gigaseg.io.georef import Georef
 from gigaseg.tiler import Box
 
+# GDAL's block cache defaults to 5% of the machine's memory per process and fills
+# up as a scene streams through; only the next tile row reuses a block, so a
+# small cache does as well and keeps memory flat in the scene size. A
+# GDAL_CACHEMAX in the environment wins.
+CACHE_MB = 128
+
+
+def _read_options() -> dict[str, Any]:
+    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": CACHE_MB}
+
 
 class GigasegWarning(UserWarning):
     """Odd but valid input: processing goes on."""
@@ -101,8 +111,9 @@ class GeoTiffSource:
         window = Window(c0, r0, c1 - c0, r1 - r0)
         ds = self._dataset()
         try:
-            data = ds.read(self.bands, window=window, out_dtype=np.float32)
-            valid = self._valid(ds, window, data)
+            with rasterio.Env(**_read_options()):
+                data = ds.read(self.bands, window=window, out_dtype=np.float32)
+                valid = self._valid(ds, window, data)
         except RasterioError as e:
             raise SourceError(f"cannot read {box} from {self.path}: {_first_line(e)}") from None
         return data, valid
