@@ -79,17 +79,29 @@ def forward(*, input: str, model: str, batch_size: int, tiles: int, distinct: in
 
 def monai(*, input: str, model: str, batch_size: int) -> Result:
     """MONAI ``sliding_window_inference`` on the scene in memory, gaussian blending."""
+    net, card = _load(model)
+    image = _normalised(input, card)
+    grid = _grid(image.shape[1:], card)
+    started = time.perf_counter()
+    mask = _monai(net, image, grid, batch_size)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "pixels": mask.size, "tiles": grid.size}
+
+
+def monai_mask(*, input: str, model: str, batch_size: int) -> np.ndarray:
+    """MONAI's label mask of the scene (for checking that the engines agree)."""
+    net, card = _load(model)
+    image = _normalised(input, card)
+    return _monai(net, image, _grid(image.shape[1:], card), batch_size)
+
+
+def _monai(net: Any, image: np.ndarray, grid: Any, batch_size: int) -> np.ndarray:
     import torch
     from monai.inferers import sliding_window_inference
 
-    net, card = _load(model)
-    image = _normalised(input, card)
-    x = torch.from_numpy(image)[None]
-    grid = _grid(image.shape[1:], card)
-    started = time.perf_counter()
     with torch.inference_mode():
         probs = sliding_window_inference(
-            x,
+            torch.from_numpy(image)[None],
             roi_size=grid.tile,
             sw_batch_size=batch_size,
             predictor=_softmax(net),
@@ -97,9 +109,7 @@ def monai(*, input: str, model: str, batch_size: int) -> Result:
             mode="gaussian",
             sigma_scale=0.125,
         )
-        mask = probs[0].argmax(0).to(torch.uint8).numpy()
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "pixels": mask.size, "tiles": grid.size}
+        return probs[0].argmax(0).to(torch.uint8).numpy()
 
 
 def toolbelt(*, input: str, model: str, batch_size: int) -> Result:
