@@ -97,3 +97,70 @@ def unet_model(tmp_path) -> Path:
         arch_kwargs={"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
     )
     return path
+
+
+def oblique_affine(angles=(0.09, -0.17, 0.35), zooms=(-0.7, -0.8, 2.4), origin=(91.0, 110.5, -72.25)):
+    """A scanner-like affine: a rotation (radians about x, y, z) times voxel sizes, plus an origin.
+
+    Negative zooms flip an axis: the default is oblique, anisotropic and LPS-like.
+    """
+    (cx, cy, cz), (sx, sy, sz) = np.cos(angles), np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rz @ ry @ rx @ np.diag(zooms)
+    affine[:3, 3] = origin
+    return affine
+
+
+OBLIQUE = oblique_affine()
+
+
+def write_nifti(
+    path: Path,
+    data: np.ndarray,
+    affine: np.ndarray = OBLIQUE,
+    *,
+    sform_code: int = 1,
+    qform_code: int = 1,
+    version: int = 1,
+    slope: float | None = None,
+    inter: float | None = None,
+) -> Path:
+    """Write ``data`` (nibabel's ``(i, j, k[, t])`` order) with the given transforms and codes."""
+    import nibabel as nib
+
+    klass = nib.Nifti2Image if version == 2 else nib.Nifti1Image
+    image = klass(data, affine)
+    image.set_sform(affine, code=sform_code)
+    image.set_qform(affine, code=qform_code)
+    image.header.set_xyzt_units("mm", "sec")
+    if slope is not None:
+        image.header.set_slope_inter(slope, inter or 0.0)
+    nib.save(image, str(path))
+    return path
+
+
+def organ_nifti(path: Path, shape=(20, 26, 23), *, seed=0, affine=OBLIQUE, **kw) -> Path:
+    """A CT-like volume of ``shape`` (i, j, k) in HU as int16, written as NIfTI."""
+    from gigaseg.synthetic import organ_volume
+
+    volume, _ = organ_volume(shape[::-1], seed=seed)  # organ_volume is (D, H, W) = (k, j, i)
+    return write_nifti(path, np.rint(volume.T).astype(np.int16), affine, **kw)
+
+
+def conv3d_checkpoint(path: Path, *, in_channels=1, classes=3, tile=16, overlap=4, seed=2, **card) -> Path:
+    """A seeded conv3d model; ``arch_kwargs`` in ``card`` set its kernel and depth."""
+    init_checkpoint(
+        path,
+        arch="conv3d",
+        in_channels=in_channels,
+        classes=[f"c{i}" for i in range(classes)],
+        tile=tile,
+        overlap=overlap,
+        spatial_dims=3,
+        seed=seed,
+        **{"mean": [0.0] * in_channels, "std": [300.0] * in_channels, **card},
+    )
+    return path

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from gigaseg.jobs.cli import cli
-from tests.conftest import write_tiff
+from tests.conftest import organ_nifti, write_tiff
 
 
 def run(*args):
@@ -146,3 +146,35 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"gigaseg: error: {tmp_path / 'nope'} is not a gigaseg Zarr store"
+
+
+def test_volume_slice_wise_segment_info_export(tmp_path):
+    import nibabel as nib
+
+    from gigaseg.models.checkpoint import init_checkpoint
+
+    ct = organ_nifti(tmp_path / "ct.nii.gz", shape=(20, 18, 12))
+    model = tmp_path / "m2.pt"
+    init_checkpoint(model, arch="conv", in_channels=3, classes=["a", "b"], tile=8, overlap=2)
+    out = tmp_path / "o.zarr"
+    args = ("segment", ct, "--model", model, "--out", out, "--slice-axis", 2, "--context", 1)
+    result = run(*args, "--tile", "8mm", "--overlap", 2, "--cache", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    result = run("info", out)
+    assert "orientation: " + "".join(nib.aff2axcodes(nib.load(ct).affine)) in result.stdout
+    assert "affine_source: sform" in result.stdout
+    assert run("export", out, tmp_path / "mask.nii.gz").exit_code == 0
+    mask = nib.load(tmp_path / "mask.nii.gz")
+    assert np.array_equal(mask.affine, nib.load(ct).affine) and mask.shape == (20, 18, 12)
+
+
+def test_volume_errors_are_one_line(tmp_path, inputs):
+    _, model = inputs  # a 2-D model taking 3 bands
+    ct = organ_nifti(tmp_path / "ct.nii.gz", shape=(30, 30, 30))
+    out = tmp_path / "o.zarr"
+    args = ("segment", ct, "--model", model, "--out", out, "--cache", tmp_path / "cache")
+    assert_one_line_error(run(*args), "--slice-axis")
+    assert_one_line_error(run(*args, "--slice-axis", 2), "takes 3 channels")
+    ct.write_bytes(ct.read_bytes()[:-500])
+    assert_one_line_error(run(*args, "--slice-axis", 2), "corrupt or truncated")
+    assert not out.exists()

@@ -128,7 +128,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_result_unchanged(job_dir):
 
     def kill_a_worker_once_blocks_land():
         store = job_dir / "out" / "s0_mask.zarr" / "blocks_done"
-        deadline = time.time() + 120
+        deadline = time.time() + 600
         while time.time() < deadline:
             done = len([p for p in store.glob("*") if not p.name.startswith(".")]) if store.exists() else 0
             workers = worker_processes()
@@ -154,7 +154,7 @@ def test_a_killed_job_resumes_redoing_only_unfinished_blocks(job_dir):
         command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     done_path = job_dir / "out" / "s0_mask.zarr" / "blocks_done"
-    deadline = time.time() + 180
+    deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if done_path.exists() and len([p for p in done_path.glob("*") if not p.name.startswith(".")]) >= 3:
             break

@@ -87,3 +87,21 @@ def test_predictor_gives_probabilities_and_checks_the_tile():
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
     with pytest.raises(InputError, match="not a multiple of 32.*--tile 512"):
         predictor.check_tile((500, 500))
+
+
+def test_conv3d_is_a_3d_model_with_the_receptive_field_its_card_gives():
+    card = ModelCard(
+        arch="conv3d",
+        in_channels=2,
+        classes=["a", "b", "c"],
+        spatial_dims=3,
+        arch_kwargs={"kernel_size": 3, "layers": 2},
+    )
+    model = create_model(card).eval()
+    x = torch.zeros(1, 2, 9, 9, 9)
+    x[0, :, 4, 4, 4] = 1.0
+    with torch.inference_mode():
+        reach = (model(x) - model(torch.zeros_like(x))).abs().sum(1)[0] > 0
+    assert reach.nonzero().min().item() == 2 and reach.nonzero().max().item() == 6  # 2 voxels each side
+    with pytest.raises(ModelError, match="needs spatial_dims 3"):
+        create_model(ModelCard(arch="conv3d", in_channels=2, classes=["a"]))

@@ -1,4 +1,4 @@
-"""Export a mask store to a Cloud-Optimized GeoTIFF, chunk row by chunk row."""
+"""Export a mask store, chunk row by chunk row: a Cloud-Optimized GeoTIFF, or NIfTI for volumes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from gigaseg.errors import InputError, OutputError, OutputExistsError
+from gigaseg.io.export_nifti import write_nifti
 from gigaseg.io.geotiff import GigasegWarning
 from gigaseg.io.store import MaskStore, open_store
 
@@ -35,17 +36,25 @@ PALETTE = [
 def export_mask(
     store_path: str | Path, output: str | Path, *, overwrite: bool = False, allow_incomplete: bool = False
 ) -> None:
-    """Write the store's mask as a COG with its CRS, transform, nodata and colour table."""
+    """Write the store's mask as a COG with its CRS, transform, nodata and colour table.
+
+    An output ending in ``.nii`` or ``.nii.gz`` gets a NIfTI file with the input
+    volume's header instead (see :mod:`gigaseg.io.export_nifti`).
+    """
     store = open_store(store_path, require_complete=not allow_incomplete)
     if not store.complete:
         warnings.warn(f"{store_path} is INCOMPLETE: unwritten blocks export as nodata", GigasegWarning, stacklevel=2)
     output = Path(output)
-    if output.suffix.lower() not in (".tif", ".tiff"):
-        raise InputError(f"cannot export to {output}: the name must end in .tif")
+    nifti = output.name.lower().endswith((".nii", ".nii.gz"))
+    if output.suffix.lower() not in (".tif", ".tiff") and not nifti:
+        raise InputError(f"cannot export to {output}: the name must end in .tif, .nii or .nii.gz")
     if output.exists() and not overwrite:
         raise OutputExistsError(f"output {output} exists; pass --overwrite to replace it")
     if not os.access(output.absolute().parent, os.W_OK):
         raise OutputError(f"output directory {output.absolute().parent} is not writable")
+    if nifti:
+        write_nifti(store, output)
+        return
     staging = output.with_name(f".{output.name}.staging.tif")
     partial = output.with_name(f".{output.name}.partial")
     try:

@@ -76,9 +76,19 @@ class GeoTiffSource:
                 stacklevel=2,
             )
 
+    unit = "m"  # lengths such as "5120m" are in CRS units
+
     @property
     def channels(self) -> int:
         return len(self.bands)
+
+    @property
+    def spacing(self) -> tuple[float, float]:
+        """Pixel size along (rows, cols) in CRS units."""
+        return self.georef.pixel_size
+
+    def describe(self) -> dict[str, Any]:
+        return {"bands": self.bands}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -13,7 +13,7 @@ def describe_store(path: str | Path) -> dict[str, Any]:
     attrs = store.attrs
     done = store.done()
     georef = store.georef
-    return {
+    record = {
         "path": str(path),
         "complete": store.complete,
         "blocks_done": f"{int(done.sum())}/{done.size}",
@@ -31,3 +31,11 @@ def describe_store(path: str | Path) -> dict[str, Any]:
         "summary": attrs.get("summary"),
         "provenance": attrs,
     }
+    nifti = store.nifti
+    if nifti is not None:  # a volume: the NIfTI grid instead of a CRS
+        record |= {
+            "orientation": nifti.orientation,
+            "voxel_sizes": list(nifti.voxel_sizes),
+            "affine_source": nifti.affine_source,
+        }
+    return record

@@ -31,6 +31,7 @@ from numcodecs import Blosc
 
 from gigaseg.errors import IncompleteStoreError, OutputError, OutputExistsError, SourceError
 from gigaseg.io.georef import Georef
+from gigaseg.io.niftiref import NiftiRef
 from gigaseg.tiler import Box
 
 PROBABILITY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
@@ -44,7 +45,7 @@ class StoreLayout:
     chunks: tuple[int, ...]
     block_counts: tuple[int, ...]
     classes: list[str]
-    georef: Georef
+    georef: Georef | NiftiRef
     probabilities: str | None = None
     zarr_format: int = 2
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -117,7 +118,7 @@ def _create(path: str | Path, layout: StoreLayout) -> MaskStore:
     )
     if layout.probabilities:
         _probability_array(group, layout, dims)
-    if len(layout.shape) == 2:
+    if len(layout.shape) == 2 and isinstance(layout.georef, Georef):
         _write_coordinates(group, layout.georef, layout.shape)
     done = _array(group, "blocks_done", layout.block_counts, (1,) * len(layout.block_counts), np.uint8, 0, fmt)
     done.attrs["_ARRAY_DIMENSIONS"] = [f"block_{d}" for d in dims]
@@ -164,8 +165,13 @@ def _probability_array(group: zarr.Group, layout: StoreLayout, dims: list[str]) 
     probs.attrs.update(attrs)
 
 
-def georef_attrs(georef: Georef, shape: tuple[int, ...]) -> dict[str, Any]:
-    """Georeferencing attributes in the forms GDAL, xarray and GeoZarr readers look for."""
+def georef_attrs(georef: Georef | NiftiRef, shape: tuple[int, ...]) -> dict[str, Any]:
+    """Georeferencing attributes in the forms GDAL, xarray and GeoZarr readers look for.
+
+    A NIfTI volume's header goes whole into ``nifti`` (see :class:`NiftiRef`).
+    """
+    if isinstance(georef, NiftiRef):
+        return {"nifti": georef.to_attrs()}
     if len(shape) != 2:
         return {}
     height, width = shape
@@ -265,6 +271,12 @@ class MaskStore:
         crs = attrs.get("_CRS", {}).get("wkt")
         transform = attrs.get("spatial:transform", (1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
         return Georef(crs, tuple(float(v) for v in transform))
+
+    @property
+    def nifti(self) -> NiftiRef | None:
+        """The input's NIfTI header, for masks of NIfTI volumes."""
+        attrs = self.mask.attrs.get("nifti")
+        return NiftiRef.from_attrs(attrs) if attrs else None
 
     def write(self, box: Box, labels: np.ndarray, probabilities: np.ndarray | None = None) -> None:
         """Write labels (and probabilities in [0, 1]) of ``box``; whole chunks only.

@@ -54,7 +54,7 @@ class GigasegGroup(click.Group):
 @click.version_option(package_name="gigaseg")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """Segment scenes too big for memory: GeoTIFF in, georeferenced Zarr mask out."""
+    """Segment scenes too big for memory: GeoTIFF or NIfTI in, georeferenced Zarr mask out."""
     ctx.obj = {"debug": debug}
 
 
@@ -65,6 +65,15 @@ def _bands(value: str | None) -> tuple[int, ...] | None:
         return tuple(int(b) for b in value.split(","))
     except ValueError:
         raise click.BadParameter(f"bands must be comma-separated numbers, got {value!r}") from None
+
+
+def _volume(value: str | None) -> int | str | None:
+    if value is None or value == "channels":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"volume must be a number or 'channels', got {value!r}") from None
 
 
 @cli.command()
@@ -88,8 +97,8 @@ def _bands(value: str | None) -> tuple[int, ...] | None:
     help="Blend softmax probabilities or raw logits.",
 )
 @click.option("--bands", default=None, help="Input bands to use, 1-based: 4,3,2.")
-@click.option("--block", default=16384, show_default=True, help="Largest output block side.")
-@click.option("--chunk", default=512, show_default=True, help="Output chunk side.")
+@click.option("--block", type=int, default=None, help="Largest output block side [16384; volumes 512].")
+@click.option("--chunk", type=int, default=None, help="Output chunk side [512; volumes 64].")
 @click.option("--batch-size", type=int, default=None, help="Tiles per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option(
@@ -107,8 +116,19 @@ def _bands(value: str | None) -> tuple[int, ...] | None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted output store.")
+@click.option("--volume", default=None, help="NIfTI 4-D: a volume number (0-based), or 'channels' for all.")
+@click.option("--slice-axis", type=int, default=None, help="Run a 2-D model slice by slice along i=0, j=1, k=2.")
+@click.option("--context", type=int, default=0, show_default=True, help="2.5-D: slices on each side as channels.")
+@click.option("--canonical", is_flag=True, help="Show the model the volume reoriented to RAS.")
+@click.option(
+    "--cache",
+    "cache_dir",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Where .nii.gz volumes are decompressed [$GIGASEG_CACHE or the temp dir].",
+)
 def segment(input_path: Path, model_path: Path, output: Path, **kw: Any) -> None:
-    """Segment INPUT (a GeoTIFF or any GDAL raster) into a Zarr mask."""
+    """Segment INPUT (a GeoTIFF or any GDAL raster, or a NIfTI volume) into a Zarr mask."""
     from gigaseg.jobs.segment import SegmentOptions
     from gigaseg.jobs.segment import segment as run
 
@@ -118,6 +138,7 @@ def segment(input_path: Path, model_path: Path, output: Path, **kw: Any) -> None
         **{
             **kw,
             "bands": _bands(kw["bands"]),
+            "volume": _volume(kw["volume"]),
             "zarr_format": int(kw["zarr_format"]),
             "progress": sys.stderr.isatty(),
         }
@@ -170,7 +191,7 @@ def info(store_path: Path, as_json: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--allow-incomplete", is_flag=True, help="Export a store whose run never finished.")
 def export(store_path: Path, output: Path, overwrite: bool, allow_incomplete: bool) -> None:
-    """Export a mask store to a Cloud-Optimized GeoTIFF (.tif)."""
+    """Export a mask store to a Cloud-Optimized GeoTIFF (.tif), or a volume's to NIfTI (.nii.gz)."""
     from gigaseg.io.export import export_mask
 
     export_mask(store_path, output, overwrite=overwrite, allow_incomplete=allow_incomplete)

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gigaseg.io.store import is_store, open_store
-from gigaseg.jobs.segment import Plan, SceneSpec, plan_scene
+from gigaseg.jobs.segment import Plan, SceneSpec, load_predictor, plan_scene
 from gigaseg.tiler import halo_overhead
 
 # Rough activation memory of a small encoder-decoder per input pixel in a batch
@@ -33,11 +33,11 @@ def predicted_memory(plan: Plan, *, channels: int, classes: int, batch: int, par
 
 def describe_scene(spec: SceneSpec) -> str:
     cpu = replace(spec, options=replace(spec.options, device="cpu"))
-    source, predictor, plan = plan_scene(cpu)
-    params = sum(p.numel() for p in predictor.model.parameters())
-    card = predictor.card
+    fed, plan = plan_scene(cpu)
+    source, card = fed.source, fed.predictor.card
+    params = sum(p.numel() for p in load_predictor(cpu).model.parameters())
     memory = predicted_memory(
-        plan, channels=source.channels, classes=card.num_classes, batch=predictor.batch_size, params=params
+        plan, channels=source.channels, classes=card.num_classes, batch=fed.predictor.batch_size, params=params
     )
     overhead = halo_overhead(plan.grid, plan.blocks)
     work = plan.grid.size * overhead * math.prod(plan.grid.tile) / 1e6

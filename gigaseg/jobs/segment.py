@@ -25,13 +25,19 @@ from tqdm import tqdm
 import gigaseg
 from gigaseg.errors import InputError
 from gigaseg.faults import maybe_fail_write
-from gigaseg.io.geotiff import GeoTiffSource
+from gigaseg.io.sources import Source, open_source
 from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store, remove_partials
+from gigaseg.jobs.volume import ModelInput, model_input
 from gigaseg.models import ModelCard, Predictor, load_checkpoint
 from gigaseg.tiler import BlockGrid, Box, Stitcher, TileGrid, blend_window, to_pixels
 
 T = TypeVar("T")
-Length = int | str  # pixels, or a string such as "3840m" in CRS units
+Length = int | str  # pixels, or a string such as "3840m" in CRS units or "80mm"
+UNITS_IN_METRES = {"mm": 1e-3, "m": 1.0}
+# Largest block side and chunk side by scene dimensions when the options say None. A
+# volume's stitcher holds (tile + chunk) slices of a block's plane for every class.
+DEFAULT_BLOCK = {2: 16384, 3: 512}
+DEFAULT_CHUNK = {2: 512, 3: 64}
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,8 @@ class SegmentOptions:
     blend: str = "gaussian"
     merge: str = "probs"
     bands: tuple[int, ...] | None = None
-    block: int = 16384
-    chunk: int = 512
+    block: int | None = None  # 16384 for images, 512 for volumes
+    chunk: int | None = None  # 512 for images, 64 for volumes
     batch_size: int | None = None
     device: str = "auto"
     probabilities: str | None = None
@@ -52,6 +58,11 @@ class SegmentOptions:
     overwrite: bool = False
     resume: bool = False
     progress: bool = False
+    volume: int | str | None = None  # NIfTI: a volume of a 4-D file, or "channels"
+    slice_axis: int | None = None  # run a 2-D model slice by slice along this (i, j, k) axis
+    context: int = 0  # 2.5-D: neighbouring slices on each side as channels
+    canonical: bool = False  # show the model the volume reoriented to RAS
+    cache_dir: str | None = None  # where .nii.gz volumes are decompressed
 
 
 @dataclass(frozen=True)
@@ -100,27 +111,61 @@ class Summary:
         )
 
 
-def parse_length(value: Length | None, *, pixel_size: float, multiple: int = 1) -> int | None:
-    """Pixels from ``512`` or ``"512"``, or from CRS units such as ``"3840m"``."""
+def parse_length(value: Length | None, *, pixel_size: float, multiple: int = 1, unit: str = "m") -> int | None:
+    """Pixels from ``512`` or ``"512"``, or from lengths such as ``"3840m"`` or ``"80mm"``.
+
+    ``pixel_size`` is in ``unit``: CRS units ("m") for rasters, millimetres for volumes.
+    """
     if value is None or isinstance(value, int):
         return value
     text = str(value).strip().lower()
     try:
-        if text.endswith("m"):
-            return to_pixels(float(text[:-1]), pixel_size, multiple=multiple)
+        for suffix in ("mm", "m"):
+            if text.endswith(suffix):
+                length = float(text[: -len(suffix)]) * UNITS_IN_METRES[suffix] / UNITS_IN_METRES[unit]
+                return to_pixels(length, pixel_size, multiple=multiple)
         return int(text)
     except ValueError:
-        raise InputError(f"a length must be pixels (512) or CRS units (3840m), got {value!r}") from None
+        raise InputError(
+            f"a length must be pixels (512), CRS units (3840m) or millimetres (80mm), got {value!r}"
+        ) from None
+
+
+def axis_lengths(
+    value: Length | None, spacing: tuple[float, ...], *, unit: str, multiple: int = 1
+) -> tuple[int, ...] | None:
+    """A length per axis: the same pixels on every axis, or one physical length over each spacing."""
+    found = [parse_length(value, pixel_size=s, multiple=multiple, unit=unit) for s in spacing]
+    return None if found[0] is None else tuple(int(n) for n in found)
 
 
 def make_plan(
-    shape: tuple[int, ...], card: ModelCard, options: SegmentOptions, *, pixel_size: float, stride: int
+    shape: tuple[int, ...],
+    card: ModelCard,
+    options: SegmentOptions,
+    *,
+    pixel_size: float | tuple[float, ...],
+    stride: int,
+    unit: str = "m",
+    flat_axis: int | None = None,
 ) -> Plan:
-    tile = parse_length(options.tile, pixel_size=pixel_size, multiple=stride) or card.tile
-    overlap = parse_length(options.overlap, pixel_size=pixel_size)
-    overlap = card.overlap if overlap is None else overlap
+    """The tiling of a scene; ``pixel_size`` per axis (or one for all axes).
+
+    ``flat_axis`` makes tiles one pixel thick along that axis with no overlap
+    there: slice-wise inference of a 2-D model on a volume.
+    """
+    ndim = len(shape)
+    spacing = (pixel_size,) * ndim if isinstance(pixel_size, int | float) else tuple(pixel_size)
+    tile = axis_lengths(options.tile, spacing, unit=unit, multiple=stride) or (card.tile,) * ndim
+    overlap = axis_lengths(options.overlap, spacing, unit=unit)
+    overlap = (card.overlap,) * ndim if overlap is None else overlap
+    if flat_axis is not None:
+        tile = tuple(1 if a == flat_axis else t for a, t in enumerate(tile))
+        overlap = tuple(0 if a == flat_axis else o for a, o in enumerate(overlap))
     grid = TileGrid.create(shape, tile, overlap)
-    blocks = BlockGrid.create(shape, max_block=options.block, chunk=options.chunk)
+    block = options.block or DEFAULT_BLOCK.get(ndim, DEFAULT_BLOCK[3])
+    chunk = options.chunk or DEFAULT_CHUNK.get(ndim, DEFAULT_CHUNK[3])
+    blocks = BlockGrid.create(shape, max_block=block, chunk=chunk)
     blend_window(options.blend, (1,))  # validates the name early
     return Plan(grid, blocks, options.blend, options.merge)
 
@@ -128,11 +173,20 @@ def make_plan(
 class BlockRunner:
     """Everything one process needs to run blocks of one scene into one store."""
 
-    def __init__(self, plan: Plan, source: GeoTiffSource, predictor: Predictor, store: MaskStore) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        source: Source,
+        predictor: Predictor,
+        store: MaskStore,
+        *,
+        normalize: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.plan = plan
         self.source = source
         self.predictor = predictor
         self.store = store
+        self.normalize = normalize or predictor.card.normalize
         self.window = blend_window(plan.blend, plan.grid.tile)
         self.classes = predictor.card.num_classes
         self.channels_last = len(plan.grid.tile) == 2  # how 2-D networks take their input
@@ -177,7 +231,7 @@ class BlockRunner:
         last = grid.tile_box((row, *(r[-1] for r in ranges[1:])))
         strip = first.union(last)
         data, valid = self.source.read(strip)
-        data = self.predictor.card.normalize(data[None])[0]
+        data = self.normalize(data[None])[0]
         if not valid.all():
             data[:, ~valid] = 0
         if self.channels_last:
@@ -358,24 +412,39 @@ def open_runner(spec: SceneSpec, *, create: bool = False) -> BlockRunner:
     With ``create`` the store is created (or, with resume, checked and reopened):
     that is the driver's job, once per scene. Block tasks open it for writing.
     """
-    source, predictor, plan = plan_scene(spec)
+    fed, plan = plan_scene(spec)
     if create:
-        store = _open_output(spec.output, plan, predictor.card, source, spec.options, spec.model)
+        store = _open_output(spec.output, plan, fed.predictor.card, fed, spec.options, spec.model)
     else:
         store = open_store(spec.output, mode="r+")
-    return BlockRunner(plan, source, predictor, store)
+    return BlockRunner(plan, fed.source, fed.predictor, store, normalize=fed.normalize)
 
 
-def plan_scene(spec: SceneSpec) -> tuple[GeoTiffSource, Predictor, Plan]:
-    """Open the input and the model, check they fit, and tile the scene."""
+def plan_scene(spec: SceneSpec) -> tuple[ModelInput, Plan]:
+    """Open the model and the input, check they fit, and tile the scene.
+
+    The model comes first: a bad model is reported before a ``.nii.gz`` is
+    decompressed into its cache.
+    """
     options = spec.options
-    source = GeoTiffSource(spec.input, bands=list(options.bands) if options.bands else None)
     predictor = load_predictor(spec)
-    check_channels(predictor.card, source.channels, spec.input)
-    pixel_size = min(source.georef.pixel_size)
-    plan = make_plan(source.shape, predictor.card, options, pixel_size=pixel_size, stride=predictor.stride)
-    predictor.check_tile(plan.grid.tile)
-    return source, predictor, plan
+    card = predictor.card
+    source = open_source(spec.input, bands=options.bands, volume=options.volume, cache_dir=options.cache_dir)
+    fed = model_input(
+        source, predictor, slice_axis=options.slice_axis, context=options.context, canonical=options.canonical
+    )
+    check_channels(card, fed.source.channels, spec.input)
+    plan = make_plan(
+        source.shape,
+        card,
+        options,
+        pixel_size=source.spacing,
+        unit=source.unit,
+        stride=predictor.stride,
+        flat_axis=fed.flat_axis,
+    )
+    fed.predictor.check_tile(plan.grid.tile)
+    return fed, plan
 
 
 _PREDICTORS: dict[str, Predictor] = {}
@@ -401,7 +470,7 @@ def segment(
     *,
     card: ModelCard | None = None,
 ) -> Summary:
-    """Segment one raster into a Zarr mask store; the whole path in one call."""
+    """Segment one raster or volume into a Zarr mask store; the whole path in one call."""
     spec = SceneSpec(
         str(input_path),
         str(model_path),
@@ -425,7 +494,7 @@ def _open_output(
     output: str | Path,
     plan: Plan,
     card: ModelCard,
-    source: GeoTiffSource,
+    fed: ModelInput,
     options: SegmentOptions,
     model_path: str | Path,
 ) -> MaskStore:
@@ -444,20 +513,20 @@ def _open_output(
         chunks=plan.blocks.chunk,
         block_counts=plan.blocks.counts,
         classes=list(card.classes),
-        georef=source.georef,
+        georef=fed.source.georef,
         probabilities=options.probabilities,
         zarr_format=options.zarr_format,
-        attrs=provenance(plan, card, source, model_path),
+        attrs={**provenance(plan, card, fed.source, model_path), "model_input": fed.record},
     )
     return create_store(output, layout, overwrite=options.overwrite)
 
 
-def provenance(plan: Plan, card: ModelCard, source: GeoTiffSource, model_path: str | Path) -> dict[str, Any]:
+def provenance(plan: Plan, card: ModelCard, source: Source, model_path: str | Path) -> dict[str, Any]:
     return {
         "version": gigaseg.__version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "input": str(Path(source.path).absolute()),
-        "bands": source.bands,
+        **source.describe(),
         "model": str(Path(model_path).absolute()),
         "model_card": card.to_dict(),
         "model_card_sha256": card.digest(),

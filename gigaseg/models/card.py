@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from gigaseg.errors import ModelError
+from gigaseg.models.intensity import check_spec
 
 
 @dataclass
@@ -30,6 +31,7 @@ class ModelCard:
     tile: int = 512
     overlap: int = 64
     receptive_field: int | None = None
+    intensity: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -44,6 +46,8 @@ class ModelCard:
                 raise ModelError(f"model card: {name} has {len(values)} values but in_channels is {self.in_channels}")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ModelError(f"model card: std must be positive, got {self.std}")
+        if self.intensity is not None:
+            check_spec(self.intensity)
 
     @property
     def num_classes(self) -> int:
@@ -69,7 +73,11 @@ class ModelCard:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def normalize(self, tiles: np.ndarray) -> np.ndarray:
-        """``(x - mean) / std`` per band, in place, on ``(N, C, ...)`` float32 tiles."""
+        """``(x - mean) / std`` per band, in place, on ``(N, C, ...)`` float32 tiles.
+
+        A card with an ``intensity`` spec is normalised by the spec instead, fitted
+        on the scene (:mod:`gigaseg.models.intensity`, ``gigaseg.jobs.volume``).
+        """
         shape = (1, -1) + (1,) * (tiles.ndim - 2)
         if self.mean is not None:
             tiles -= np.asarray(self.mean, np.float32).reshape(shape)

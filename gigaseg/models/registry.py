@@ -95,3 +95,39 @@ class ConvNet(nn.Module):
 def conv(card: ModelCard) -> nn.Module:
     """A single 2-D convolution (kernel_size from the card, default 1)."""
     return ConvNet(card.in_channels, card.num_classes, **card.arch_kwargs)
+
+
+class ConvNet3d(nn.Module):
+    """A stack of 3-D convolutions: the cheapest 3-D model, for tests and benchmarks.
+
+    ``layers - 1`` hidden convolutions of ``width`` channels with ReLU, then one
+    to the classes. The receptive field reaches ``layers * (kernel_size // 2)``
+    voxels from the centre, so with ``kernel_size=1`` tiled inference equals
+    whole-volume inference exactly, and with 3 it does wherever every tile
+    covering a voxel also covers that reach.
+    """
+
+    output_stride = 1
+
+    def __init__(
+        self, in_channels: int, classes: int, *, kernel_size: int = 1, layers: int = 1, width: int = 8
+    ) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        channels = in_channels
+        for _ in range(layers - 1):
+            blocks += [nn.Conv3d(channels, width, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+            channels = width
+        blocks.append(nn.Conv3d(channels, classes, kernel_size, padding=kernel_size // 2))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x):  # noqa: D102 - nn.Module protocol
+        return self.net(x)
+
+
+@register_model("conv3d")
+def conv3d(card: ModelCard) -> nn.Module:
+    """3-D convolutions (kernel_size, layers, width from the card; defaults 1, 1, 8)."""
+    if card.spatial_dims != 3:
+        raise ValueError(f"conv3d is a 3-D model: its card needs spatial_dims 3, not {card.spatial_dims}")
+    return ConvNet3d(card.in_channels, card.num_classes, **card.arch_kwargs)

@@ -1,0 +1,126 @@
+"""How a scene reaches the network: dimensions, axis order, slice-wise mode, normalisation.
+
+* A 2-D model on a 2-D raster, or a 3-D model on a volume: tiles go straight in,
+  a volume's tiles in nibabel's ``(i, j, k)`` order (RAS with ``canonical``).
+* A 2-D model on a volume (``slice_axis``, counted in the model's ``(i, j, k)``
+  or RAS axes): the 3-D tile grid is one voxel thick along that axis, and each
+  tile is shown to the network as an image. With ``context=k`` the ``k``
+  slices on either side come along as extra channels (2.5-D).
+* Intensities are normalised as the model card says: its ``intensity`` spec,
+  fitted on a strided sample of the scene when it needs statistics, else the
+  card's plain ``mean``/``std``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gigaseg.errors import InputError
+from gigaseg.io.sources import Oriented, SliceContext, Source, sample_voxels
+from gigaseg.models import ModelCard, Predictor
+from gigaseg.models.intensity import fit_intensity, needs_sample
+from gigaseg.models.views import ViewPredictor
+from gigaseg.tiler.axes import AxisView
+
+Normalize = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The source and predictor the blocks use, and how tiles are shaped for them."""
+
+    source: Source
+    predictor: Predictor | ViewPredictor
+    normalize: Normalize
+    flat_axis: int | None = None  # scene axis along which tiles are one voxel thick
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def model_input(
+    source: Source,
+    predictor: Predictor,
+    *,
+    slice_axis: int | None = None,
+    context: int = 0,
+    canonical: bool = False,
+) -> ModelInput:
+    """Wrap ``source`` and ``predictor`` so the network sees what it was trained on."""
+    card = predictor.card
+    check_dims(source, card, slice_axis=slice_axis, context=context, canonical=canonical)
+    view = axis_view(source, canonical=canonical)
+    flat = None if slice_axis is None else view.order[slice_axis]
+    fed: Source = source
+    if flat is not None and context:
+        fed = SliceContext(source, axis=flat, slices=context, reverse=view.flip[slice_axis])
+    if len(source.shape) == 3:
+        check_volume_channels(card, source, context)
+    wrapped = predictor
+    if flat is not None or not view.is_identity:
+        wrapped = ViewPredictor(predictor, view, slice_axis=slice_axis)
+    normalize = normalizer(card, source)
+    record = {"axis_order": list(view.order), "axis_flip": list(view.flip), "canonical": canonical}
+    record |= {"slice_axis": slice_axis, "context": context, "intensity": _describe(normalize)}
+    return ModelInput(fed, wrapped, normalize, flat, record)
+
+
+def check_dims(source: Source, card: ModelCard, *, slice_axis: int | None, context: int, canonical: bool) -> None:
+    """Refuse model/scene combinations that cannot work, saying which option fixes them."""
+    ndim, path = len(source.shape), source.path
+    if card.spatial_dims not in (2, 3):
+        raise InputError(f"the model card says spatial_dims {card.spatial_dims}; gigaseg runs 2-D and 3-D models")
+    if ndim == 2:
+        if card.spatial_dims == 3:
+            raise InputError(f"{card.arch} is a 3-D model but {path} is a 2-D raster")
+        if slice_axis is not None or context or canonical:
+            raise InputError(f"--slice-axis, --context and --canonical are for 3-D volumes; {path} is 2-D")
+        return
+    if card.spatial_dims == 2 and slice_axis is None:
+        raise InputError(
+            f"{path} is a 3-D volume but {card.arch} is a 2-D model; run it slice by slice "
+            "with --slice-axis 0, 1 or 2 (the volume's i, j or k axis; 2 is axial in RAS-like volumes)"
+        )
+    if card.spatial_dims == 3 and (slice_axis is not None or context):
+        raise InputError(f"--slice-axis and --context run 2-D models slice by slice, but {card.arch} is 3-D")
+    if slice_axis is not None and slice_axis not in (0, 1, 2):
+        raise InputError(f"--slice-axis must be 0, 1 or 2, got {slice_axis}")
+    if context < 0:
+        raise InputError(f"--context must be 0 or more slices, got {context}")
+
+
+def axis_view(source: Source, *, canonical: bool) -> AxisView:
+    """The source's view for models (nibabel order for NIfTI), else the identity."""
+    if isinstance(source, Oriented):
+        return source.axis_view(canonical=canonical)
+    if canonical:
+        raise InputError(f"--canonical needs an oriented volume (NIfTI); {source.path} has no orientation")
+    return AxisView.identity(len(source.shape))
+
+
+def check_volume_channels(card: ModelCard, source: Source, context: int) -> None:
+    slices = 2 * context + 1
+    if card.in_channels == source.channels * slices:
+        return
+    raise InputError(
+        f"the model takes {card.in_channels} channels but {source.path} gives "
+        f"{source.channels * slices} ({source.channels} volume(s) x {slices} slice(s)); "
+        "choose volumes with --volume (a number, or 'channels' for all) and neighbouring "
+        "slices with --context"
+    )
+
+
+def normalizer(card: ModelCard, source: Source) -> Normalize:
+    """The card's intensity spec fitted on ``source`` (sampled if needed), or its mean/std."""
+    spec = card.intensity
+    if spec is None:
+        return card.normalize
+    sample = sample_voxels(source) if needs_sample(spec, mean=card.mean, std=card.std) else None
+    return fit_intensity(spec, sample, channels=card.in_channels, mean=card.mean, std=card.std)
+
+
+def _describe(normalize: Normalize) -> dict[str, Any] | None:
+    describe = getattr(normalize, "describe", None)
+    return describe() if describe else None
