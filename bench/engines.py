@@ -38,7 +38,7 @@ def planned_tiles(input: str, model: str, **options: Any) -> int:
     from gigaseg.jobs.segment import SceneSpec, SegmentOptions, plan_scene
     from gigaseg.tiler.grid import halo_overhead
 
-    _, _, plan = plan_scene(SceneSpec(input, model, "", SegmentOptions(**options)))
+    _, plan = plan_scene(SceneSpec(input, model, "", SegmentOptions(**options)))
     return round(halo_overhead(plan.grid, plan.blocks) * plan.grid.size)
 
 
