@@ -9,9 +9,13 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from gigaseg.errors import InputError
 from gigaseg.synthetic import landcover_scene
 
 NODATA = 0
+# uint8 scenes keep reflectance / 12 (the generated reflectance stays below ~3100),
+# clipped to 1..255 so that only the border is nodata.
+UINT8_SCALE = 12
 
 
 def write_landcover_tiff(
@@ -26,19 +30,23 @@ def write_landcover_tiff(
     border: int = 0,
     labels_path: str | Path | None = None,
     window: int = 2048,
+    dtype: str = "uint16",
 ) -> Path:
     """A land-cover GeoTIFF of any size without holding it in memory.
 
     ``border`` pixels on every side are nodata (0), as on the edge of a real tile
     or swath. With ``labels_path`` the true classes go to a second GeoTIFF.
+    ``dtype`` is ``uint16`` (reflectance x 10000) or ``uint8`` (reflectance x 10000 / 12).
     """
+    if dtype not in ("uint8", "uint16"):
+        raise InputError(f"dtype must be uint8 or uint16, got {dtype!r}")
     height, width = shape
     profile = {
         "driver": "GTiff",
         "height": height,
         "width": width,
         "count": bands,
-        "dtype": "uint16",
+        "dtype": dtype,
         "crs": crs,
         "transform": from_origin(*origin, pixel_size, pixel_size),
         "nodata": NODATA,
@@ -54,6 +62,8 @@ def write_landcover_tiff(
             for col in range(0, width, window):
                 h, w = min(window, height - row), min(window, width - col)
                 image, labels = landcover_scene((h, w), seed=seed, bands=bands, offset=(row, col))
+                if dtype == "uint8":
+                    image = np.clip(image // UINT8_SCALE, 1, 255).astype(np.uint8)
                 edge = _border_mask((h, w), (row, col), shape, border)
                 image[:, edge] = NODATA
                 labels[edge] = 255

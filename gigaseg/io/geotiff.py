@@ -18,6 +18,16 @@ from gigaseg.errors import InputError, SourceError
 from gigaseg.io.georef import Georef
 from gigaseg.tiler import Box
 
+# GDAL's block cache defaults to 5% of the machine's memory per process and fills
+# up as a scene streams through; only the next tile row reuses a block, so a
+# small cache does as well and keeps memory flat in the scene size. A
+# GDAL_CACHEMAX in the environment wins.
+CACHE_MB = 64
+
+
+def _read_options() -> dict[str, Any]:
+    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": CACHE_MB}
+
 
 class GigasegWarning(UserWarning):
     """Odd but valid input: processing goes on."""
@@ -105,14 +115,17 @@ class GeoTiffSource:
         """Pixels of ``box`` as float32 ``(bands, h, w)`` and validity ``(h, w)``.
 
         A pixel is invalid where any selected band is nodata, masked by an
-        internal mask or alpha band, or not finite (NaN, inf).
+        internal mask or alpha band, or not finite (NaN, inf). The pixels lie
+        pixel-interleaved in memory (an ``(h, w, bands)`` array seen as ``(bands,
+        h, w)``), the channels-last layout 2-D networks take without a copy.
         """
         (r0, c0), (r1, c1) = box.start, box.stop
         window = Window(c0, r0, c1 - c0, r1 - r0)
         ds = self._dataset()
         try:
-            data = ds.read(self.bands, window=window, out_dtype=np.float32)
-            valid = self._valid(ds, window, data)
+            with rasterio.Env(**_read_options()):
+                data = ds.read(self.bands, window=window, out=_pixel_interleaved(len(self.bands), box.shape))
+                valid = self._valid(ds, window, data)
         except RasterioError as e:
             raise SourceError(f"cannot read {box} from {self.path}: {_first_line(e)}") from None
         return data, valid
@@ -124,6 +137,10 @@ class GeoTiffSource:
         if self.dtype.kind == "f":
             valid &= np.isfinite(data).all(axis=0)
         return valid
+
+
+def _pixel_interleaved(bands: int, shape: tuple[int, ...]) -> np.ndarray:
+    return np.moveaxis(np.empty((*shape, bands), np.float32), -1, 0)
 
 
 def _check_bands(bands: list[int] | None, count: int, path: str) -> list[int]:

@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,6 +189,7 @@ class BlockRunner:
         self.normalize = normalize or predictor.card.normalize
         self.window = blend_window(plan.blend, plan.grid.tile)
         self.classes = predictor.card.num_classes
+        self.channels_last = len(plan.grid.tile) == 2  # how 2-D networks take their input
 
     def run(self, index: tuple[int, ...]) -> np.ndarray:
         """Compute block ``index``, write its chunks, then record it done.
@@ -196,60 +197,79 @@ class BlockRunner:
         Returns the block's pixel count per class, nodata last.
         """
         grid, box = self.plan.grid, self.plan.blocks.block_box(index)
-        counts = np.zeros(self.classes + 1, np.int64)
         ranges = grid.tiles_overlapping(box)
         chunk = self.plan.blocks.chunk[0]
         stitcher = Stitcher(box, self.classes, depth=grid.tile[0] + chunk)
-        origins = grid.origins[0]
+        origins, last_row = grid.origins[0], ranges[0][-1]
         strips = prefetch(lambda r: self._read_strip(r, ranges), ranges[0])
-        for row, strip in zip(ranges[0], strips, strict=True):
-            self._add_row(stitcher, row, ranges, strip)
-            last = row == ranges[0][-1]
-            until = box.stop[0] if last else origins[row + 1] // chunk * chunk
-            if until > stitcher.start:
-                counts += self._write(*stitcher.release(until))
+        with WriteBehind(self._write, self.classes) as writer:
+            for tile in self._scored(self._tiles(ranges, strips)):
+                tile_box, scores, valid = tile.box, tile.scores, tile.valid
+                inner = tuple(slice(0, n) for n in tile_box.shape)
+                stitcher.add(tile_box, scores[(slice(None), *inner)], self.window[inner], valid)
+                if not tile.ends_row:
+                    continue
+                until = box.stop[0] if tile.row == last_row else origins[tile.row + 1] // chunk * chunk
+                if until > stitcher.start:
+                    writer.wait()  # one released band in memory at a time
+                    writer.submit(*stitcher.release(until))
         with self.store.io_errors():
             maybe_fail_write(index)
         self.store.mark_done(index)
-        return counts
+        return writer.counts
 
     def _read_strip(self, row: int, ranges: tuple[range, ...]) -> tuple[Box, np.ndarray, np.ndarray]:
+        """One tile row's pixels, ready for the model; runs in the reader thread.
+
+        The strip is normalised once (overlapping tiles share its pixels) and its
+        nodata pixels set to 0 after normalisation, so they enter the model as
+        the band mean and NaN or inf never does. For 2-D models the pixels are
+        laid out channels-last, as the network takes them.
+        """
         grid = self.plan.grid
         first = grid.tile_box((row, *(r[0] for r in ranges[1:])))
         last = grid.tile_box((row, *(r[-1] for r in ranges[1:])))
         strip = first.union(last)
         data, valid = self.source.read(strip)
+        data = self.normalize(data[None])[0]
+        if not valid.all():
+            data[:, ~valid] = 0
+        if self.channels_last:
+            data = np.moveaxis(np.ascontiguousarray(np.moveaxis(data, 0, -1)), -1, 0)
         return strip, data, valid
 
-    def _add_row(
-        self,
-        stitcher: Stitcher,
-        row: int,
-        ranges: tuple[range, ...],
-        strip: tuple[Box, np.ndarray, np.ndarray],
-    ) -> None:
+    def _tiles(self, ranges: tuple[range, ...], strips: Iterable[tuple[Box, np.ndarray, np.ndarray]]) -> Iterator[Tile]:
+        """Every tile of the block in global tile order, as views into its row's strip."""
         grid = self.plan.grid
-        indices = [(row, *rest) for rest in itertools.product(*ranges[1:])]
-        boxes = [grid.tile_box(i) for i in indices]
-        # One forward batch at a time: a volume's tile row is a whole slab of tiles.
-        step = self.predictor.batch_size
-        for i in range(0, len(boxes), step):
-            self._add_tiles(stitcher, boxes[i : i + step], strip)
+        for row, (strip_box, data, valid) in zip(ranges[0], strips, strict=True):
+            indices = [(row, *rest) for rest in itertools.product(*ranges[1:])]
+            for n, tile_index in enumerate(indices):
+                tile_box = grid.tile_box(tile_index)
+                inside = tile_box.slices(strip_box.start)
+                pixels = data[(slice(None), *inside)]
+                yield Tile(row, tile_box, pixels, valid[inside], ends_row=n == len(indices) - 1)
 
-    def _add_tiles(self, stitcher: Stitcher, boxes: list[Box], strip: tuple[Box, np.ndarray, np.ndarray]) -> None:
-        grid = self.plan.grid
-        strip_box, data, valid = strip
-        tiles = np.stack([cut_tile(data, valid, b, strip_box, grid.tile) for b in boxes])
-        scores = self.predictor(self.normalize(tiles[:, :-1]) * tiles[:, -1:])
-        for tile_box, tile_scores in zip(boxes, scores, strict=True):
-            inner = tuple(slice(0, n) for n in tile_box.shape)
-            tile_valid = valid[tile_box.slices(strip_box.start)]
-            stitcher.add(tile_box, tile_scores[(slice(None), *inner)], self.window[inner], tile_valid)
+    def _scored(self, tiles: Iterator[Tile]) -> Iterator[Tile]:
+        """The tiles with their class scores, ``batch_size`` tiles per forward pass.
+
+        Batches run across tile rows, so only the block's last batch is padded,
+        and are copied into one reused input buffer.
+        """
+        size, shape = self.predictor.batch_size, self.plan.grid.tile
+        batch = TileBatch(size, self.source.channels, shape, channels_last=self.channels_last)
+        for group in batched(tiles, size):
+            scores = self.predictor(batch.fill([t.pixels for t in group]))
+            for tile, tile_scores in zip(group, scores, strict=False):
+                tile.scores = tile_scores
+                yield tile
 
     def _write(self, box: Box, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        labels = scores.argmax(axis=0).astype(self.store.mask.dtype)
+        labels = argmax(scores).astype(self.store.mask.dtype, copy=False)
         labels[~valid] = self.store.nodata
-        counts = np.bincount(np.where(valid, labels, self.classes).ravel(), minlength=self.classes + 1)
+        found = sum(  # bincount makes an int64 copy: do it a few rows at a time
+            np.bincount(labels[i : i + 64].ravel(), minlength=self.store.nodata + 1) for i in range(0, len(labels), 64)
+        )
+        counts = np.append(found[: self.classes], found[self.store.nodata])
         probs = None
         if self.store.probabilities is not None:
             probs = softmax(scores) if self.plan.merge == "logits" else scores
@@ -258,19 +278,98 @@ class BlockRunner:
         return counts
 
 
-def cut_tile(data: np.ndarray, valid: np.ndarray, tile: Box, strip: Box, size: tuple[int, ...]) -> np.ndarray:
-    """One tile plus its validity as the last channel, padded to ``size`` by mirroring.
+@dataclass(slots=True)
+class Tile:
+    """One tile on its way through the pipeline: its pixels, then its scores."""
 
-    Nodata pixels are zeroed after normalisation (the validity channel multiplies
-    them), so they enter the model as the band mean.
+    row: int
+    box: Box
+    pixels: np.ndarray  # (channels, *box.shape), a view into the row's strip
+    valid: np.ndarray  # box.shape
+    ends_row: bool
+    scores: np.ndarray | None = None
+
+
+class TileBatch:
+    """One reused ``(batch, channels, *tile)`` float32 input buffer.
+
+    With ``channels_last`` the memory is ``(batch, *tile, channels)``, which a 2-D
+    network in channels-last format takes without a copy.
     """
-    pixels = data[(slice(None), *tile.slices(strip.start))]
-    mask = valid[tile.slices(strip.start)][None].astype(np.float32)
-    stacked = np.concatenate([np.where(mask > 0, pixels, 0), mask])
-    pad = [(0, 0)] + [(0, s - n) for s, n in zip(size, tile.shape, strict=True)]
-    if any(p for _, p in pad):
-        stacked = np.pad(stacked, pad, mode="symmetric")
-    return stacked
+
+    def __init__(self, size: int, channels: int, tile: tuple[int, ...], *, channels_last: bool) -> None:
+        if channels_last:
+            self.x = np.moveaxis(np.zeros((size, *tile, channels), np.float32), -1, 1)
+        else:
+            self.x = np.zeros((size, channels, *tile), np.float32)
+
+    def fill(self, tiles: list[np.ndarray]) -> np.ndarray:
+        """Copy tiles in, mirror-padded to the tile size; unused slots are zero."""
+        for i, pixels in enumerate(tiles):
+            self.x[i] = pad_to(pixels, self.x.shape[2:])
+        self.x[len(tiles) :] = 0
+        return self.x
+
+
+class WriteBehind:
+    """Write released rows in a thread while the model computes the next ones.
+
+    At most one write is pending, so memory grows by one released band at most.
+    Leaving the block waits for the last write, and raises its error if it failed.
+    """
+
+    def __init__(self, write: Callable[..., np.ndarray], classes: int) -> None:
+        self._write = write
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gigaseg-write")
+        self._pending: Future[np.ndarray] | None = None
+        self.counts = np.zeros(classes + 1, np.int64)
+
+    def submit(self, *args: Any) -> None:
+        self.wait()
+        self._pending = self._pool.submit(self._write, *args)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.counts += pending.result()
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        try:
+            if kind is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while group := list(itertools.islice(iterator, size)):
+        yield group
+
+
+def pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``(channels, *spatial)`` mirror-padded at the end of each spatial axis to ``shape``."""
+    pad = [(0, 0)] + [(0, s - n) for s, n in zip(shape, array.shape[1:], strict=True)]
+    return np.pad(array, pad, mode="symmetric") if any(p for _, p in pad) else array
+
+
+def argmax(scores: np.ndarray) -> np.ndarray:
+    """``scores.argmax(axis=0)`` as uint8/uint16 in one contiguous pass per class.
+
+    numpy's axis-0 argmax walks the classes with a stride and is about twice as
+    slow. Ties go to the first class, as with numpy.
+    """
+    dtype = np.uint8 if scores.shape[0] <= 256 else np.uint16
+    labels = np.zeros(scores.shape[1:], dtype)
+    best = scores[0].copy()
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
+        np.copyto(labels, k, where=better)
+        np.maximum(best, scores[k], out=best)
+    return labels
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

@@ -74,16 +74,20 @@ class Predictor:
             self._forward(_pad_batch(tiles[i : i + self.batch_size], self.batch_size))
             for i in range(0, len(tiles), self.batch_size)
         ]
-        return np.concatenate(out)[: len(tiles)]
+        return out[0][: len(tiles)] if len(out) == 1 else np.concatenate(out)[: len(tiles)]
 
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch))
+        # Any strides torch accepts are kept: a batch laid out channels-last in
+        # memory (as the pipeline builds it) then goes to the model without a copy.
+        x = torch.from_numpy(batch if min(batch.strides) >= 0 else np.ascontiguousarray(batch))
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.contiguous(memory_format=self._memory_format)
         with self._autocast():
-            scores = self.model(x).float()
+            # Scores go back in plain (N, K, *tile) order, each class a contiguous plane,
+            # which is what the stitcher reads; softmax costs the same either way.
+            scores = self.model(x).float().contiguous()
         if self.merge == "probs":
             scores = torch.softmax(scores, dim=1)
         return scores.cpu().numpy()

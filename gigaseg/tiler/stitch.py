@@ -29,6 +29,8 @@ class Stitcher:
         self._scores = np.zeros((classes, *band), np.float32)
         self._weights = np.zeros(band, np.float32)
         self._valid = np.zeros(band, bool)
+        self._buffer = np.empty(0, np.float32)
+        self._filled = 0  # rows of the band that may hold something; the rest are zero
 
     def add(self, tile: Box, scores: np.ndarray, weights: np.ndarray, valid: np.ndarray) -> None:
         """Add one tile's ``(classes, *tile.shape)`` scores with its blending weights.
@@ -46,9 +48,19 @@ class Stitcher:
         dst = part.slices((self.start, *self.region.start[1:]))
         src = part.slices(tile.start)
         w = weights[src]
-        self._scores[(slice(None), *dst)] += scores[(slice(None), *src)] * w
+        # w * scores goes through one reused buffer: no temporary per tile.
+        scratch = self._scratch(scores.shape[0], part.shape)
+        np.multiply(scores[(slice(None), *src)], w, out=scratch)
+        self._scores[(slice(None), *dst)] += scratch
         self._weights[dst] += w
         self._valid[dst] = valid[src]
+        self._filled = max(self._filled, part.stop[0] - self.start)
+
+    def _scratch(self, classes: int, shape: tuple[int, ...]) -> np.ndarray:
+        size = classes * int(np.prod(shape))
+        if self._buffer.size < size:
+            self._buffer = np.empty(size, np.float32)
+        return self._buffer[:size].reshape(classes, *shape)
 
     def release(self, until: int) -> tuple[Box, np.ndarray, np.ndarray]:
         """Rows ``[start, until)`` as (box, normalised scores, validity); then drop them."""
@@ -58,16 +70,21 @@ class Stitcher:
         box = self.region.with_axis(0, self.start, until)
         scores = self._scores[:, :n] / self._weights[:n]
         valid = self._valid[:n].copy()
-        _drop_rows(self._scores, n, axis=1)
-        _drop_rows(self._weights, n, axis=0)
-        _drop_rows(self._valid, n, axis=0)
+        filled = self._filled
+        _drop_rows(self._scores, n, filled, axis=1)
+        _drop_rows(self._weights, n, filled, axis=0)
+        _drop_rows(self._valid, n, filled, axis=0)
+        self._filled = max(0, filled - n)
         self.start = until
         return box, scores, valid
 
 
-def _drop_rows(band: np.ndarray, n: int, *, axis: int) -> None:
-    """Move rows ``n:`` along ``axis`` to the front and clear the rest, in place."""
+def _drop_rows(band: np.ndarray, n: int, filled: int, *, axis: int) -> None:
+    """Move rows ``n:filled`` along ``axis`` to the front and clear the rest, in place.
+
+    Rows from ``filled`` on are zero already, so only what holds data is moved.
+    """
     rows = np.moveaxis(band, axis, 0)
-    keep = rows.shape[0] - n
-    rows[:keep] = rows[n:].copy()
-    rows[keep:] = 0
+    keep = max(0, filled - n)
+    rows[:keep] = rows[n : n + keep]  # numpy buffers the copy when the two overlap
+    rows[keep : max(filled, keep)] = 0

@@ -1,0 +1,247 @@
+"""What one measurement runs, inside its own worker process (see :mod:`bench.worker`).
+
+Each engine takes keyword parameters and returns ``{"seconds", "pixels", "tiles"}``:
+``seconds`` is the wall time of the measured work only, ``pixels`` the scene's
+pixels (voxels), ``tiles`` the tiles the model saw. Every engine uses the same
+model file, tile, overlap, gaussian blending, batch size and torch threads.
+
+The peers get the scene already in memory and normalised (that part is not
+timed); gigaseg reads it from disk and writes a Zarr mask inside the timing.
+The peers' timing ends with the argmaxed uint8 mask in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Result = dict[str, Any]
+
+
+def gigaseg(*, input: str, model: str, out: str, batch_size: int, **options: Any) -> Result:
+    """``gigaseg segment``: file on disk to Zarr on disk, model loading included."""
+    from gigaseg.jobs.segment import SegmentOptions, segment
+
+    started = time.perf_counter()
+    summary = segment(input, model, out, SegmentOptions(batch_size=batch_size, overwrite=True, **options))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "pixels": summary.pixels, "tiles": planned_tiles(input, model, **options)}
+
+
+def planned_tiles(input: str, model: str, **options: Any) -> int:
+    """Tiles gigaseg's plan computes for ``input`` (halo recompute at block edges included)."""
+    from gigaseg.jobs.segment import SceneSpec, SegmentOptions, plan_scene
+    from gigaseg.tiler.grid import halo_overhead
+
+    _, plan = plan_scene(SceneSpec(input, model, "", SegmentOptions(**options)))
+    return round(halo_overhead(plan.grid, plan.blocks) * plan.grid.size)
+
+
+def forward(*, input: str, model: str, batch_size: int, tiles: int, distinct: int = 16) -> Result:
+    """The pure model forward on ``tiles`` tiles of the scene, ``batch_size`` at a time.
+
+    The batches are cut from the scene's own tiles and built before the clock
+    starts (up to ``distinct`` different tiles, reused in turn); only
+    ``model(batch)`` is timed, under ``inference_mode`` and channels_last, as
+    gigaseg's predictor runs it.
+    """
+    import torch
+
+    net, card = _load(model)
+    source = _image(input)
+    grid = _grid(source.shape[1:], card)
+    picks = np.linspace(0, grid.size - 1, min(distinct, grid.size)).astype(int)
+    boxes = [grid.tile_box(np.unravel_index(i, grid.counts)) for i in picks]
+    pool = np.stack([_padded(source[(slice(None), *b.slices())], grid.tile) for b in boxes])
+    pool = card.normalize(pool)
+    layout = torch.channels_last if len(grid.tile) == 2 else torch.contiguous_format
+    count = math.ceil(tiles / batch_size)
+    batches = [
+        torch.from_numpy(np.take(pool, range(i * batch_size, (i + 1) * batch_size), axis=0, mode="wrap")).contiguous(
+            memory_format=layout
+        )
+        for i in range(min(count, len(pool)))
+    ]
+    net = net.to(memory_format=layout)
+    with torch.inference_mode():
+        net(batches[0])  # warm-up, as gigaseg's first batch is not special either
+        started = time.perf_counter()
+        for i in range(count):
+            net(batches[i % len(batches)])
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "pixels": int(np.prod(source.shape[1:])), "tiles": count * batch_size}
+
+
+def monai(*, input: str, model: str, batch_size: int) -> Result:
+    """MONAI ``sliding_window_inference`` on the scene in memory, gaussian blending."""
+    net, card = _load(model)
+    image = _normalised(input, card)
+    grid = _grid(image.shape[1:], card)
+    started = time.perf_counter()
+    mask = _monai(net, image, grid, batch_size)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "pixels": mask.size, "tiles": grid.size}
+
+
+def monai_mask(*, input: str, model: str, batch_size: int) -> np.ndarray:
+    """MONAI's label mask of the scene (for checking that the engines agree)."""
+    net, card = _load(model)
+    image = _normalised(input, card)
+    return _monai(net, image, _grid(image.shape[1:], card), batch_size)
+
+
+def _monai(net: Any, image: np.ndarray, grid: Any, batch_size: int) -> np.ndarray:
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    with torch.inference_mode():
+        probs = sliding_window_inference(
+            torch.from_numpy(image)[None],
+            roi_size=grid.tile,
+            sw_batch_size=batch_size,
+            predictor=_softmax(net),
+            overlap=[o / t for o, t in zip(grid.overlap, grid.tile, strict=True)],
+            mode="gaussian",
+            sigma_scale=0.125,
+        )
+        return probs[0].argmax(0).to(torch.uint8).numpy()
+
+
+def toolbelt(*, input: str, model: str, batch_size: int) -> Result:
+    """pytorch-toolbelt's ImageSlicer + TileMerger with gigaseg's gaussian window."""
+    import torch
+    from pytorch_toolbelt.inference.tiles import ImageSlicer, TileMerger
+
+    from gigaseg.tiler import blend_window
+
+    net, card = _load(model)
+    image = np.ascontiguousarray(np.moveaxis(_normalised(input, card), 0, -1))  # (H, W, C), as cv2 wants
+    grid = _grid(image.shape[:2], card)
+    window = blend_window("gaussian", grid.tile)
+    started = time.perf_counter()
+    slicer = ImageSlicer(image.shape, tile_size=grid.tile, tile_step=grid.stride, weight=window)
+    merger = TileMerger(slicer.target_shape, card.num_classes, slicer.weight)
+    tiles = slicer.split(image)
+    with torch.inference_mode():
+        for i in range(0, len(tiles), batch_size):
+            batch = torch.from_numpy(np.stack(tiles[i : i + batch_size])).permute(0, 3, 1, 2)
+            probs = torch.softmax(net(batch.contiguous(memory_format=torch.channels_last)), 1)
+            merger.integrate_batch(probs, slicer.crops[i : i + batch_size])
+        merged = merger.merge().permute(1, 2, 0).numpy()
+    mask = slicer.crop_to_orignal_size(merged).argmax(-1).astype(np.uint8)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "pixels": mask.size, "tiles": len(tiles)}
+
+
+def tiler(*, input: str, model: str, batch_size: int) -> Result:
+    """The ``tiler`` package: Tiler for the input, Merger (gaussian window) for the scores."""
+    import torch
+    from tiler import Merger, Tiler
+
+    from gigaseg.tiler import blend_window
+
+    net, card = _load(model)
+    image = _normalised(input, card)
+    grid = _grid(image.shape[1:], card)
+    started = time.perf_counter()
+    tiles_in = Tiler(image.shape, (image.shape[0], *grid.tile), overlap=(0, *grid.overlap), channel_dimension=0)
+    tiles_out = Tiler(image.shape[1:], grid.tile, overlap=grid.overlap)
+    merger = Merger(tiles_out, window=blend_window("gaussian", grid.tile), logits=card.num_classes)
+    with torch.inference_mode():
+        for batch_id, batch in tiles_in(image, batch_size=batch_size):
+            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            merger.add_batch(batch_id, batch_size, torch.softmax(net(x), 1).numpy())
+    mask = merger.merge(unpad=True, argmax=True).astype(np.uint8)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "pixels": mask.size, "tiles": tiles_in.n_tiles}
+
+
+def dask(*, inputs: list[str], model: str, out: str, batch_size: int, workers: int) -> Result:
+    """``gigaseg run`` on a local Dask cluster of ``workers`` workers (cluster start included)."""
+    from gigaseg.jobs.jobfile import Job
+    from gigaseg.jobs.runner import run_job
+
+    job = Job.model_validate(
+        {
+            "inputs": inputs,
+            "model": model,
+            "device": "cpu",
+            "tiling": {"batch_size": batch_size},
+            "output": {"dir": out, "overwrite": True},
+            "cluster": {"workers": workers, "retries": 0},
+        }
+    )
+    started = time.perf_counter()
+    report = run_job(job, base=Path(out).parent, workers=workers)
+    seconds = time.perf_counter() - started
+    if not report.ok:
+        raise RuntimeError(f"the job failed: {[s.error for s in report.scenes if s.error]}")
+    pixels = sum(sum(s.counts.values()) for s in report.scenes)
+    return {"seconds": seconds, "pixels": pixels, "tiles": 0, "worker_rss_mb": report.peak_worker_rss_mb}
+
+
+ENGINES: dict[str, Callable[..., Result]] = {
+    "gigaseg": gigaseg,
+    "forward": forward,
+    "monai": monai,
+    "toolbelt": toolbelt,
+    "tiler": tiler,
+    "dask": dask,
+}
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _load(model: str) -> tuple[Any, Any]:
+    from gigaseg.models import load_checkpoint
+
+    return load_checkpoint(model)
+
+
+def _grid(shape: tuple[int, ...], card: Any) -> Any:
+    from gigaseg.tiler import TileGrid
+
+    return TileGrid.create(tuple(shape), card.tile, card.overlap)
+
+
+def _image(path: str) -> np.ndarray:
+    """The whole scene as float32 ``(C, *spatial)``: a GeoTIFF's bands or a NIfTI volume."""
+    if path.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        volume = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+        return np.ascontiguousarray(volume.transpose(2, 1, 0))[None]  # (k, j, i), as gigaseg's source
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.read(out_dtype=np.float32)
+
+
+def _normalised(path: str, card: Any) -> np.ndarray:
+    return card.normalize(_image(path)[None])[0]
+
+
+def _padded(tile: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    pad = [(0, 0)] + [(0, s - n) for s, n in zip(size, tile.shape[1:], strict=True)]
+    return np.pad(tile, pad, mode="symmetric") if any(p for _, p in pad) else tile
+
+
+def _softmax(net: Any) -> Callable[[Any], Any]:
+    import torch
+
+    def predict(x: Any) -> Any:
+        return torch.softmax(net(x.contiguous(memory_format=_layout(x))), 1)
+
+    return predict
+
+
+def _layout(x: Any) -> Any:
+    import torch
+
+    return torch.channels_last if x.ndim == 4 else torch.contiguous_format

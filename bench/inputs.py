@@ -1,0 +1,108 @@
+"""Benchmark inputs, generated once into a data folder and reused: scenes, volumes, models.
+
+Scenes are written window by window (``write_landcover_tiff``), so even a
+20000 x 20000 scene never sits in memory. A file appears under its final name
+only when complete, so an interrupted generation is redone, never half-used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gigaseg.io.generate import write_landcover_tiff
+from gigaseg.models.checkpoint import init_checkpoint
+
+DATA = Path(os.environ.get("GIGASEG_BENCH_DATA", Path(__file__).parent / "out" / "data"))
+CLASSES = ["water", "vegetation", "built", "bare"]
+# uint8 scenes: reflectance / 12 sits around 70 +- 30.
+MEAN, STD = 70.0, 30.0
+
+# The 2-D models of the benchmark: a single 1x1 convolution (costs almost nothing,
+# so it exposes tiling, blending and I/O overhead) and a small U-Net.
+MODELS_2D: dict[str, dict[str, Any]] = {
+    "conv": {"arch": "conv"},
+    "unet": {
+        "arch": "unet",
+        "encoder": "resnet18",
+        "arch_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    },
+}
+
+
+def scene(side: int, *, bands: int = 3, seed: int = 0, data: Path = DATA) -> Path:
+    """A square uint8 land-cover GeoTIFF of ``side`` pixels, 512 x 512 internal tiles."""
+    path = data / f"scene_{side}_{bands}b_u8_s{seed}.tif"
+    if not path.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("partial_" + path.name)
+        write_landcover_tiff(tmp, (side, side), seed=seed, bands=bands, dtype="uint8")
+        os.replace(tmp, path)
+    return path
+
+
+def model(name: str, *, tile: int = 512, overlap: int = 64, data: Path = DATA) -> Path:
+    """A seeded, untrained 3-band, 4-class checkpoint of one of :data:`MODELS_2D`."""
+    path = data / f"model_{name}_{tile}_{overlap}.pt"
+    if not path.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        init_checkpoint(
+            path,
+            in_channels=3,
+            classes=CLASSES,
+            tile=tile,
+            overlap=overlap,
+            mean=[MEAN] * 3,
+            std=[STD] * 3,
+            seed=1,
+            **MODELS_2D[name],
+        )
+    return path
+
+
+def volume(shape: tuple[int, int, int], *, seed: int = 0, data: Path = DATA) -> Path:
+    """A CT-like int16 NIfTI volume of ``shape`` (i, j, k), 1 mm voxels.
+
+    ``organ_volume`` renders the whole volume at once (its organs are placed in
+    normalised coordinates), so generating the 512 x 512 x 400 volume takes a few
+    GB once; the benchmark itself reads it through gigaseg's source.
+    """
+    import nibabel as nib
+
+    from gigaseg.synthetic import organ_volume
+
+    path = data / f"volume_{'x'.join(map(str, shape))}_s{seed}.nii"
+    if not path.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        hu, _ = organ_volume(shape[::-1], seed=seed)  # (k, j, i)
+        image = nib.Nifti1Image(np.rint(hu.T).astype(np.int16), np.eye(4))
+        image.header.set_xyzt_units("mm", "sec")
+        del hu
+        tmp = path.with_name("partial_" + path.name)
+        nib.save(image, str(tmp))
+        os.replace(tmp, path)
+    return path
+
+
+def model3d(arch: str, arch_kwargs: dict[str, Any], *, tile: int, overlap: int, data: Path = DATA) -> Path:
+    """A seeded, untrained 1-channel, 4-class 3-D checkpoint for CT-like volumes (HU)."""
+    path = data / f"model3d_{arch}_{tile}_{overlap}.pt"
+    if not path.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        init_checkpoint(
+            path,
+            arch=arch,
+            in_channels=1,
+            classes=["background", "organ1", "organ2", "organ3"],
+            tile=tile,
+            overlap=overlap,
+            spatial_dims=3,
+            mean=[0.0],
+            std=[300.0],
+            seed=1,
+            arch_kwargs=arch_kwargs,
+        )
+    return path

@@ -1,0 +1,99 @@
+"""``python -m bench``: generate the inputs, run the cases, print the table of ratios.
+
+    python -m bench                  # every case at full size (about an hour on 2 cores)
+    python -m bench --cases 1,2      # some cases
+    python -m bench --quick          # tiny sizes: a smoke run of every case (< 1 min)
+
+Inputs are generated once into ``bench/out/data`` (or ``$GIGASEG_BENCH_DATA``,
+or ``--data``) and reused; every measurement runs in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from bench.cases import CASES, Context, Row, Settings
+
+HEADER = ["case", "measure", "value", "target", "met", "note"]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(map(str, CASES)), help="comma-separated case numbers")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: a smoke run")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions per engine (best kept)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of every engine")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--data", type=Path, default=None, help="where generated inputs are kept")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    s = Settings(quick=args.quick, repeats=1 if args.quick else 2)
+    if args.data:
+        s = replace(s, data=args.data, out=args.data.parent / "runs")
+    if args.quick:
+        s = replace(s, data=s.data / "quick", out=s.out / "quick")
+    given = {"repeats": args.repeats, "threads": args.threads, "batch_size": args.batch_size}
+    return replace(s, **{k: v for k, v in given.items() if v is not None})
+
+
+def run(settings: Settings, cases: list[int]) -> list[Row]:
+    ctx = Context(settings)
+    rows: list[Row] = []
+    for number in cases:
+        started = time.perf_counter()
+        found = CASES[number](ctx)
+        print(f"case {number}: {time.perf_counter() - started:.0f} s", flush=True)
+        print(table(found), flush=True)
+        rows += found
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    cells = [HEADER] + [r.cells() for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, str]:
+    import numpy
+    import psutil
+    import torch
+
+    import gigaseg
+
+    return {
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": str(psutil.cpu_count()),
+        "memory": f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "gigaseg": gigaseg.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    cases = [int(c) for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise SystemExit(f"python -m bench: error: unknown cases {unknown}; cases are {sorted(CASES)}")
+    settings = settings_from(args)
+    print(" ".join(f"{k}={v}" for k, v in machine().items()), flush=True)
+    rows = run(settings, cases)
+    print("\nall cases:\n" + table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=2))
+    missed = [r for r in rows if r.met is False]
+    return 1 if missed else 0
