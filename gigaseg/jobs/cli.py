@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from gigaseg.errors import GigasegError
+from gigaseg.jobs.cli_refine import METHODS, refine, refine_from, refine_options
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 70
@@ -109,7 +110,11 @@ def _bands(value: str | None) -> list[int] | None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted output store.")
-def segment(input_path: Path, model_path: Path, output: Path, **kw: Any) -> None:
+@click.option(
+    "--refine", "refine_method", type=METHODS, default=None, help="Refine the labels (see gigaseg refine)."
+)
+@refine_options
+def segment(input_path: Path, model_path: Path, output: Path, refine_method: str | None, **kw: Any) -> None:
     """Segment INPUT (a GeoTIFF or any GDAL raster) into a Zarr mask."""
     from gigaseg.jobs.segment import SegmentOptions
     from gigaseg.jobs.segment import segment as run
@@ -117,12 +122,13 @@ def segment(input_path: Path, model_path: Path, output: Path, **kw: Any) -> None
     if kw["overwrite"] and kw["resume"]:
         raise click.BadParameter("--overwrite and --resume exclude each other")
     options = SegmentOptions(
+        refine=refine_from(refine_method, kw),
         **{
             **kw,
             "bands": _bands(kw["bands"]),
             "zarr_format": int(kw["zarr_format"]),
             "progress": sys.stderr.isatty(),
-        }
+        },
     )
     summary = run(input_path, model_path, output, options)
     click.echo(summary.line())
@@ -201,6 +207,9 @@ def demo(output: Path, size: int, device: str) -> None:
     summary = run_demo(output, size=size, device=device, progress=sys.stderr.isatty())
     click.echo(summary.line())
     click.echo(f"mask: {summary.output}  (try: gigaseg info {summary.output})")
+
+
+cli.add_command(refine)
 
 
 def main() -> None:

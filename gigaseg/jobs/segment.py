@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +27,7 @@ from gigaseg.errors import InputError
 from gigaseg.io.geotiff import GeoTiffSource
 from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store
 from gigaseg.models import ModelCard, Predictor, load_checkpoint
+from gigaseg.refine import RefineOptions
 from gigaseg.tiler import BlockGrid, Box, Stitcher, TileGrid, blend_window, to_pixels
 
 T = TypeVar("T")
@@ -51,6 +52,7 @@ class SegmentOptions:
     overwrite: bool = False
     resume: bool = False
     progress: bool = False
+    refine: RefineOptions | None = None  # a refinement stage over the probabilities (gigaseg.jobs.refine)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class BlockRunner:
         self.window = blend_window(plan.blend, plan.grid.tile)
         self.classes = predictor.card.num_classes
         self.counts = np.zeros(self.classes + 1, np.int64)  # last bin: nodata
+        self.on_write: Callable[[Box], None] | None = None  # told of every box written (refinement)
 
     def run(self, index: tuple[int, ...], on_rows: Callable[[int], None] | None = None) -> None:
         """Compute block ``index``, write its chunks, then record it done."""
@@ -189,6 +192,8 @@ class BlockRunner:
             probs = softmax(scores) if self.plan.merge == "logits" else scores
             probs[:, ~valid] = 0
         self.store.write(box, labels, probs)
+        if self.on_write:
+            self.on_write(box)
         return box.size
 
 
@@ -236,6 +241,8 @@ def segment(
 ) -> Summary:
     """Segment one raster into a Zarr mask store; the whole path in one call."""
     options = options or SegmentOptions()
+    if options.refine and not options.probabilities:
+        options = replace(options, probabilities="uint8")  # the refinement's unary; kept afterwards
     source = GeoTiffSource(input_path, bands=options.bands)
     model, card = load_checkpoint(model_path, card=card)
     check_channels(card, source.channels, str(input_path))
@@ -247,7 +254,22 @@ def segment(
     )
     predictor.check_tile(plan.grid.tile)
     store = _open_output(output, plan, card, source, options, model_path)
-    return run_blocks(BlockRunner(plan, source, predictor, store), output, options.progress)
+    runner = BlockRunner(plan, source, predictor, store)
+    refine = _start_refine(runner, input_path, options)
+    return run_blocks(runner, output, options.progress, refine=refine)
+
+
+def _start_refine(runner: BlockRunner, input_path: str | Path, options: SegmentOptions) -> Any:
+    from gigaseg.jobs.refine import check_resume, start_refine
+
+    if options.resume:
+        check_resume(runner.store, options.refine)
+    if not options.refine:
+        return None
+    refine = replace(options.refine, resume=options.resume, progress=options.progress)
+    stage = start_refine(runner.store, input_path, refine, bands=runner.source.bands)
+    runner.on_write = stage.mark_written
+    return stage
 
 
 def check_channels(card: ModelCard, channels: int, path: str) -> None:
@@ -301,8 +323,12 @@ def provenance(plan: Plan, card: ModelCard, source: GeoTiffSource, model_path: s
     }
 
 
-def run_blocks(runner: BlockRunner, output: str | Path, progress: bool) -> Summary:
-    """Run every block not yet done, in order, then mark the store complete."""
+def run_blocks(runner: BlockRunner, output: str | Path, progress: bool, *, refine: Any = None) -> Summary:
+    """Run every block not yet done, in order, then mark the store complete.
+
+    With a ``refine`` stage (:class:`gigaseg.jobs.refine.RefineStage`) the store is
+    complete only once it has refined every block; the counts are then the refined ones.
+    """
     started = time.perf_counter()
     done = runner.store.done()
     todo = [i for i in runner.plan.blocks.indices() if not done[i]]
@@ -310,8 +336,15 @@ def run_blocks(runner: BlockRunner, output: str | Path, progress: bool) -> Summa
     with tqdm(
         total=total, disable=not progress, unit="px", unit_scale=True, desc="segment", leave=False
     ) as bar:
-        for index in todo:
-            runner.run(index, on_rows=bar.update)
+        try:
+            for index in todo:
+                runner.run(index, on_rows=bar.update)
+        except BaseException:
+            if refine is not None:
+                refine.abort()
+            raise
+    if refine is not None:
+        runner.counts = refine.finish()
     runner.store.finish()
     runner.source.close()
     classes = runner.predictor.card.classes
