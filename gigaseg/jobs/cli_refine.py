@@ -75,12 +75,20 @@ def refine_from(method: str | None, kw: dict[str, Any]) -> RefineOptions | None:
         method=method,
         params=params,
         feature_bands=_numbers(common["feature_bands"], int, "--feature-bands"),
-        percentiles=tuple(_numbers(common["stretch"], float, "--stretch")),
+        percentiles=_percentiles(common["stretch"]),
         block=common["refine_block"],
         halo=common["refine_halo"],
         workers=common["refine_workers"],
         progress=sys.stderr.isatty(),
     )
+
+
+def _percentiles(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"--stretch must be two comma-separated numbers, got {text!r}") from None
+    return low, high
 
 
 def _numbers(text: str | None, kind: type, flag: str) -> list | None:
