@@ -195,3 +195,18 @@ def test_segment_with_refine_end_to_end(tmp_path, pointwise_model):
     assert result.exit_code == 0, result.output
     assert open_store(out).complete
     assert (open_store(out).mask[...] == whole).mean() >= 0.9999
+
+
+def test_torch_crf_runs_block_by_block_in_a_thread(scene):
+    from gigaseg.refine.torch_crf import torch_crf, torch_crf_params
+
+    store_path, tif, truth, valid = scene
+    overrides = {**CRF, "window": 12}
+    refine(store_path, tif, RefineOptions(method="crf-torch", params=overrides, block=64))
+    record = open_store(store_path).attrs["refine"]
+    assert record["method"] == "crf-torch" and record["params"]["window"] == 12
+    probs, features = whole_image_inputs(store_path, tif)
+    whole = torch_crf(probs, features, valid, params=torch_crf_params(2, **overrides)).argmax(0)
+    mask = open_store(store_path).mask[...]
+    assert (mask[valid] == whole[valid]).mean() >= 0.999
+    assert (mask[~valid] == 255).all()

@@ -35,8 +35,11 @@ def problem(shape, *, seed=1, blur=4.0):
     return truth, image, probs
 
 
-def scores(probs, truth):
+def scores(probs, truth, valid=None):
     labels = probs.argmax(0)
+    if valid is not None:  # compare on the valid rectangle only
+        keep = np.ix_(valid.any(axis=1), valid.any(axis=0))
+        labels, truth = labels[keep], truth[keep]
     return mean_iou(labels, truth, classes=K), boundary_f1(labels, truth, tolerance=1)
 
 
@@ -120,9 +123,9 @@ def test_superpixel_vote_follows_image_edges():
     truth, image, probs = problem((192, 224))
     valid = np.ones(truth.shape, bool)
     valid[:20] = False
-    raw_iou, raw_f = scores(probs, truth)
+    raw_iou, raw_f = scores(probs, truth, valid)
     refined = superpixel_vote(probs, image, valid, params=SuperpixelParams(size=20))
-    iou, f = scores(refined, truth)
+    iou, f = scores(refined, truth, valid)
     assert iou > raw_iou + 0.01
     assert f > raw_f + 0.1
     assert (refined[:, ~valid] == 0).all()
@@ -207,3 +210,58 @@ def test_sample_boxes_lie_inside_the_scene(shape):
     assert 1 <= len(boxes) <= 64
     for box in boxes:
         assert all(0 <= a < b <= n for a, b, n in zip(box.start, box.stop, shape, strict=True))
+
+
+def test_torch_crf_snaps_edges_and_excludes_nodata():
+    from gigaseg.refine.torch_crf import torch_crf, torch_crf_params
+
+    truth, image, probs = problem((192, 224))
+    valid = np.ones(truth.shape, bool)
+    valid[:, :16] = False
+    raw_iou, raw_f = scores(probs, truth, valid)
+    params = torch_crf_params(2, sxy=40.0, srgb=10.0, window=12)
+    refined = torch_crf(probs, image, valid, params=params)
+    iou, f = scores(refined, truth, valid)
+    assert iou > raw_iou + 0.01
+    assert f > raw_f + 0.1
+    assert (refined[:, ~valid] == 0).all()
+    np.testing.assert_allclose(refined[:, valid].sum(0), 1.0, atol=1e-4)
+    other = probs.copy()
+    other[:, ~valid] = 0.5
+    np.testing.assert_allclose(torch_crf(other, image, valid, params=params), refined, atol=1e-6)
+
+
+def test_blockwise_torch_crf_equals_whole_image():
+    """Cells are aligned to global coordinates; tolerance as for the CRF above."""
+    from gigaseg.refine.torch_crf import torch_crf, torch_crf_params
+
+    truth, image, probs = problem((160, 200), seed=4)
+    valid = np.ones(truth.shape, bool)
+    params = torch_crf_params(2, sxy=16.0, srgb=10.0, iterations=5, window=12)
+    whole = torch_crf(probs, image, valid, params=params)
+    halo = halo_width(params, ndim=2)
+    blocks = BlockGrid.create(truth.shape, max_block=96, chunk=32)
+    tiled = np.zeros_like(whole)
+    for index in blocks.indices():
+        box = blocks.block_box(index)
+        window = window_box(box, halo, truth.shape)
+        part = torch_crf(
+            probs[(slice(None), *window.slices())],
+            image[(slice(None), *window.slices())],
+            valid[window.slices()],
+            params=params,
+            origin=window.start,
+        )
+        tiled[(slice(None), *box.slices())] = part[(slice(None), *box.slices(window.start))]
+    assert (tiled.argmax(0) == whole.argmax(0)).mean() >= 0.9999
+    assert np.abs(tiled - whole).max() < 0.02
+
+
+def test_torch_crf_on_a_volume():
+    from gigaseg.refine.torch_crf import torch_crf
+
+    truth, image, probs = problem((40, 48, 48), blur=2.0)
+    refined = torch_crf(probs, image[:1], np.ones(truth.shape, bool), spacing=(2.0, 1.0, 1.0))
+    assert scores(refined, truth)[0] > scores(probs, truth)[0] + 0.02
+    with pytest.raises(InputError, match="2-D images and 3-D volumes"):
+        torch_crf(probs[:, 0, 0], image[:1, 0, 0], np.ones(48, bool))

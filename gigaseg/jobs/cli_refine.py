@@ -29,6 +29,7 @@ PARAMETER_OPTIONS = [
     ("--crf-bilateral-weight", "crf_bilateral_weight", float, "Bilateral kernel's weight w1 [4; volumes 5]."),
     ("--crf-gaussian-sxy", "crf_gaussian_sxy", float, "Smoothness kernel's width theta_gamma, pixels [3]."),
     ("--crf-gaussian-weight", "crf_gaussian_weight", float, "Smoothness kernel's weight w2 [3]."),
+    ("--crf-window", "crf_window", int, "crf-torch: cells each side of a cell's window [24; volumes 4]."),
     ("--superpixel-size", "superpixel_size", float, "Superpixel side in pixels [20]."),
     ("--superpixel-compactness", "superpixel_compactness", float, "SLIC compactness [0.3]."),
 ]

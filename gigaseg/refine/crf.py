@@ -132,7 +132,13 @@ def scaled_positions(
 def _inference(
     unary: np.ndarray, positions: np.ndarray, colours: np.ndarray, params: CRFParams
 ) -> np.ndarray:
-    import pydensecrf.densecrf as dcrf
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError:
+        raise InputError(
+            "the crf refinement needs pydensecrf2 (pip install pydensecrf2); "
+            "--refine crf-torch and --refine superpixel do without"
+        ) from None
 
     labels, count = unary.shape
     crf = dcrf.DenseCRF(count, labels)
