@@ -25,10 +25,10 @@ def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
     rng = np.random.default_rng(7)
     good = write_tiff(d / "good.tif", rng.integers(0, 200, (3, 80, 90)).astype(np.uint8))
-    init_checkpoint(d / "m.pt", arch="conv", in_channels=3, classes=["a", "b"], tile=32, overlap=8,
-                    mean=[100.0] * 3, std=[50.0] * 3)
-    init_checkpoint(d / "m3d.pt", arch="conv3d", in_channels=1, classes=["a", "b"], tile=16, overlap=4,
-                    spatial_dims=3)
+    init_checkpoint(
+        d / "m.pt", arch="conv", in_channels=3, classes=["a", "b"], tile=32, overlap=8, mean=[100.0] * 3, std=[50.0] * 3
+    )
+    init_checkpoint(d / "m3d.pt", arch="conv3d", in_channels=1, classes=["a", "b"], tile=16, overlap=4, spatial_dims=3)
     (d / "text.tif").write_text("this is not a raster")
     (d / "empty.tif").write_bytes(b"")
     data = good.read_bytes()
@@ -37,8 +37,14 @@ def corpus(tmp_path_factory):
     (d / "notes.pt").write_text("not a checkpoint")
     card = ModelCard(arch="conv", in_channels=3, classes=["a", "b"])
     torch.save(create_model(ModelCard(arch="unet", in_channels=3, classes=["a", "b"])).state_dict(), d / "unet.pt")
-    torch.save({"format": "gigaseg-checkpoint/1", "card": {**card.to_dict(), "in_channels": 5},
-                "state_dict": create_model(card).state_dict()}, d / "lying.pt")
+    torch.save(
+        {
+            "format": "gigaseg-checkpoint/1",
+            "card": {**card.to_dict(), "in_channels": 5},
+            "state_dict": create_model(card).state_dict(),
+        },
+        d / "lying.pt",
+    )
     (d / "card.json").write_text('{"arch": "conv", "in_channels": 3, "classes": ["a", "b"]}')
     vol = rng.normal(0, 1, (20, 22, 18)).astype(np.float32)
     nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 1.0, 1.0])), d / "vol.nii")
@@ -100,8 +106,9 @@ FAILURES = [
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), FAILURES, ids=[f"{a[0]}-{a[1].split('/')[-1]}-{i}"
-                                                             for i, (a, _) in enumerate(FAILURES)])
+@pytest.mark.parametrize(
+    ("args", "message"), FAILURES, ids=[f"{a[0]}-{a[1].split('/')[-1]}-{i}" for i, (a, _) in enumerate(FAILURES)]
+)
 def test_bad_input_is_one_clear_line(corpus, tmp_path, args, message):
     out = tmp_path / "out.zarr"
     argv = [a.format(d=corpus) for a in args] + (["--out", str(out)] if args[0] == "segment" else [])
@@ -129,10 +136,15 @@ ODD_BUT_VALID = {
     "one-pixel": (np.full((3, 1, 1), 9, np.uint8), {}, None),
     "smaller-than-a-tile": (np.ones((3, 5, 7), np.uint8), {}, None),
     "no-crs": (np.ones((3, 20, 20), np.uint8), {"crs": None, "transform": Affine.identity()}, "no CRS"),
-    "rotated": (np.ones((3, 20, 20), np.uint8),
-                {"transform": Affine.translation(1000, 2000) @ Affine.rotation(20) @ Affine.scale(10, -10)}, None),
-    **{dtype: (np.arange(3 * 30 * 40).reshape(3, 30, 40).astype(dtype), {}, None)
-       for dtype in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")},
+    "rotated": (
+        np.ones((3, 20, 20), np.uint8),
+        {"transform": Affine.translation(1000, 2000) @ Affine.rotation(20) @ Affine.scale(10, -10)},
+        None,
+    ),
+    **{
+        dtype: (np.arange(3 * 30 * 40).reshape(3, 30, 40).astype(dtype), {}, None)
+        for dtype in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+    },
 }
 
 
@@ -140,8 +152,9 @@ ODD_BUT_VALID = {
 def test_odd_but_valid_input_works(corpus, tmp_path, case):
     data, profile, warning = ODD_BUT_VALID[case]
     tif = write_tiff(tmp_path / "odd.tif", data, **profile)
-    result = CliRunner().invoke(cli, ["segment", str(tif), "--model", str(corpus / "m.pt"), "--out",
-                                      str(tmp_path / "o.zarr")])
+    result = CliRunner().invoke(
+        cli, ["segment", str(tif), "--model", str(corpus / "m.pt"), "--out", str(tmp_path / "o.zarr")]
+    )
     assert result.exit_code == 0, result.output
     if warning:
         assert f"gigaseg: warning: {tif} has {warning}" in result.stderr
@@ -154,8 +167,9 @@ def test_nan_and_inf_are_nodata(corpus, tmp_path):
     data = np.ones((3, 20, 30), np.float32)
     data[0, 3, 4], data[1, 5, 6], data[2, 7, 8] = np.nan, np.inf, -np.inf
     tif = write_tiff(tmp_path / "nan.tif", data)
-    result = CliRunner().invoke(cli, ["segment", str(tif), "--model", str(corpus / "m.pt"), "--out",
-                                      str(tmp_path / "o.zarr")])
+    result = CliRunner().invoke(
+        cli, ["segment", str(tif), "--model", str(corpus / "m.pt"), "--out", str(tmp_path / "o.zarr")]
+    )
     assert result.exit_code == 0, result.output
     mask = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["mask"][:]
     assert mask[3, 4] == mask[5, 6] == mask[7, 8] == 255
@@ -163,8 +177,10 @@ def test_nan_and_inf_are_nodata(corpus, tmp_path):
 
 
 def test_singular_affine_warns_and_falls_back(corpus, tmp_path):
-    result = CliRunner().invoke(cli, ["segment", str(corpus / "singular.nii"), "--model", str(corpus / "m3d.pt"),
-                                      "--out", str(tmp_path / "o.zarr")])
+    result = CliRunner().invoke(
+        cli,
+        ["segment", str(corpus / "singular.nii"), "--model", str(corpus / "m3d.pt"), "--out", str(tmp_path / "o.zarr")],
+    )
     assert result.exit_code == 0, result.output
     assert "gigaseg: warning:" in result.stderr
     assert "singular" in result.stderr
@@ -172,8 +188,21 @@ def test_singular_affine_warns_and_falls_back(corpus, tmp_path):
 
 def test_incomplete_store_is_refused_by_export_and_flagged_by_info(corpus, tmp_path):
     out = tmp_path / "o.zarr"
-    CliRunner().invoke(cli, ["segment", str(corpus / "good.tif"), "--model", str(corpus / "m.pt"), "--out", str(out),
-                             "--block", "32", "--chunk", "32"])
+    CliRunner().invoke(
+        cli,
+        [
+            "segment",
+            str(corpus / "good.tif"),
+            "--model",
+            str(corpus / "m.pt"),
+            "--out",
+            str(out),
+            "--block",
+            "32",
+            "--chunk",
+            "32",
+        ],
+    )
     group = zarr.open_group(str(out), mode="r+")
     group["blocks_done"][0, 0] = 0
     group.attrs["gigaseg"] = {**group.attrs["gigaseg"], "complete": False}

@@ -276,7 +276,7 @@ def test_bad_volume_input_gives_clear_errors(tmp_path, make_tiff):
         (path, model2d, {"slice_axis": 2, "context": 1}, r"takes 1 channels but .* gives 3"),
         (path, model3d, {"slice_axis": 1}, "but conv3d is 3-D"),
         (path, model2d, {"slice_axis": 3}, "--slice-axis must be 0, 1 or 2"),
-        (four, model3d, {}, "4-D with 2 volumes: choose one with --volume"),
+        (four, model3d, {}, "holds 2 volumes .*: choose one with --volume"),
         (tif, model3d, {}, "conv3d is a 3-D model but .* is a 2-D raster"),
         (tif, model2d, {"canonical": True}, "are for 3-D volumes"),
         (path, model3d, {"tile": "8cm"}, "millimetres"),

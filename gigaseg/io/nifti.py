@@ -197,7 +197,8 @@ def choose_volumes(count: int, volume: int | str | None, path: str) -> tuple[int
         if count == 1:
             return (0,)
         raise InputError(
-            f"{path} holds {count} volumes (every dimension past the third): choose one with --volume N (0 to {count - 1}) "
+            f"{path} holds {count} volumes (every dimension past the third): "
+            f"choose one with --volume N (0 to {count - 1}) "
             f"or feed them all as channels with --volume {CHANNELS}"
         )
     try:

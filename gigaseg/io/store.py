@@ -318,6 +318,32 @@ class MaskStore:
     def set_attrs(self, **values: Any) -> None:
         self.group.attrs["gigaseg"] = {**self.attrs, **values}
 
+    def reopen(self, **values: Any) -> None:
+        """Mark a finished store incomplete again while a later stage (refinement) rewrites it.
+
+        The consolidated metadata is rewritten too, so readers never see a stale ``complete``.
+        """
+        self.set_attrs(**values, complete=False)
+        zarr.consolidate_metadata(self.group.store)
+
+    def progress_array(self, name: str, counts: tuple[int, ...], *, reset: bool = False) -> zarr.Array:
+        """A per-block progress array of a later stage (``refine_done``), one chunk per element."""
+        existing = self.group.get(name)
+        if existing is not None and tuple(existing.shape) == tuple(counts) and not reset:
+            return existing
+        fmt = self.group.metadata.zarr_format
+        array = self.group.create_array(
+            name,
+            shape=counts,
+            chunks=(1,) * len(counts),
+            dtype=np.uint8,
+            fill_value=0,
+            compressors=[_compressor(fmt, np.uint8)],
+            overwrite=True,
+        )
+        array.attrs["_ARRAY_DIMENSIONS"] = [f"{name}_{i}" for i in range(len(counts))]
+        return array
+
 
 def remove_partials(path: str | Path) -> int:
     """Delete temporary chunk files (``*.partial``) a killed writer left behind."""

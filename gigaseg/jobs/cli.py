@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from gigaseg.errors import GigasegError
+from gigaseg.jobs.cli_refine import METHODS, refine, refine_from, refine_options
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 70
@@ -127,7 +128,9 @@ def _volume(value: str | None) -> int | str | None:
     type=click.Path(path_type=str),
     help="Where .nii.gz volumes are decompressed [$GIGASEG_CACHE or the temp dir].",
 )
-def segment(input_path: Path, model_path: Path, output: Path, **kw: Any) -> None:
+@click.option("--refine", "refine_method", type=METHODS, default=None, help="Refine the labels (see gigaseg refine).")
+@refine_options
+def segment(input_path: Path, model_path: Path, output: Path, refine_method: str | None, **kw: Any) -> None:
     """Segment INPUT (a GeoTIFF or any GDAL raster, or a NIfTI volume) into a Zarr mask."""
     from gigaseg.jobs.segment import SegmentOptions
     from gigaseg.jobs.segment import segment as run
@@ -135,13 +138,14 @@ def segment(input_path: Path, model_path: Path, output: Path, **kw: Any) -> None
     if kw["overwrite"] and kw["resume"]:
         raise click.BadParameter("--overwrite and --resume exclude each other")
     options = SegmentOptions(
+        refine=refine_from(refine_method, kw),
         **{
             **kw,
             "bands": _bands(kw["bands"]),
             "volume": _volume(kw["volume"]),
             "zarr_format": int(kw["zarr_format"]),
             "progress": sys.stderr.isatty(),
-        }
+        },
     )
     summary = run(input_path, model_path, output, options)
     click.echo(summary.line())
@@ -294,6 +298,9 @@ def status(job_path: Path) -> None:
     job = load_job(job_path)
     for spec in job.scenes(base=job_path.absolute().parent):
         click.echo(f"{spec.input} -> {spec.output}: {existing(spec.output)}")
+
+
+cli.add_command(refine)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +29,7 @@ from gigaseg.io.sources import Source, open_source
 from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store, remove_partials
 from gigaseg.jobs.volume import ModelInput, model_input
 from gigaseg.models import ModelCard, Predictor, load_checkpoint
+from gigaseg.refine import RefineOptions
 from gigaseg.tiler import BlockGrid, Box, Stitcher, TileGrid, blend_window, to_pixels
 
 T = TypeVar("T")
@@ -63,6 +64,7 @@ class SegmentOptions:
     context: int = 0  # 2.5-D: neighbouring slices on each side as channels
     canonical: bool = False  # show the model the volume reoriented to RAS
     cache_dir: str | None = None  # where .nii.gz volumes are decompressed
+    refine: RefineOptions | None = None  # a refinement stage over the probabilities (gigaseg.jobs.refine)
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ class BlockRunner:
         self.window = blend_window(plan.blend, plan.grid.tile)
         self.classes = predictor.card.num_classes
         self.channels_last = len(plan.grid.tile) == 2  # how 2-D networks take their input
+        self.on_write: Callable[[Box], None] | None = None  # told of every box written (refinement)
 
     def run(self, index: tuple[int, ...]) -> np.ndarray:
         """Compute block ``index``, write its chunks, then record it done.
@@ -275,6 +278,8 @@ class BlockRunner:
             probs = softmax(scores) if self.plan.merge == "logits" else scores
             probs[:, ~valid] = 0
         self.store.write(box, labels, probs)
+        if self.on_write:
+            self.on_write(box)
         return counts
 
 
@@ -471,15 +476,26 @@ def segment(
     card: ModelCard | None = None,
 ) -> Summary:
     """Segment one raster or volume into a Zarr mask store; the whole path in one call."""
-    spec = SceneSpec(
-        str(input_path),
-        str(model_path),
-        str(output),
-        options or SegmentOptions(),
-        card.to_dict() if card else None,
-    )
+    options = options or SegmentOptions()
+    if options.refine and not options.probabilities:
+        options = replace(options, probabilities="uint8")  # the refinement's unary; kept afterwards
+    spec = SceneSpec(str(input_path), str(model_path), str(output), options, card.to_dict() if card else None)
     runner = open_runner(spec, create=True)
-    return run_blocks(runner, output, spec.options.progress)
+    refine = _start_refine(runner, input_path, options)
+    return run_blocks(runner, output, options.progress, refine=refine)
+
+
+def _start_refine(runner: BlockRunner, input_path: str | Path, options: SegmentOptions) -> Any:
+    from gigaseg.jobs.refine import check_resume, start_refine
+
+    if options.resume:
+        check_resume(runner.store, options.refine)
+    if not options.refine:
+        return None
+    refine = replace(options.refine, resume=options.resume, progress=options.progress)
+    stage = start_refine(runner.store, input_path, refine, bands=getattr(runner.source, "bands", None))
+    runner.on_write = stage.mark_written
+    return stage
 
 
 def check_channels(card: ModelCard, channels: int, path: str) -> None:
@@ -534,16 +550,27 @@ def provenance(plan: Plan, card: ModelCard, source: Source, model_path: str | Pa
     }
 
 
-def run_blocks(runner: BlockRunner, output: str | Path, progress: bool) -> Summary:
-    """Run every block not yet done, in order, then mark the store complete."""
+def run_blocks(runner: BlockRunner, output: str | Path, progress: bool, *, refine: Any = None) -> Summary:
+    """Run every block not yet done, in order, then mark the store complete.
+
+    With a ``refine`` stage (:class:`gigaseg.jobs.refine.RefineStage`) the store is
+    complete only once it has refined every block; the counts are then the refined ones.
+    """
     started = time.perf_counter()
     todo = pending_blocks(runner.store, runner.plan)
     counts = np.zeros(runner.classes + 1, np.int64)
     total = math.prod(runner.plan.grid.shape)
     with tqdm(total=total, disable=not progress, unit="px", unit_scale=True, desc="segment", leave=False) as bar:
-        for index in todo:
-            counts += runner.run(index)
-            bar.update(runner.plan.blocks.block_box(index).size)
+        try:
+            for index in todo:
+                counts += runner.run(index)
+                bar.update(runner.plan.blocks.block_box(index).size)
+        except BaseException:
+            if refine is not None:
+                refine.abort()
+            raise
+    if refine is not None:
+        counts = refine.finish()
     runner.source.close()
     summary = Summary(
         str(output),

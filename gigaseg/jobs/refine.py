@@ -1,0 +1,359 @@
+"""Refine a store's labels block by block: read probabilities + halo, refine, crop, write.
+
+The refinement stage runs over the store the segment stage writes. Its blocks
+are chunk-aligned boxes of their own grid (2048 pixels a side in 2-D, 128
+voxels in 3-D by default), each read with a halo wide enough for the kernels
+(:func:`gigaseg.refine.halo_width`), refined, cropped back to the block and
+written as whole ``mask`` chunks. Every block then sets its own element of
+``refine_done``, so a killed run resumes where it stopped.
+
+Blocks run in a process pool (pydensecrf holds the GIL on one core), one worker
+per core by default; the torch CRF runs in one thread of the main process,
+where the model's device is. During ``segment --refine`` a block is submitted as
+soon as every chunk under its block + halo has been written, so refinement of
+finished rows overlaps inference of the next ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import time
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import zarr
+from tqdm import tqdm
+
+from gigaseg.errors import IncompleteStoreError, InputError
+from gigaseg.io.store import MaskStore, open_store
+from gigaseg.refine import (
+    RefineOptions,
+    get_refiner,
+    halo_width,
+    labels_from,
+    method_name,
+    resolve_params,
+    window_box,
+)
+from gigaseg.refine.features import Stretch, feature_bands, sample_stretch
+from gigaseg.tiler import BlockGrid, Box
+
+PROGRESS = "refine_done"
+DEFAULT_BLOCK = {2: 2048, 3: 128}
+BYTES_PER_PIXEL = 400  # pydensecrf's lattice and our copies, measured: ~300 B per pixel
+
+
+class Source(Protocol):
+    """What refinement needs of an image: its shape and windowed reads."""
+
+    shape: tuple[int, ...]
+
+    def read(self, box: Box) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def open_source(path: str | Path, *, bands: list[int] | None = None) -> Source:
+    """The feature image's source: any GDAL raster (with its bands), or a NIfTI volume."""
+    from gigaseg.io.sources import is_nifti
+    from gigaseg.io.sources import open_source as open_any
+
+    return open_any(path, bands=None if is_nifti(path) else bands)
+
+
+def source_spacing(source: Source) -> tuple[float, ...]:
+    """Voxel size per axis: the source's ``spacing``, else its pixel size, else ones."""
+    spacing = getattr(source, "spacing", None)
+    if spacing is None and getattr(source, "georef", None) is not None:
+        spacing = source.georef.pixel_size
+    spacing = tuple(float(s) for s in (spacing or (1.0,) * len(source.shape)))
+    return spacing if all(s > 0 for s in spacing) else (1.0,) * len(source.shape)
+
+
+@dataclass(frozen=True)
+class RefineJob:
+    """Everything a worker needs to refine one block of one store (picklable)."""
+
+    store: str
+    source: Any
+    blocks: BlockGrid
+    halo: tuple[int, ...]
+    method: Any
+    params: Any
+    stretch: Stretch
+    spacing: tuple[float, ...]
+    feature_bands: list[int] | None
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: method, every parameter, features and their stretch."""
+        params = self.params
+        if hasattr(params, "__dataclass_fields__"):
+            params = {k: getattr(params, k) for k in params.__dataclass_fields__}
+        return {
+            "method": method_name(self.method),
+            "params": params if isinstance(params, dict | None) else repr(params),
+            "block": list(self.blocks.block),
+            "halo": list(self.halo),
+            "halo_rule": "3 x the widest spatial kernel width per axis, capped",
+            "feature_bands": self.feature_bands,
+            "stretch": self.stretch.describe(),
+            "spacing": list(self.spacing),
+        }
+
+
+def plan_refine(store: MaskStore, source: Source, options: RefineOptions, *, bands: list[int] | None) -> RefineJob:
+    """The refinement of ``store`` with features from ``source``: blocks, halo, parameters, stretch."""
+    shape = tuple(store.mask.shape)
+    if tuple(source.shape) != shape:
+        raise InputError(f"the image has shape {tuple(source.shape)} but the store's mask has {shape}")
+    ndim = len(shape)
+    spacing = source_spacing(source)
+    params = resolve_params(options.method, options.params, ndim)
+    halo = (options.halo,) * ndim if options.halo is not None else halo_width(params, ndim=ndim, spacing=spacing)
+    block = options.block or DEFAULT_BLOCK.get(ndim, 128)
+    blocks = BlockGrid.create(shape, max_block=block, chunk=tuple(store.mask.chunks))
+    if blocks.chunk != tuple(store.mask.chunks):
+        blocks = BlockGrid(shape, blocks.block, tuple(store.mask.chunks))
+    stretch = sample_stretch(source.read, shape, options.percentiles)
+    return RefineJob(
+        str(Path(store_path(store)).absolute()),
+        source,
+        blocks,
+        halo,
+        options.method,
+        params,
+        stretch,
+        spacing,
+        bands,
+    )
+
+
+def store_path(store: MaskStore) -> str:
+    root = getattr(store.group.store, "root", None)
+    return str(root) if root is not None else str(store.group.store)
+
+
+def _arrays(path: str) -> tuple[zarr.Array, zarr.Array, zarr.Array, int]:
+    """mask, probabilities, refine_done and the nodata label of a store (a few ms to open)."""
+    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    return group["mask"], group["probabilities"], group[PROGRESS], int(group["mask"].attrs["nodata"])
+
+
+def refine_block(job: RefineJob, index: tuple[int, ...]) -> np.ndarray:
+    """Refine block ``index``: write its mask chunks, mark it done, return its label counts.
+
+    The last count is the nodata pixels. Module-level so a process pool can pickle it.
+    """
+    mask, probabilities, done, nodata = _arrays(job.store)
+    box = job.blocks.block_box(index)
+    window = window_box(box, job.halo, job.blocks.shape)
+    probs = read_probabilities(probabilities, window)
+    valid = mask[window.slices()] != nodata
+    data, _ = job.source.read(window)
+    refined = get_refiner(job.method)(
+        probs, job.stretch(data), valid, params=job.params, origin=window.start, spacing=job.spacing
+    )
+    inner = (slice(None), *box.slices(window.start))
+    labels = labels_from(refined[inner], valid[inner[1:]], nodata=nodata, dtype=mask.dtype)
+    mask[box.slices()] = labels
+    done[index] = 1
+    classes = probs.shape[0]
+    return np.bincount(np.where(valid[inner[1:]], labels, classes).ravel(), minlength=classes + 1)
+
+
+def read_probabilities(array: zarr.Array, box: Box) -> np.ndarray:
+    """``(K, *box)`` float32 probabilities; uint8 stores hold ``p * 255``."""
+    values = array[(slice(None), *box.slices())]
+    if values.dtype == np.uint8:
+        return values.astype(np.float32) * np.float32(1 / 255)
+    return values.astype(np.float32)
+
+
+def default_workers(job: RefineJob) -> int:
+    """One worker per core, fewer when the machine's memory would not hold their windows."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    window = math.prod(b + 2 * h for b, h in zip(job.blocks.block, job.halo, strict=True))
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return cores
+    return max(1, min(cores, available // (window * BYTES_PER_PIXEL)))
+
+
+def make_executor(job: RefineJob, workers: int | None) -> Executor:
+    """Processes for pydensecrf and SLIC (they hold the GIL); one thread for the torch CRF."""
+    if job.method == "crf-torch":
+        return ThreadPoolExecutor(1, thread_name_prefix="gigaseg-refine")
+    context = multiprocessing.get_context("spawn")  # never fork a process that runs torch
+    return ProcessPoolExecutor(workers or default_workers(job), mp_context=context)
+
+
+class RefineStage:
+    """Submit each block once the chunks under its block + halo are written; collect counts."""
+
+    def __init__(
+        self, job: RefineJob, store: MaskStore, done: zarr.Array, *, workers: int | None, progress: bool
+    ) -> None:
+        self.job = job
+        self.store = store
+        self.progress = progress
+        self.executor = make_executor(job, workers)
+        chunks = job.blocks.chunk
+        self.written = np.zeros([math.ceil(n / c) for n, c in zip(job.blocks.shape, chunks, strict=True)], bool)
+        done = done[...] > 0
+        self.pending = {i: self._chunk_slices(self._window(i)) for i in job.blocks.indices() if not done[i]}
+        self.futures: dict[Future, tuple[int, ...]] = {}
+        self._mark_segmented()
+
+    def _mark_segmented(self) -> None:
+        """Chunks of segment blocks already done (a resumed or finished store) are written."""
+        grid, done = segment_blocks(self.store), self.store.done()
+        if grid is None:
+            self.mark_all_written()
+            return
+        for index in grid.indices():
+            if done[index]:
+                self.mark_written(grid.block_box(index))
+
+    def _window(self, index: tuple[int, ...]) -> Box:
+        return window_box(self.job.blocks.block_box(index), self.job.halo, self.job.blocks.shape)
+
+    def _chunk_slices(self, box: Box) -> tuple[slice, ...]:
+        chunks = self.job.blocks.chunk
+        return tuple(slice(a // c, -(-b // c)) for a, b, c in zip(box.start, box.stop, chunks, strict=True))
+
+    def mark_written(self, box: Box) -> None:
+        """The segment stage wrote ``box`` (whole chunks): submit the blocks it completed."""
+        self.written[self._chunk_slices(box)] = True
+        ready = [i for i, cells in self.pending.items() if self.written[cells].all()]
+        for index in ready:
+            del self.pending[index]
+            self.futures[self.executor.submit(refine_block, self.job, index)] = index
+
+    def mark_all_written(self) -> None:
+        self.mark_written(Box((0,) * self.written.ndim, tuple(self.job.blocks.shape)))
+
+    def abort(self) -> None:
+        """Stop: cancel the blocks not started (a killed run resumes them)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def finish(self) -> np.ndarray:
+        """Wait for every block; return the label counts (last: nodata) of the blocks refined."""
+        self.mark_all_written()
+        counts = np.zeros(len(self.store.classes) + 1, np.int64)
+        total = sum(self.job.blocks.block_box(i).size for i in self.futures.values())
+        try:
+            with tqdm(
+                total=total, disable=not self.progress, unit="px", unit_scale=True, desc="refine", leave=False
+            ) as bar:
+                for future in as_completed(self.futures):
+                    counts += future.result()
+                    bar.update(self.job.blocks.block_box(self.futures[future]).size)
+        finally:
+            self.executor.shutdown(cancel_futures=True)
+        names = dict(zip([*self.store.classes, "nodata"], map(int, counts), strict=True))
+        self.store.set_attrs(refine={**self.store.attrs.get("refine", {}), "complete": True, "counts": names})
+        return counts
+
+
+def start_refine(store: MaskStore, input_path: str | Path, options: RefineOptions, *, bands: list[int]) -> RefineStage:
+    """Prepare the refinement of ``store`` from the image at ``input_path`` and return the stage.
+
+    ``bands`` are the file bands feeding the model; the feature bands follow
+    ``options.feature_bands``, else the model card's red/green/blue, else the first three.
+    With ``options.resume`` the blocks already refined are kept, except those whose
+    block + halo touches a segment block that is not done (it will be rewritten).
+    """
+    chosen = feature_bands(bands, band_names=_card_band_names(store), explicit=options.feature_bands)
+    source = open_source(input_path, bands=chosen)
+    job = plan_refine(store, source, options, bands=chosen)
+    record = job.describe()
+    stored = store.attrs.get("refine")
+    if options.resume and stored is not None and _comparable(stored) != _comparable(record):
+        raise InputError(
+            f"cannot resume refinement of {job.store}: it was started with {_comparable(stored)}, "
+            f"not {_comparable(record)}; use --overwrite (or gigaseg refine) to start again"
+        )
+    done = store.progress_array(PROGRESS, job.blocks.counts, reset=not options.resume)
+    if options.resume:
+        _forget_stale(job, store, done)
+    store.reopen(refine={**record, "complete": False})
+    return RefineStage(job, store, done, workers=options.workers, progress=options.progress)
+
+
+def check_resume(store: MaskStore, options: RefineOptions | None) -> None:
+    """Refuse to resume a store whose refinement is unfinished without refining it."""
+    stored = store.attrs.get("refine")
+    if options is None and stored is not None and not stored.get("complete"):
+        raise InputError(
+            f"{store_path(store)} was started with --refine {stored.get('method')}; "
+            "resume it with the same --refine options"
+        )
+
+
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    plain = json.loads(json.dumps(record, default=str))
+    return {k: v for k, v in plain.items() if k not in ("complete", "counts")}
+
+
+def _card_band_names(store: MaskStore) -> list[str] | None:
+    return (store.attrs.get("model_card") or {}).get("band_names")
+
+
+def _forget_stale(job: RefineJob, store: MaskStore, done: zarr.Array) -> None:
+    """Un-mark refined blocks whose window overlaps a segment block that will run again."""
+    segment_done = store.done()
+    grid = segment_blocks(store)
+    if grid is None or segment_done.all():
+        return
+    stale = [grid.block_box(i) for i in grid.indices() if not segment_done[i]]
+    flags = done[...]
+    for index in job.blocks.indices():
+        window = window_box(job.blocks.block_box(index), job.halo, job.blocks.shape)
+        if flags[index] and any(window.intersection(b) for b in stale):
+            done[index] = 0
+
+
+def segment_blocks(store: MaskStore) -> BlockGrid | None:
+    plan = store.attrs.get("plan")
+    if not plan:
+        return None
+    return BlockGrid(tuple(plan["shape"]), tuple(plan["block"]), tuple(plan["chunk"]))
+
+
+def refine(
+    store_path_: str | Path, image: str | Path, options: RefineOptions | None = None
+) -> tuple[MaskStore, np.ndarray, float]:
+    """Refine an existing store's labels from its probabilities and ``image``.
+
+    Returns the store, the label counts of the refined blocks (last: nodata) and
+    the seconds it took. The store is incomplete while this runs and complete after.
+    """
+    options = options or RefineOptions()
+    started = time.perf_counter()
+    open_store(store_path_)  # says clearly when it is not a gigaseg store
+    store = MaskStore(zarr.open_group(str(store_path_), mode="r+", use_consolidated=False))
+    check_refinable(store, store_path_)
+    bands = store.attrs.get("bands") or list(range(1, 4))
+    stage = start_refine(store, image, options, bands=bands)
+    counts = stage.finish()
+    store.finish()
+    return store, counts, time.perf_counter() - started
+
+
+def check_refinable(store: MaskStore, path: str | Path) -> None:
+    if store.probabilities is None:
+        raise InputError(
+            f"{path} has no probabilities to refine; segment again with --probabilities uint8 "
+            "(or with --refine, which keeps them)"
+        )
+    done = store.done()
+    if not done.all():
+        raise IncompleteStoreError(
+            f"{path} is not fully segmented ({int(done.sum())} of {done.size} blocks); "
+            "finish it with gigaseg segment --resume first"
+        )
