@@ -16,11 +16,13 @@ from gigaseg.models.card import ModelCard
 
 Builder = Callable[[ModelCard], nn.Module]
 MODELS: dict[str, Builder] = {}
+SPATIAL_DIMS: dict[str, int] = {}  # architecture -> 2 or 3
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
+def register_model(name: str, *, dims: int = 2) -> Callable[[Builder], Builder]:
     def wrap(builder: Builder) -> Builder:
         MODELS[name] = builder
+        SPATIAL_DIMS[name] = dims
         return builder
 
     return wrap
@@ -34,6 +36,11 @@ def create_model(card: ModelCard) -> nn.Module:
         raise ModelError(
             f"unknown architecture {card.arch!r}; available: {', '.join(sorted(MODELS))}"
         ) from None
+    if SPATIAL_DIMS[card.arch] != card.spatial_dims:
+        raise ModelError(
+            f"{card.arch} is a {SPATIAL_DIMS[card.arch]}-D network but the model card says "
+            f"spatial_dims {card.spatial_dims}"
+        )
     try:
         return builder(card)
     except (TypeError, ValueError, KeyError) as e:
@@ -97,3 +104,32 @@ class ConvNet(nn.Module):
 def conv(card: ModelCard) -> nn.Module:
     """A single 2-D convolution (kernel_size from the card, default 1)."""
     return ConvNet(card.in_channels, card.num_classes, **card.arch_kwargs)
+
+
+def default_card(arch: str, *, classes: int = 4) -> ModelCard:
+    """The card ``gigaseg models`` describes an architecture with: default arguments,
+    3 input bands in 2-D (one channel in 3-D)."""
+    dims = SPATIAL_DIMS[arch]
+    names = [f"class{i}" for i in range(classes)]
+    return ModelCard(arch=arch, in_channels=3 if dims == 2 else 1, classes=names, spatial_dims=dims)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_models() -> list[dict[str, object]]:
+    """Name, spatial dims, parameter count (for its default card) and summary of every model."""
+    rows = []
+    for name in sorted(MODELS):
+        card = default_card(name)
+        doc = (MODELS[name].__doc__ or "").strip().splitlines()
+        rows.append(
+            {
+                "name": name,
+                "dims": card.spatial_dims,
+                "parameters": parameter_count(create_model(card)),
+                "about": doc[0] if doc else "",
+            }
+        )
+    return rows
