@@ -51,6 +51,7 @@ class SegmentOptions:
     overwrite: bool = False
     resume: bool = False
     progress: bool = False
+    tta: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Plan:
     blocks: BlockGrid
     blend: str
     merge: str
+    tta: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -71,6 +73,7 @@ class Plan:
             "chunk": list(self.blocks.chunk),
             "blend": self.blend,
             "merge": self.merge,
+            "tta": self.tta,
         }
 
 
@@ -121,7 +124,7 @@ def make_plan(
     grid = TileGrid.create(shape, tile, overlap)
     blocks = BlockGrid.create(shape, max_block=options.block, chunk=options.chunk)
     blend_window(options.blend, (1,))  # validates the name early
-    return Plan(grid, blocks, options.blend, options.merge)
+    return Plan(grid, blocks, options.blend, options.merge, options.tta)
 
 
 class BlockRunner:
@@ -238,9 +241,14 @@ def segment(
     options = options or SegmentOptions()
     source = GeoTiffSource(input_path, bands=options.bands)
     model, card = load_checkpoint(model_path, card=card)
-    check_channels(card, source.channels, str(input_path))
+    check_channels(card, source.channels, str(input_path), spatial_dims=len(source.shape))
     predictor = Predictor(
-        model, card, device=options.device, batch_size=options.batch_size, merge=options.merge
+        model,
+        card,
+        device=options.device,
+        batch_size=options.batch_size,
+        merge=options.merge,
+        tta=options.tta,
     )
     plan = make_plan(
         source.shape, card, options, pixel_size=min(source.georef.pixel_size), stride=predictor.stride
@@ -250,7 +258,12 @@ def segment(
     return run_blocks(BlockRunner(plan, source, predictor, store), output, options.progress)
 
 
-def check_channels(card: ModelCard, channels: int, path: str) -> None:
+def check_channels(card: ModelCard, channels: int, path: str, *, spatial_dims: int = 2) -> None:
+    if card.spatial_dims != spatial_dims:
+        raise InputError(
+            f"the model is a {card.spatial_dims}-D network but {path} is {spatial_dims}-D; "
+            f"use a {spatial_dims}-D model"
+        )
     if card.in_channels != channels:
         raise InputError(
             f"the model takes {card.in_channels} bands but {channels} are selected from {path}; "

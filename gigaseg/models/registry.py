@@ -53,6 +53,20 @@ def output_stride(model: nn.Module) -> int:
     return int(getattr(encoder, "output_stride", None) or getattr(model, "output_stride", 1))
 
 
+SMP_NAMES = {
+    "unet": "U-Net",
+    "unetplusplus": "U-Net++",
+    "fpn": "Feature Pyramid Network",
+    "pspnet": "PSPNet (pyramid pooling)",
+    "deeplabv3": "DeepLabV3 (ASPP)",
+    "deeplabv3plus": "DeepLabV3+ (ASPP + decoder)",
+    "linknet": "LinkNet",
+    "manet": "MA-Net",
+    "pan": "Pyramid Attention Network",
+    "upernet": "UPerNet",
+}
+
+
 def _smp_builder(arch: str) -> Builder:
     def build(card: ModelCard) -> nn.Module:
         return smp.create_model(
@@ -64,7 +78,7 @@ def _smp_builder(arch: str) -> Builder:
             **card.arch_kwargs,
         )
 
-    build.__doc__ = f"segmentation-models-pytorch {arch}"
+    build.__doc__ = f"{SMP_NAMES.get(arch, arch)}, segmentation-models-pytorch (encoder: resnet18 by default)"
     return build
 
 
