@@ -643,6 +643,8 @@ def finish(out: Path, training: dict[str, Any], *, half: bool) -> ModelCard:
     """Write the whole run's summary and the measured receptive field into the best card."""
     model, card = load_checkpoint(out)
     card.training = training
-    card.receptive_field = card.receptive_field or receptive_field(model, card)
+    # measured on twice the tile (capped), so a field larger than one tile shows
+    size = min(2 * card.tile, 512 if card.spatial_dims == 2 else 96)
+    card.receptive_field = card.receptive_field or receptive_field(model, card, size=size)
     save_checkpoint(out, model, card, half=half)
     return card
