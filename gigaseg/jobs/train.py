@@ -8,7 +8,7 @@ GDAL through :class:`GeoTiffSource`. Every source is read tile by tile.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,9 @@ def open_source(
     return OPENERS.get(suffix, _open_raster)(path, bands, spatial_dims)
 
 
-def open_pairs(images: list[Path], labels: list[Path], *, bands: list[int] | None = None) -> list[Pair]:
+def open_pairs(
+    images: Sequence[Path], labels: Sequence[Path], *, bands: list[int] | None = None
+) -> list[Pair]:
     """``images[i]`` paired with ``labels[i]``."""
     if len(images) != len(labels):
         raise InputError(f"{len(images)} images but {len(labels)} label files; give one --labels per --image")
@@ -74,13 +76,13 @@ def open_pairs(images: list[Path], labels: list[Path], *, bands: list[int] | Non
 
 
 def run_train(
-    images: list[Path],
-    labels: list[Path],
+    images: Sequence[Path],
+    labels: Sequence[Path],
     out: Path,
     config: TrainConfig,
     *,
-    val_images: list[Path] = (),
-    val_labels: list[Path] = (),
+    val_images: Sequence[Path] = (),
+    val_labels: Sequence[Path] = (),
     bands: list[int] | None = None,
     resume: bool = False,
     overwrite: bool = False,
