@@ -32,9 +32,10 @@ cluster: {{workers: 2, retries: 2}}
 
 @pytest.fixture
 def job_dir(tmp_path, rng):
+    """Two scenes of 8 x 7 blocks: enough work that a kill lands while blocks are running."""
     (tmp_path / "scenes").mkdir()
     for i in range(2):
-        data = rng.integers(0, 200, (3, 256, 200)).astype(np.uint8)
+        data = rng.integers(0, 200, (3, 512, 400)).astype(np.uint8)
         write_tiff(tmp_path / "scenes" / f"s{i}.tif", data)
     init_checkpoint(
         tmp_path / "m.pt",

@@ -103,5 +103,5 @@ def test_conv3d_is_a_3d_model_with_the_receptive_field_its_card_gives():
     with torch.inference_mode():
         reach = (model(x) - model(torch.zeros_like(x))).abs().sum(1)[0] > 0
     assert reach.nonzero().min().item() == 2 and reach.nonzero().max().item() == 6  # 2 voxels each side
-    with pytest.raises(ModelError, match="needs spatial_dims 3"):
+    with pytest.raises(ModelError, match="is a 3-D network but the model card says spatial_dims 2"):
         create_model(ModelCard(arch="conv3d", in_channels=2, classes=["a"]))

@@ -130,13 +130,25 @@ def _volume(value: str | None) -> int | str | None:
 )
 @click.option("--refine", "refine_method", type=METHODS, default=None, help="Refine the labels (see gigaseg refine).")
 @refine_options
-def segment(input_path: Path, model_path: Path, output: Path, refine_method: str | None, **kw: Any) -> None:
+@click.option("--tta", is_flag=True, help="Average the scores of all flips of each tile (4x the work in 2-D).")
+@click.option(
+    "--card",
+    "card_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Model card (JSON) for a plain smp/MONAI state_dict trained elsewhere.",
+)
+def segment(
+    input_path: Path, model_path: Path, output: Path, refine_method: str | None, card_path: Path | None, **kw: Any
+) -> None:
     """Segment INPUT (a GeoTIFF or any GDAL raster, or a NIfTI volume) into a Zarr mask."""
     from gigaseg.jobs.segment import SegmentOptions
     from gigaseg.jobs.segment import segment as run
+    from gigaseg.models.card import ModelCard
 
     if kw["overwrite"] and kw["resume"]:
         raise click.BadParameter("--overwrite and --resume exclude each other")
+    card = ModelCard.from_json(card_path) if card_path else None
     options = SegmentOptions(
         refine=refine_from(refine_method, kw),
         **{
@@ -147,7 +159,7 @@ def segment(input_path: Path, model_path: Path, output: Path, refine_method: str
             "progress": sys.stderr.isatty(),
         },
     )
-    summary = run(input_path, model_path, output, options)
+    summary = run(input_path, model_path, output, options, card=card)
     click.echo(summary.line())
 
 
@@ -301,6 +313,96 @@ def status(job_path: Path) -> None:
 
 
 cli.add_command(refine)
+
+
+@cli.command("models")
+def models_command() -> None:
+    """List the architectures, with parameter counts for 3 bands (1 channel in 3-D), 4 classes."""
+    from gigaseg.models.registry import describe_models
+
+    rows = describe_models()
+    width = max(len(r["name"]) for r in rows)
+    click.echo(f"{'name':<{width}}  dims  {'parameters':>10}  about")
+    for r in rows:
+        click.echo(f"{r['name']:<{width}}  {r['dims']}-D   {r['parameters']:>10,}  {r['about']}")
+
+
+def _json_object(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not valid JSON ({e}): {value!r}") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"must be a JSON object such as '{{\"encoder_depth\": 3}}', got {value!r}")
+    return parsed
+
+
+def _numbers(value: str, name: str, *, count: int) -> list[float]:
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != count:
+        raise click.BadParameter(f"{name} must be {count} comma-separated numbers, got {value!r}")
+    return numbers
+
+
+@cli.command()
+@click.option("--image", "images", multiple=True, required=True, type=click.Path(path_type=Path))
+@click.option("--labels", multiple=True, required=True, type=click.Path(path_type=Path), help="One per --image.")
+@click.option("--val-image", "val_images", multiple=True, type=click.Path(path_type=Path))
+@click.option("--val-labels", multiple=True, type=click.Path(path_type=Path))
+@click.option("--out", "output", required=True, type=click.Path(path_type=Path), help="Best checkpoint (.pt).")
+@click.option("--classes", required=True, help="Comma-separated class names (label 0 first), or a number of classes.")
+@click.option("--colors", default=None, help="Comma-separated colours, one per class.")
+@click.option("--arch", default="unet", show_default=True, help="See `gigaseg models`.")
+@click.option("--encoder", default=None, help="smp encoder of 2-D archs (default resnet18).")
+@click.option("--arch-kwargs", default="{}", help="JSON, e.g. '{\"encoder_depth\": 3}'.")
+@click.option("--bands", default=None, help="Input bands to use, 1-based: 4,3,2.")
+@click.option("--tile", type=int, default=256, show_default=True)
+@click.option("--overlap", type=int, default=32, show_default=True, help="Recommended in the card.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--steps", type=int, default=100, show_default=True, help="Batches per epoch.")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--val-tiles", type=int, default=16, show_default=True)
+@click.option("--clip", default=None, help="Intensity window low,high applied before mean/std (CT: -150,250).")
+@click.option(
+    "--candidates",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Tiles drawn per sample; the one richest in rare classes is kept (small structures).",
+)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--half", is_flag=True, help="Store the weights as float16.")
+@click.option("--resume", is_flag=True, help="Continue from <out>.last.pt.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
+def train(output: Path, images: tuple[Path, ...], labels: tuple[Path, ...], **kw: Any) -> None:
+    """Train on (image, labels) rasters or volumes of any size, sampling random tiles."""
+    from gigaseg.jobs.train import run_train
+    from gigaseg.models.training import TrainConfig
+
+    classes, colors = kw.pop("classes"), kw.pop("colors")
+    run = {k: kw.pop(k) for k in ("val_images", "val_labels", "resume", "overwrite")}
+    bands = _bands(kw.pop("bands"))
+    clip = kw.pop("clip")
+    config = TrainConfig(
+        clip=_numbers(clip, "clip", count=2) if clip else None,
+        classes=[f"class{i}" for i in range(int(classes))] if classes.isdigit() else classes.split(","),
+        colors=colors.split(",") if colors else None,
+        arch_kwargs=_json_object(kw.pop("arch_kwargs")),
+        **kw,
+    )
+    progress = sys.stderr.isatty()
+    result = run_train(list(images), list(labels), output, config, bands=bands, progress=progress, **run)
+    metrics = result.card.metrics
+    click.echo(
+        f"{output}: best epoch {metrics['epoch']}, val dice {metrics['val_mean_dice']:.3f}, "
+        f"receptive field {result.card.receptive_field} px"
+    )
 
 
 def main() -> None:

@@ -65,6 +65,7 @@ class SegmentOptions:
     canonical: bool = False  # show the model the volume reoriented to RAS
     cache_dir: str | None = None  # where .nii.gz volumes are decompressed
     refine: RefineOptions | None = None  # a refinement stage over the probabilities (gigaseg.jobs.refine)
+    tta: bool = False  # average the scores of every flip of each tile
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Plan:
     blocks: BlockGrid
     blend: str
     merge: str
+    tta: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -85,6 +87,7 @@ class Plan:
             "chunk": list(self.blocks.chunk),
             "blend": self.blend,
             "merge": self.merge,
+            "tta": self.tta,
         }
 
 
@@ -169,7 +172,7 @@ def make_plan(
     chunk = options.chunk or DEFAULT_CHUNK.get(ndim, DEFAULT_CHUNK[3])
     blocks = BlockGrid.create(shape, max_block=block, chunk=chunk)
     blend_window(options.blend, (1,))  # validates the name early
-    return Plan(grid, blocks, options.blend, options.merge)
+    return Plan(grid, blocks, options.blend, options.merge, options.tta)
 
 
 class BlockRunner:
@@ -458,12 +461,12 @@ _PREDICTORS: dict[str, Predictor] = {}
 def load_predictor(spec: SceneSpec) -> Predictor:
     """The scene's model, loaded once per process and reused by every block task."""
     o = spec.options
-    key = json.dumps([spec.model, spec.card, o.device, o.batch_size, o.merge], default=str)
+    key = json.dumps([spec.model, spec.card, o.device, o.batch_size, o.merge, o.tta], default=str)
     if key not in _PREDICTORS:
         card = ModelCard.from_dict(spec.card) if spec.card else None
         model, card = load_checkpoint(spec.model, card=card)
         _PREDICTORS.clear()  # one model per worker at a time
-        _PREDICTORS[key] = Predictor(model, card, device=o.device, batch_size=o.batch_size, merge=o.merge)
+        _PREDICTORS[key] = Predictor(model, card, device=o.device, batch_size=o.batch_size, merge=o.merge, tta=o.tta)
     return _PREDICTORS[key]
 
 
@@ -499,6 +502,7 @@ def _start_refine(runner: BlockRunner, input_path: str | Path, options: SegmentO
 
 
 def check_channels(card: ModelCard, channels: int, path: str) -> None:
+    """Bands fed must be the bands the model takes (dimensions: ``volume.check_dims``)."""
     if card.in_channels != channels:
         raise InputError(
             f"the model takes {card.in_channels} bands but {channels} are selected from {path}; "

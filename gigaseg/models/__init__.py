@@ -1,5 +1,6 @@
 """Networks, checkpoints with their model cards, and batched inference."""
 
+from gigaseg.models import nets  # noqa: F401 - registers fcn, unet3d and aspp3d
 from gigaseg.models.card import ModelCard
 from gigaseg.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from gigaseg.models.inference import Predictor, resolve_device

@@ -6,11 +6,12 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gigaseg.errors import ModelError
+from gigaseg.errors import ModelError, SourceError
 from gigaseg.models.intensity import check_spec
 
 
@@ -26,6 +27,7 @@ class ModelCard:
     spatial_dims: int = 2
     band_names: list[str] | None = None
     colors: list[str] | None = None
+    clip: list[float] | None = None  # [low, high] applied to every band before mean/std (CT windows)
     mean: list[float] | None = None
     std: list[float] | None = None
     tile: int = 512
@@ -48,6 +50,16 @@ class ModelCard:
             raise ModelError(f"model card: std must be positive, got {self.std}")
         if self.intensity is not None:
             check_spec(self.intensity)
+        if self.clip is not None and (len(self.clip) != 2 or not self.clip[0] < self.clip[1]):
+            raise ModelError(f"model card: clip must be [low, high] with low < high, got {self.clip}")
+        if self.colors is not None and len(self.colors) != len(self.classes):
+            raise ModelError(
+                f"model card: {len(self.colors)} colors for {len(self.classes)} classes; give one per class"
+            )
+        if self.spatial_dims not in (2, 3):
+            raise ModelError(f"model card: spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if not 0 <= self.overlap < self.tile:
+            raise ModelError(f"model card: need 0 <= overlap < tile, got tile {self.tile}, overlap {self.overlap}")
 
     @property
     def num_classes(self) -> int:
@@ -62,10 +74,28 @@ class ModelCard:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ModelError(f"model card: unknown keys {unknown}; known keys are {sorted(known)}")
+        missing = [k for k in ("arch", "in_channels", "classes") if k not in values]
+        if missing:
+            raise ModelError(f"model card: missing keys {missing}")
         try:
             return cls(**values)
         except TypeError as e:
             raise ModelError(f"model card: {e}") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ModelCard:
+        """A card written as JSON, e.g. to go with a plain state_dict trained elsewhere."""
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise SourceError(f"cannot read model card {path}: {e.strerror or e}") from None
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ModelError(f"model card {path} is not valid JSON: {e}") from None
+        if not isinstance(values, dict):
+            raise ModelError(f"model card {path} must hold a JSON object, not a {type(values).__name__}")
+        return cls.from_dict(values)
 
     def digest(self) -> str:
         """A short content hash of the card, for provenance."""
@@ -73,12 +103,14 @@ class ModelCard:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def normalize(self, tiles: np.ndarray) -> np.ndarray:
-        """``(x - mean) / std`` per band, in place, on ``(N, C, ...)`` float32 tiles.
+        """``(clip(x) - mean) / std`` per band, in place, on ``(N, C, ...)`` float32 tiles.
 
         A card with an ``intensity`` spec is normalised by the spec instead, fitted
         on the scene (:mod:`gigaseg.models.intensity`, ``gigaseg.jobs.volume``).
         """
         shape = (1, -1) + (1,) * (tiles.ndim - 2)
+        if self.clip is not None:
+            np.clip(tiles, self.clip[0], self.clip[1], out=tiles)
         if self.mean is not None:
             tiles -= np.asarray(self.mean, np.float32).reshape(shape)
         if self.std is not None:

@@ -16,12 +16,27 @@ from gigaseg.models.registry import create_model
 FORMAT = "gigaseg-checkpoint/1"
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> None:
-    """Write weights and card atomically (a killed save never leaves half a file)."""
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    card: ModelCard,
+    *,
+    half: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write weights and card atomically (a killed save never leaves half a file).
+
+    ``half`` stores floating-point weights as float16 (half the file; loading
+    casts them back into the float32 network). ``extra`` entries (optimizer
+    state, epoch, ...) go into the same file; loading ignores them.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"format": FORMAT, "card": card.to_dict(), "state_dict": state}, tmp)
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    data = {**(extra or {}), "format": FORMAT, "card": card.to_dict(), "state_dict": state}
+    torch.save(data, tmp)
     os.replace(tmp, path)
 
 
@@ -49,7 +64,7 @@ def load_checkpoint(path: str | Path, *, card: ModelCard | None = None) -> tuple
     """
     data = read_checkpoint(path)
     if data.get("format") == FORMAT:
-        card = card or ModelCard.from_dict(data["card"])
+        card = card or ModelCard.from_dict(data["card"])  # validates the card
         state = data["state_dict"]
     elif card is not None:
         state = data.get("state_dict", data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import numpy as np
 import torch
@@ -31,7 +32,10 @@ class Predictor:
     """Run a network over batches of tiles and return per-class scores.
 
     Scores are softmax probabilities (``merge="probs"``, the default: blending
-    unnormalised logits across tiles shows seams) or raw logits.
+    unnormalised logits across tiles shows seams) or raw logits. With ``tta``
+    each batch also runs flipped along every combination of spatial axes (4
+    passes in 2-D, 8 in 3-D) and the scores are averaged, in probability space
+    when merging probabilities.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class Predictor:
         device: str = "auto",
         batch_size: int | None = None,
         merge: str = "probs",
+        tta: bool = False,
     ) -> None:
         if merge not in MERGES:
             raise InputError(f"merge must be one of {MERGES}, got {merge!r}")
@@ -50,6 +55,7 @@ class Predictor:
         self.merge = merge
         self.batch_size = batch_size or default_batch_size(self.device)
         self.stride = output_stride(model)
+        self.flips = flip_axes(card.spatial_dims) if tta else [()]
         memory_format = torch.channels_last if card.spatial_dims == 2 else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format).eval()
         self._memory_format = memory_format
@@ -63,40 +69,67 @@ class Predictor:
                 f"tile {tile} is not a multiple of {self.stride}, which {self.card.arch} needs; use --tile {fixed[0]}"
             )
 
+    @torch.inference_mode()
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         """``(N, C, *tile)`` normalised float32 tiles -> ``(N, K, *tile)`` float32 scores.
 
         Every forward pass holds exactly ``batch_size`` tiles (the last is padded):
         convolution kernels are chosen by batch size, so a tile's scores then do not
         depend on how many tiles came with it, and blocks of any size give the same bits.
+        Tiles whose sides are not multiples of the network's stride are mirror-padded
+        up to one and cropped back. Scores stay on the device until every batch is
+        queued, so on a GPU the host prepares and copies the next batch while the
+        model still runs on this one.
         """
+        shape = tiles.shape[2:]
+        tiles = pad_to_multiple(tiles, self.stride)
         out = [
             self._forward(_pad_batch(tiles[i : i + self.batch_size], self.batch_size))
             for i in range(0, len(tiles), self.batch_size)
         ]
-        return out[0][: len(tiles)] if len(out) == 1 else np.concatenate(out)[: len(tiles)]
+        scores = torch.cat(out)[: len(tiles)].cpu().numpy()
+        return scores[(slice(None), slice(None), *(slice(0, n) for n in shape))]
 
-    @torch.inference_mode()
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: np.ndarray) -> torch.Tensor:
         # Any strides torch accepts are kept: a batch laid out channels-last in
         # memory (as the pipeline builds it) then goes to the model without a copy.
         x = torch.from_numpy(batch if min(batch.strides) >= 0 else np.ascontiguousarray(batch))
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
+        total = None
+        for axes in self.flips:
+            scores = self._scores(x.flip(axes) if axes else x)
+            scores = scores.flip(axes) if axes else scores
+            total = scores if total is None else total + scores
+        return total / len(self.flips) if len(self.flips) > 1 else total
+
+    def _scores(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=self._memory_format)
         with self._autocast():
             # Scores go back in plain (N, K, *tile) order, each class a contiguous plane,
             # which is what the stitcher reads; softmax costs the same either way.
             scores = self.model(x).float().contiguous()
-        if self.merge == "probs":
-            scores = torch.softmax(scores, dim=1)
-        return scores.cpu().numpy()
+        return torch.softmax(scores, dim=1) if self.merge == "probs" else scores
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type != "cuda":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
+
+
+def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Every combination of spatial axes of an ``(N, C, *spatial)`` batch, the identity first."""
+    axes = range(2, 2 + spatial_dims)
+    return [c for k in range(spatial_dims + 1) for c in itertools.combinations(axes, k)]
+
+
+def pad_to_multiple(tiles: np.ndarray, multiple: int) -> np.ndarray:
+    """Mirror-pad the spatial sides of ``(N, C, *spatial)`` up to multiples of ``multiple``."""
+    pad = [(0, 0), (0, 0)] + [(0, -n % multiple) for n in tiles.shape[2:]]
+    if not any(p for _, p in pad):
+        return tiles
+    return np.pad(tiles, pad, mode="symmetric")
 
 
 def _pad_batch(batch: np.ndarray, size: int) -> np.ndarray:

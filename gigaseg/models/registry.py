@@ -16,11 +16,13 @@ from gigaseg.models.card import ModelCard
 
 Builder = Callable[[ModelCard], nn.Module]
 MODELS: dict[str, Builder] = {}
+SPATIAL_DIMS: dict[str, int] = {}  # architecture -> 2 or 3
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
+def register_model(name: str, *, dims: int = 2) -> Callable[[Builder], Builder]:
     def wrap(builder: Builder) -> Builder:
         MODELS[name] = builder
+        SPATIAL_DIMS[name] = dims
         return builder
 
     return wrap
@@ -32,6 +34,11 @@ def create_model(card: ModelCard) -> nn.Module:
         builder = MODELS[card.arch]
     except KeyError:
         raise ModelError(f"unknown architecture {card.arch!r}; available: {', '.join(sorted(MODELS))}") from None
+    if SPATIAL_DIMS[card.arch] != card.spatial_dims:
+        raise ModelError(
+            f"{card.arch} is a {SPATIAL_DIMS[card.arch]}-D network but the model card says "
+            f"spatial_dims {card.spatial_dims}"
+        )
     try:
         return builder(card)
     except (TypeError, ValueError, KeyError) as e:
@@ -42,6 +49,20 @@ def output_stride(model: nn.Module) -> int:
     """The factor a tile's side must be a multiple of (1 for fully local models)."""
     encoder = getattr(model, "encoder", None)
     return int(getattr(encoder, "output_stride", None) or getattr(model, "output_stride", 1))
+
+
+SMP_NAMES = {
+    "unet": "U-Net",
+    "unetplusplus": "U-Net++",
+    "fpn": "Feature Pyramid Network",
+    "pspnet": "PSPNet (pyramid pooling)",
+    "deeplabv3": "DeepLabV3 (ASPP)",
+    "deeplabv3plus": "DeepLabV3+ (ASPP + decoder)",
+    "linknet": "LinkNet",
+    "manet": "MA-Net",
+    "pan": "Pyramid Attention Network",
+    "upernet": "UPerNet",
+}
 
 
 def _smp_builder(arch: str) -> Builder:
@@ -55,7 +76,7 @@ def _smp_builder(arch: str) -> Builder:
             **card.arch_kwargs,
         )
 
-    build.__doc__ = f"segmentation-models-pytorch {arch}"
+    build.__doc__ = f"{SMP_NAMES.get(arch, arch)}, segmentation-models-pytorch (encoder: resnet18 by default)"
     return build
 
 
@@ -125,9 +146,38 @@ class ConvNet3d(nn.Module):
         return self.net(x)
 
 
-@register_model("conv3d")
+@register_model("conv3d", dims=3)
 def conv3d(card: ModelCard) -> nn.Module:
     """3-D convolutions (kernel_size, layers, width from the card; defaults 1, 1, 8)."""
     if card.spatial_dims != 3:
         raise ValueError(f"conv3d is a 3-D model: its card needs spatial_dims 3, not {card.spatial_dims}")
     return ConvNet3d(card.in_channels, card.num_classes, **card.arch_kwargs)
+
+
+def default_card(arch: str, *, classes: int = 4) -> ModelCard:
+    """The card ``gigaseg models`` describes an architecture with: default arguments,
+    3 input bands in 2-D (one channel in 3-D)."""
+    dims = SPATIAL_DIMS[arch]
+    names = [f"class{i}" for i in range(classes)]
+    return ModelCard(arch=arch, in_channels=3 if dims == 2 else 1, classes=names, spatial_dims=dims)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_models() -> list[dict[str, object]]:
+    """Name, spatial dims, parameter count (for its default card) and summary of every model."""
+    rows = []
+    for name in sorted(MODELS):
+        card = default_card(name)
+        doc = (MODELS[name].__doc__ or "").strip().splitlines()
+        rows.append(
+            {
+                "name": name,
+                "dims": card.spatial_dims,
+                "parameters": parameter_count(create_model(card)),
+                "about": doc[0] if doc else "",
+            }
+        )
+    return rows

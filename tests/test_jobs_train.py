@@ -1,0 +1,127 @@
+"""``gigaseg train``, ``gigaseg models`` and ``segment --card/--tta`` through the CLI."""
+
+import json
+
+import numpy as np
+import torch
+import zarr
+
+from gigaseg.io.generate import write_landcover_tiff
+from gigaseg.jobs.train import open_source
+from gigaseg.models import ModelCard, create_model, load_checkpoint
+from gigaseg.synthetic import landcover_scene
+from tests.test_cli import assert_one_line_error, run
+
+
+def test_models_lists_every_architecture_with_parameters():
+    result = run("models")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["name", "dims", "parameters", "about"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert {"fcn", "unet", "deeplabv3", "deeplabv3plus", "unet3d", "aspp3d"} <= set(rows)
+    assert rows["unet3d"][1] == "3-D" and rows["unet"][1] == "2-D"
+    assert int(rows["conv"][2].replace(",", "")) == 16
+
+
+def test_train_on_geotiffs_then_segment(tmp_path):
+    write_landcover_tiff(tmp_path / "a.tif", (128, 96), seed=1, labels_path=tmp_path / "a_labels.tif")
+    write_landcover_tiff(tmp_path / "b.tif", (64, 64), seed=2, labels_path=tmp_path / "b_labels.tif")
+    model = tmp_path / "m.pt"
+    args = ["train", "--image", tmp_path / "a.tif", "--labels", tmp_path / "a_labels.tif"]
+    args += ["--val-image", tmp_path / "b.tif", "--val-labels", tmp_path / "b_labels.tif"]
+    args += ["--classes", "water,vegetation,built-up,bare", "--colors", "#00f,#0f0,#f00,#ff0"]
+    args += ["--arch", "conv", "--arch-kwargs", '{"kernel_size": 3}', "--tile", 32, "--overlap", 8]
+    args += [
+        "--epochs",
+        2,
+        "--steps",
+        3,
+        "--batch-size",
+        2,
+        "--val-tiles",
+        2,
+        "--device",
+        "cpu",
+        "--out",
+        model,
+    ]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert "epoch 2/2: loss" in result.stdout and "val dice" in result.stdout
+    assert f"{model}: best epoch" in result.stdout
+    _, card = load_checkpoint(model)
+    assert card.colors == ["#00f", "#0f0", "#f00", "#ff0"] and card.receptive_field == 3
+    assert (tmp_path / "m.last.pt").exists()
+    assert_one_line_error(run(*args), "--overwrite")
+    result = run(*args[:-2], "--epochs", 3, "--out", model, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.stdout and "epoch 3/3" in result.stdout
+
+    out = tmp_path / "o.zarr"
+    result = run("segment", tmp_path / "a.tif", "--model", model, "--out", out, "--tta", "--tile", 64)
+    assert result.exit_code == 0, result.output
+    assert zarr.open_group(out, mode="r").attrs["gigaseg"]["plan"]["tta"] is True
+
+
+def test_train_refuses_bad_options_clearly(tmp_path):
+    write_landcover_tiff(tmp_path / "a.tif", (64, 64), seed=1, labels_path=tmp_path / "l.tif")
+    base = ["train", "--image", tmp_path / "a.tif", "--out", tmp_path / "m.pt", "--classes", 4]
+    assert_one_line_error(run(*base, "--labels", tmp_path / "missing.tif"), "does not exist")
+    assert_one_line_error(run(*base, "--labels", tmp_path / "l.tif", "--labels", tmp_path / "l.tif"), "2 label files")
+    result = run(*base, "--labels", tmp_path / "l.tif", "--arch-kwargs", "[1]")
+    assert result.exit_code == 2 and "must be a JSON object" in result.output
+    assert_one_line_error(run(*base, "--labels", tmp_path / "l.tif", "--arch", "nope"), "unknown architecture")
+
+
+def test_npy_volumes_open_as_memory_mapped_sources(tmp_path):
+    np.save(tmp_path / "v.npy", np.zeros((2, 5, 6, 7), np.float32))
+    np.save(tmp_path / "l.npy", np.zeros((5, 6, 7), np.uint8))
+    labels = open_source(tmp_path / "l.npy")
+    image = open_source(tmp_path / "v.npy", spatial_dims=3, bands=[2])
+    assert labels.shape == image.shape == (5, 6, 7)
+    assert labels.channels == 1 and image.channels == 1
+    assert isinstance(open_source(tmp_path / "v.npy", spatial_dims=3).array, np.memmap)
+
+
+def test_segment_a_plain_state_dict_with_a_card_file(tmp_path):
+    image, _ = landcover_scene((64, 64), seed=3)
+    from tests.conftest import write_tiff
+
+    tif = write_tiff(tmp_path / "s.tif", image)
+    card = ModelCard(arch="conv", in_channels=4, classes=["a", "b"], tile=32, overlap=8, mean=[1000.0] * 4)
+    torch.save(create_model(card).state_dict(), tmp_path / "plain.pt")
+    (tmp_path / "card.json").write_text(json.dumps(card.to_dict()))
+    out = tmp_path / "o.zarr"
+    assert_one_line_error(run("segment", tif, "--model", tmp_path / "plain.pt", "--out", out), "--card")
+    result = run("segment", tif, "--model", tmp_path / "plain.pt", "--out", out, "--card", tmp_path / "card.json")
+    assert result.exit_code == 0, result.output
+    wrong = {**card.to_dict(), "in_channels": 3, "mean": None}
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    result = run(
+        "segment",
+        tif,
+        "--model",
+        tmp_path / "plain.pt",
+        "--out",
+        out,
+        "--overwrite",
+        "--card",
+        tmp_path / "wrong.json",
+    )
+    assert_one_line_error(result, "do not fit")
+    volume = {**card.to_dict(), "arch": "aspp3d", "spatial_dims": 3, "arch_kwargs": {"channels": [4, 8]}}
+    (tmp_path / "volume.json").write_text(json.dumps(volume))
+    torch.save(create_model(ModelCard.from_dict(volume)).state_dict(), tmp_path / "volume.pt")
+    result = run(
+        "segment",
+        tif,
+        "--model",
+        tmp_path / "volume.pt",
+        "--out",
+        out,
+        "--overwrite",
+        "--card",
+        tmp_path / "volume.json",
+    )
+    assert_one_line_error(result, "is a 3-D model but")
