@@ -119,7 +119,8 @@ def worker_processes():
             line = " ".join(proc.cmdline())
         except psutil.Error:
             continue
-        if "spawn_main" in line and "resource_tracker" not in line:
+        # a worker renames itself "dask worker [address]" (setproctitle) once it runs
+        if ("spawn_main" in line or line.startswith("dask worker")) and "resource_tracker" not in line:
             found.append(proc)
     return found
 
@@ -213,7 +214,7 @@ def test_a_job_runs_through_slurm_while_workers_retire(job_dir):
     logs = job_dir / "slurm-logs"
     logs.mkdir()
     settings = Slurm(
-        queue="debug", jobs=2, cores=1, memory="2GB", walltime="00:10:00", lifetime="12s", log_directory=logs
+        queue="debug", jobs=2, cores=1, memory="2GB", walltime="00:10:00", lifetime="6s", log_directory=logs
     )
     report = run_job(load_job(job_dir / "job.yaml"), base=job_dir, slurm=settings)
     assert report.ok, report.table()
