@@ -180,3 +180,12 @@ def test_resume_skips_done_blocks_and_gives_the_same_bits(tmp_path, make_tiff, u
     clean, resumed = read_store(tmp_path / "clean.zarr"), read_store(tmp_path / "r.zarr")
     assert np.array_equal(clean["mask"][:], resumed["mask"][:])
     assert resumed.attrs["gigaseg"]["complete"] is True
+
+
+def test_deterministic_option_gives_the_same_bits_as_a_default_run(tmp_path, make_tiff, unet_model):
+    """On the CPU kernels are deterministic either way; the flag must not change results."""
+    tif = make_tiff((3, 100, 90))
+    for name, flag in (("a.zarr", False), ("b.zarr", True)):
+        segment(tif, unet_model, tmp_path / name, SegmentOptions(probabilities="float32", deterministic=flag))
+    a, b = read_store(tmp_path / "a.zarr"), read_store(tmp_path / "b.zarr")
+    assert np.array_equal(a["probabilities"][:], b["probabilities"][:])

@@ -131,6 +131,7 @@ def _volume(value: str | None) -> int | str | None:
 @click.option("--refine", "refine_method", type=METHODS, default=None, help="Refine the labels (see gigaseg refine).")
 @refine_options
 @click.option("--tta", is_flag=True, help="Average the scores of all flips of each tile (4x the work in 2-D).")
+@click.option("--deterministic", is_flag=True, help="CUDA: deterministic kernels, bit-identical GPU runs.")
 @click.option(
     "--card",
     "card_path",

@@ -69,6 +69,7 @@ class Job(Strict):
     model: Path
     bands: list[int] | None = None
     device: str = "auto"
+    deterministic: bool = False
     tiling: Tiling = Tiling()
     output: Output = Output()
     cluster: Cluster = Cluster()
@@ -103,6 +104,7 @@ class Job(Strict):
             chunk=t.chunk,
             batch_size=t.batch_size,
             device=self.device,
+            deterministic=self.deterministic,
             probabilities=o.probabilities,
             zarr_format=o.zarr_format,
             overwrite=o.overwrite and not resume,

@@ -66,6 +66,7 @@ class SegmentOptions:
     cache_dir: str | None = None  # where .nii.gz volumes are decompressed
     refine: RefineOptions | None = None  # a refinement stage over the probabilities (gigaseg.jobs.refine)
     tta: bool = False  # average the scores of every flip of each tile
+    deterministic: bool = False  # CUDA: deterministic kernels (bit-identical GPU runs)
 
 
 @dataclass(frozen=True)
@@ -461,7 +462,7 @@ _PREDICTORS: dict[str, Predictor] = {}
 def load_predictor(spec: SceneSpec) -> Predictor:
     """The scene's model, loaded once per process and reused by every block task."""
     o = spec.options
-    key = json.dumps([spec.model, spec.card, o.device, o.batch_size, o.merge, o.tta], default=str)
+    key = json.dumps([spec.model, spec.card, o.device, o.batch_size, o.merge, o.tta, o.deterministic], default=str)
     if key not in _PREDICTORS:
         card = ModelCard.from_dict(spec.card) if spec.card else None
         model, card = load_checkpoint(spec.model, card=card)

@@ -47,6 +47,7 @@ class Predictor:
         batch_size: int | None = None,
         merge: str = "probs",
         tta: bool = False,
+        deterministic: bool = False,
     ) -> None:
         if merge not in MERGES:
             raise InputError(f"merge must be one of {MERGES}, got {merge!r}")
@@ -56,6 +57,8 @@ class Predictor:
         self.batch_size = batch_size or default_batch_size(self.device)
         self.stride = output_stride(model)
         self.flips = flip_axes(card.spatial_dims) if tta else [()]
+        if deterministic:
+            use_deterministic_kernels()
         memory_format = torch.channels_last if card.spatial_dims == 2 else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format).eval()
         self._memory_format = memory_format
@@ -116,6 +119,18 @@ class Predictor:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
+
+
+def use_deterministic_kernels() -> None:
+    """Bit-reproducible CUDA runs: cuDNN's autotuner and atomics-based kernels may
+    otherwise pick different algorithms per run. (CPU runs are deterministic already.)
+    """
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
