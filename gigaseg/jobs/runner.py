@@ -11,8 +11,10 @@ reported and the other scenes go on.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -150,6 +152,13 @@ class SceneState:
     runner: BlockRunner | None = None
     counts: np.ndarray | None = None
     futures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def block_pixels(self) -> int:
+        """Pixels of an average block of this scene, for the progress bar's rate."""
+        plan = self.runner.plan if self.runner else None
+        return math.prod(plan.grid.shape) // plan.blocks.size if plan else 0
+
     left: int = 0
     started: float = field(default_factory=time.perf_counter)
 
@@ -172,6 +181,8 @@ def run_job(
     with dask_client(job, scheduler=scheduler, slurm=slurm, workers=workers) as (client, nworkers):
         report.workers = nworkers
         report.dashboard = client.dashboard_link
+        if progress:
+            print(f"gigaseg: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
         _run_scenes(client, scenes, job, torch_threads(nworkers, scheduler=scheduler, slurm=slurm), progress)
         report.peak_worker_rss_mb = {str(k): v for k, v in client.run(_peak_rss_mb).items()}
     report.seconds = time.perf_counter() - started
@@ -204,10 +215,17 @@ def prepare_scene(spec: SceneSpec) -> SceneState:
     return state
 
 
+def gpu_workers(client: Any) -> bool:
+    """True when the cluster's workers declare GPU resources (one per GPU)."""
+    workers = client.scheduler_info()["workers"].values()
+    return any("GPU" in w.get("resources", {}) for w in workers)
+
+
 def _run_scenes(client: Any, scenes: list[SceneState], job: Job, threads: int, progress: bool) -> None:
     from distributed import as_completed
 
     retries = job.cluster.retries
+    resources = {"GPU": 1} if gpu_workers(client) else None  # never two blocks on one GPU
     owner: dict[str, SceneState] = {}
     futures = []
     for n, state in enumerate(scenes):
@@ -218,17 +236,22 @@ def _run_scenes(client: Any, scenes: list[SceneState], job: Job, threads: int, p
         state.left = len(todo)
         for index in todo:
             key = f"gigaseg-block-{n}-{'-'.join(map(str, index))}-{os.getpid()}"
-            future = client.submit(block_task, state.spec, index, threads, key=key, retries=retries, pure=False)
+            future = client.submit(
+                block_task, state.spec, index, threads, key=key, retries=retries, pure=False, resources=resources
+            )
             futures.append(future)
             owner[key] = state
             state.futures[key] = future
         if not todo:
             _finish(state)
     total = len(futures)
+    started, pixels = time.perf_counter(), 0
     with tqdm(total=total, disable=not progress, unit="block", desc="blocks") as bar:
         for future in as_completed(futures):
             state = owner[future.key]
             bar.update(1)
+            pixels += state.block_pixels
+            bar.set_postfix_str(f"{pixels / 1e6 / max(time.perf_counter() - started, 1e-9):.2f} Mpix/s")
             if state.result.status == "failed":
                 continue
             if future.status == "error":
