@@ -51,21 +51,28 @@ def read(path):
     return group["mask"][:], group["probabilities"][:], group.attrs["gigaseg"]["complete"]
 
 
-def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, scene):
-    tif, model = scene
-    started = time.perf_counter()
+def blocks_written(store):
+    done = store / "blocks_done"
+    return len([p for p in done.glob("*") if not p.name.startswith(".")]) if done.exists() else 0
+
+
+def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, scene, rng):
+    """Killed after a seeded random number of blocks (of 120), mid-write or between writes."""
+    _, model = scene
+    tif = write_tiff(tmp_path / "big.tif", rng.integers(0, 200, (3, 768, 640)).astype(np.uint8))
     assert gigaseg("segment", tif, "--model", model, "--out", tmp_path / "clean.zarr", *ARGS).wait() == 0
-    clean_seconds = time.perf_counter() - started
     clean_mask, clean_probs, _ = read(tmp_path / "clean.zarr")
     for seed in (1, 2, 3):
         out = tmp_path / f"killed{seed}.zarr"
         proc = gigaseg("segment", tif, "--model", model, "--out", out, *ARGS)
-        time.sleep(random.Random(seed).uniform(0.3, 0.9) * clean_seconds)
+        kill_after = random.Random(seed).randint(3, 60)
+        while proc.poll() is None and blocks_written(out) < kill_after:
+            time.sleep(0.002)
+        assert proc.poll() is None, "the run finished before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if out.exists():  # killed after the store was created: it must say it is unfinished
-            assert zarr.open_group(str(out), mode="r").attrs["gigaseg"]["complete"] is False
-            assert CliRunner().invoke(cli, ["export", str(out), str(tmp_path / "x.tif")]).exit_code == 2
+        assert zarr.open_group(str(out), mode="r").attrs["gigaseg"]["complete"] is False
+        assert CliRunner().invoke(cli, ["export", str(out), str(tmp_path / "x.tif")]).exit_code == 2
         resumed = gigaseg("segment", tif, "--model", model, "--out", out, "--resume", *ARGS)
         assert resumed.wait() == 0, resumed.stderr.read().decode()
         mask, probs, complete = read(out)
