@@ -80,9 +80,8 @@ def pointwise_model(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
-def unet_model(tmp_path) -> Path:
-    path = tmp_path / "unet.pt"
+def small_unet(path: Path, *, seed: int) -> Path:
+    """A seeded 3-band, 3-class U-Net small enough for tests (receptive field > overlap)."""
     init_checkpoint(
         path,
         arch="unet",
@@ -93,10 +92,15 @@ def unet_model(tmp_path) -> Path:
         overlap=16,
         mean=[100.0] * 3,
         std=[50.0] * 3,
-        seed=5,
+        seed=seed,
         arch_kwargs={"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
     )
     return path
+
+
+@pytest.fixture
+def unet_model(tmp_path) -> Path:
+    return small_unet(tmp_path / "unet.pt", seed=5)
 
 
 def oblique_affine(angles=(0.09, -0.17, 0.35), zooms=(-0.7, -0.8, 2.4), origin=(91.0, 110.5, -72.25)):

@@ -18,8 +18,7 @@ from gigaseg.errors import InputError
 from gigaseg.jobs.jobfile import load_job
 from gigaseg.jobs.runner import REPORT_NAME, run_job
 from gigaseg.jobs.segment import SegmentOptions, segment
-from gigaseg.models.checkpoint import init_checkpoint
-from tests.conftest import write_tiff
+from tests.conftest import small_unet, write_tiff
 
 JOB = """
 inputs: ["scenes/*.tif"]
@@ -37,19 +36,7 @@ def job_dir(tmp_path, rng):
     for i in range(2):
         data = rng.integers(0, 200, (3, 512, 400)).astype(np.uint8)
         write_tiff(tmp_path / "scenes" / f"s{i}.tif", data)
-    init_checkpoint(
-        tmp_path / "m.pt",
-        arch="unet",
-        encoder="resnet18",
-        in_channels=3,
-        classes=["a", "b", "c"],
-        tile=64,
-        overlap=16,
-        mean=[100.0] * 3,
-        std=[50.0] * 3,
-        seed=1,
-        arch_kwargs={"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
-    )
+    small_unet(tmp_path / "m.pt", seed=1)
     (tmp_path / "job.yaml").write_text(JOB.format(block=64, chunk=64))
     return tmp_path
 

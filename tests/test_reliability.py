@@ -14,26 +14,13 @@ from click.testing import CliRunner
 from gigaseg.jobs.cli import cli
 from gigaseg.jobs.segment import SegmentOptions, segment
 from gigaseg.models.checkpoint import init_checkpoint
-from tests.conftest import require, write_tiff
+from tests.conftest import require, small_unet, write_tiff
 
 
 @pytest.fixture
 def scene(tmp_path, rng):
     tif = write_tiff(tmp_path / "s.tif", rng.integers(0, 200, (3, 384, 320)).astype(np.uint8))
-    model = tmp_path / "m.pt"
-    init_checkpoint(
-        model,
-        arch="unet",
-        encoder="resnet18",
-        in_channels=3,
-        classes=["a", "b", "c"],
-        tile=64,
-        overlap=16,
-        mean=[100.0] * 3,
-        std=[50.0] * 3,
-        seed=2,
-        arch_kwargs={"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
-    )
+    model = small_unet(tmp_path / "m.pt", seed=2)
     return tif, model
 
 

@@ -16,6 +16,7 @@ from rasterio.windows import Window
 
 from gigaseg.errors import InputError, SourceError
 from gigaseg.io.georef import Georef
+from gigaseg.io.handles import ThreadLocalHandles
 from gigaseg.tiler import Box
 
 # GDAL's block cache defaults to 5% of the machine's memory per process and fills
@@ -50,7 +51,7 @@ def _first_line(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
-class GeoTiffSource:
+class GeoTiffSource(ThreadLocalHandles):
     """A raster read window by window; never the whole scene.
 
     rasterio handles are neither thread-safe nor picklable, so each thread opens
@@ -89,15 +90,6 @@ class GeoTiffSource:
 
     def describe(self) -> dict[str, Any]:
         return {"bands": self.bands}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_local"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
 
     def _dataset(self) -> rasterio.DatasetReader:
         ds = getattr(self._local, "dataset", None)

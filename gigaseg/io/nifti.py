@@ -38,6 +38,7 @@ from nibabel.openers import Opener
 from nibabel.orientations import io_orientation
 
 from gigaseg.errors import InputError, SourceError
+from gigaseg.io.handles import ThreadLocalHandles
 from gigaseg.io.niftiref import NiftiRef, check_header
 from gigaseg.tiler import Box
 from gigaseg.tiler.axes import AxisView
@@ -57,7 +58,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("GIGASEG_CACHE") or Path(tempfile.gettempdir()) / "gigaseg-cache")
 
 
-class NiftiSource:
+class NiftiSource(ThreadLocalHandles):
     """A NIfTI volume read box by box as float32 ``(channels, z, y, x)``.
 
     Picklable: the state is the path, the header and the cache location; the
@@ -89,15 +90,6 @@ class NiftiSource:
         self.cache: str | None = None
         if self.path.lower().endswith(".gz"):
             self.cache = str(build_cache(self, Path(cache_dir) if cache_dir else default_cache_dir()))
-        self._local = threading.local()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_local"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
         self._local = threading.local()
 
     def describe(self) -> dict[str, Any]:
