@@ -43,6 +43,25 @@ def scores(probs, truth, valid=None):
     return mean_iou(labels, truth, classes=K), boundary_f1(labels, truth, tolerance=1)
 
 
+def refine_blockwise(refiner, probs, image, valid, *, params, halo):
+    """Refine 96-pixel blocks each with its halo, keep each block's own pixels: the pipeline's way."""
+    shape = valid.shape
+    blocks = BlockGrid.create(shape, max_block=96, chunk=32)
+    tiled = np.zeros_like(probs)
+    for index in blocks.indices():
+        box = blocks.block_box(index)
+        window = window_box(box, halo, shape)
+        part = refiner(
+            probs[(slice(None), *window.slices())],
+            image[(slice(None), *window.slices())],
+            valid[window.slices()],
+            params=params,
+            origin=window.start,
+        )
+        tiled[(slice(None), *box.slices())] = part[(slice(None), *box.slices(window.start))]
+    return tiled
+
+
 def test_crf_snaps_blurred_2d_probabilities_to_edges():
     truth, image, probs = problem((192, 224))
     valid = np.ones(truth.shape, bool)
@@ -78,19 +97,7 @@ def test_blockwise_crf_equals_whole_image_crf():
     whole = dense_crf(probs, image, valid, params=params)
     halo = halo_width(params, ndim=2)
     assert halo == (60, 60)
-    blocks = BlockGrid.create(truth.shape, max_block=96, chunk=32)
-    tiled = np.zeros_like(whole)
-    for index in blocks.indices():
-        box = blocks.block_box(index)
-        window = window_box(box, halo, truth.shape)
-        part = dense_crf(
-            probs[(slice(None), *window.slices())],
-            image[(slice(None), *window.slices())],
-            valid[window.slices()],
-            params=params,
-            origin=window.start,
-        )
-        tiled[(slice(None), *box.slices())] = part[(slice(None), *box.slices(window.start))]
+    tiled = refine_blockwise(dense_crf, probs, image, valid, params=params, halo=halo)
     agree = (tiled.argmax(0) == whole.argmax(0)).mean()
     assert agree >= 0.9999
     assert np.abs(tiled - whole).max() < 0.02
@@ -240,19 +247,7 @@ def test_blockwise_torch_crf_equals_whole_image():
     params = torch_crf_params(2, sxy=16.0, srgb=10.0, iterations=5, window=12)
     whole = torch_crf(probs, image, valid, params=params)
     halo = halo_width(params, ndim=2)
-    blocks = BlockGrid.create(truth.shape, max_block=96, chunk=32)
-    tiled = np.zeros_like(whole)
-    for index in blocks.indices():
-        box = blocks.block_box(index)
-        window = window_box(box, halo, truth.shape)
-        part = torch_crf(
-            probs[(slice(None), *window.slices())],
-            image[(slice(None), *window.slices())],
-            valid[window.slices()],
-            params=params,
-            origin=window.start,
-        )
-        tiled[(slice(None), *box.slices())] = part[(slice(None), *box.slices(window.start))]
+    tiled = refine_blockwise(torch_crf, probs, image, valid, params=params, halo=halo)
     assert (tiled.argmax(0) == whole.argmax(0)).mean() >= 0.9999
     assert np.abs(tiled - whole).max() < 0.02
 
