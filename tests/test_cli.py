@@ -178,3 +178,26 @@ def test_volume_errors_are_one_line(tmp_path, inputs):
     ct.write_bytes(ct.read_bytes()[:-500])
     assert_one_line_error(run(*args, "--slice-axis", 2), "corrupt or truncated")
     assert not out.exists()
+
+
+def test_init_model_of_a_3d_architecture(tmp_path):
+    result = run(
+        "init-model",
+        "--arch",
+        "unet3d",
+        "--in-channels",
+        1,
+        "--classes",
+        3,
+        "--tile",
+        32,
+        "--overlap",
+        8,
+        "--out",
+        tmp_path / "u.pt",
+    )
+    assert result.exit_code == 0, result.output
+    from gigaseg.models import load_checkpoint
+
+    _, card = load_checkpoint(tmp_path / "u.pt")
+    assert card.spatial_dims == 3

@@ -104,7 +104,13 @@ def init_checkpoint(
     seed: int = 0,
     **card_fields: Any,
 ) -> ModelCard:
-    """Write a seeded, untrained checkpoint: the same seed gives the same weights."""
+    """Write a seeded, untrained checkpoint: the same seed gives the same weights.
+
+    The card's ``spatial_dims`` defaults to the architecture's (3 for ``unet3d``).
+    """
+    from gigaseg.models.registry import SPATIAL_DIMS
+
+    card_fields.setdefault("spatial_dims", SPATIAL_DIMS.get(arch, 2))
     card = ModelCard(
         arch=arch,
         encoder=encoder,
