@@ -32,13 +32,12 @@ import numpy as np
 
 from gigaseg.io.generate import write_landcover_tiff
 from gigaseg.io.store import open_store
+from gigaseg.jobs.demo import untrained_landcover_unet
 from gigaseg.jobs.refine import PROGRESS, open_source, plan_refine, refine, refine_block
 from gigaseg.jobs.segment import SegmentOptions, segment
-from gigaseg.models.checkpoint import init_checkpoint
 from gigaseg.refine import RefineOptions, get_refiner, resolve_params
 from gigaseg.refine.metrics import boundary_f1, mean_iou
 from gigaseg.refine.synthetic import blurred_probabilities, shapes_image, shapes_labels
-from gigaseg.synthetic import CLASSES
 
 
 def make_inputs(out: Path, size: int, *, tile: int = 512) -> tuple[Path, Path]:
@@ -47,19 +46,7 @@ def make_inputs(out: Path, size: int, *, tile: int = 512) -> tuple[Path, Path]:
     scene = out / f"scene{size}.tif"
     if not scene.exists():
         write_landcover_tiff(scene, (size, size), seed=11, border=size // 64)
-    model = out / "unet.pt"
-    init_checkpoint(
-        model,
-        arch="unet",
-        encoder="resnet18",
-        in_channels=4,
-        classes=list(CLASSES),
-        tile=tile,
-        overlap=tile // 8,
-        mean=[1000.0] * 4,
-        std=[1000.0] * 4,
-    )
-    return scene, model
+    return scene, untrained_landcover_unet(out / "unet.pt", tile=tile)
 
 
 class Clock:

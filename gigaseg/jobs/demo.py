@@ -19,6 +19,23 @@ def bundled_model(name: str) -> Path | None:
     return Path(str(path)) if path.is_file() else None
 
 
+def untrained_landcover_unet(path: Path, *, tile: int) -> Path:
+    """A seeded, untrained 4-band U-Net (ResNet-18) for the generated land-cover scenes."""
+    init_checkpoint(
+        path,
+        arch="unet",
+        encoder="resnet18",
+        in_channels=4,
+        classes=list(CLASSES),
+        colors=list(COLORS),
+        tile=tile,
+        overlap=tile // 8,
+        mean=[1000.0] * 4,
+        std=[1000.0] * 4,
+    )
+    return path
+
+
 def run_demo(output: str | Path, *, size: int = 2048, device: str = "auto", progress: bool = False) -> Summary:
     """Generate a 4-band scene with a nodata border, segment it, return the summary."""
     output = Path(output)
@@ -26,18 +43,6 @@ def run_demo(output: str | Path, *, size: int = 2048, device: str = "auto", prog
     scene = write_landcover_tiff(output / "scene.tif", (size, size), seed=7, border=max(1, size // 64))
     model = bundled_model(BUNDLED_2D)
     if model is None:  # a source tree without the trained model: a seeded untrained one
-        model = output / "untrained.pt"
-        init_checkpoint(
-            model,
-            arch="unet",
-            encoder="resnet18",
-            in_channels=4,
-            classes=list(CLASSES),
-            colors=list(COLORS),
-            tile=256,
-            overlap=32,
-            mean=[1000.0] * 4,
-            std=[1000.0] * 4,
-        )
+        model = untrained_landcover_unet(output / "untrained.pt", tile=256)
     options = SegmentOptions(device=device, overwrite=True, progress=progress)
     return segment(scene, model, output / "mask.zarr", options)
