@@ -80,3 +80,14 @@ def test_sources_survive_pickling_and_reopen(make_tiff):
         copy = pickle.loads(pickle.dumps(source))
     after, _ = copy.read(Box((0, 0), (30, 40)))
     assert np.array_equal(before, after)
+
+
+def test_the_block_cache_is_given_in_bytes(monkeypatch):
+    # rasterio hands an integer GDAL_CACHEMAX to GDAL as bytes: 64 would be a 64-byte
+    # cache, and every strip and every mask read would decode its blocks again.
+    from gigaseg.io.geotiff import _read_options
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    assert _read_options() == {"GDAL_CACHEMAX": 64 * 2**20}
+    monkeypatch.setenv("GDAL_CACHEMAX", "512")
+    assert _read_options() == {}

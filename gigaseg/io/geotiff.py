@@ -22,12 +22,15 @@ from gigaseg.tiler import Box
 # GDAL's block cache defaults to 5% of the machine's memory per process and fills
 # up as a scene streams through; only the next tile row reuses a block, so a
 # small cache does as well and keeps memory flat in the scene size. A
-# GDAL_CACHEMAX in the environment wins.
-CACHE_MB = 64
+# GDAL_CACHEMAX in the environment wins. rasterio hands an integer to GDAL as
+# bytes (GDAL's own "< 100000 means megabytes" rule applies only to the
+# environment variable): 64 would be a 64-byte cache, every read decoding its
+# blocks again and every mask read decoding them once more.
+CACHE_BYTES = 64 * 2**20
 
 
 def _read_options() -> dict[str, Any]:
-    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": CACHE_MB}
+    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": CACHE_BYTES}
 
 
 class GigasegWarning(UserWarning):
