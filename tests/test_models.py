@@ -105,3 +105,22 @@ def test_conv3d_is_a_3d_model_with_the_receptive_field_its_card_gives():
     assert reach.nonzero().min().item() == 2 and reach.nonzero().max().item() == 6  # 2 voxels each side
     with pytest.raises(ModelError, match="is a 3-D network but the model card says spatial_dims 2"):
         create_model(ModelCard(arch="conv3d", in_channels=2, classes=["a"]))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 4, 6, 8, 3), (1, 1, 4, 4), (3, 2)])
+def test_normalisation_is_the_same_for_planar_and_interleaved_tiles(shape):
+    rng = np.random.default_rng(0)
+    card = ModelCard(
+        arch="conv",
+        in_channels=shape[1],
+        classes=["x", "y"],
+        mean=list(rng.random(shape[1]) * 50),
+        std=list(rng.random(shape[1]) * 9 + 1),
+    )
+    tiles = (rng.random(shape) * 255).astype(np.float32)
+    spatial = (1, -1) + (1,) * (len(shape) - 2)
+    mean, std = (np.asarray(v, np.float32).reshape(spatial) for v in (card.mean, card.std))
+    expected = (tiles - mean) / std
+    interleaved = np.moveaxis(np.ascontiguousarray(np.moveaxis(tiles, 1, -1)), -1, 1)
+    for x in (tiles.copy(), interleaved):
+        assert np.array_equal(card.normalize(x), expected)
