@@ -27,8 +27,10 @@ def main(argv: list[str]) -> int:
     import torch
 
     from bench.engines import ENGINES
+    from gigaseg.cpu import keep_freed_memory
 
     torch.set_num_threads(int(request["threads"]))
+    keep_freed_memory()  # every engine gets the malloc settings gigaseg's predictor uses
     try:
         result = ENGINES[request["engine"]](**request["params"])
     except (MemoryError, RuntimeError) as e:

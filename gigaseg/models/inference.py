@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gigaseg.cpu import keep_freed_memory
 from gigaseg.errors import InputError
 from gigaseg.models.card import ModelCard
 from gigaseg.models.registry import output_stride
@@ -59,6 +60,7 @@ class Predictor:
         self.flips = flip_axes(card.spatial_dims) if tta else [()]
         if deterministic:
             use_deterministic_kernels()
+        keep_freed_memory()
         memory_format = torch.channels_last if card.spatial_dims == 2 else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format).eval()
         self._memory_format = memory_format
@@ -90,7 +92,7 @@ class Predictor:
             self._forward(_pad_batch(tiles[i : i + self.batch_size], self.batch_size))
             for i in range(0, len(tiles), self.batch_size)
         ]
-        scores = torch.cat(out)[: len(tiles)].cpu().numpy()
+        scores = (out[0] if len(out) == 1 else torch.cat(out))[: len(tiles)].cpu().numpy()
         return scores[(slice(None), slice(None), *(slice(0, n) for n in shape))]
 
     def _forward(self, batch: np.ndarray) -> torch.Tensor:
