@@ -23,8 +23,9 @@ def test_pipeline_efficiency_and_peers_report_ratios(quick):
     rows = CASES[1](quick) + CASES[2](quick)
     ratios = {r.name: r.value for r in rows if "/" in r.name}
     assert set(ratios) == {
-        "unet: segment / forward",
-        "conv: segment / forward",
+        "unet 512^2: segment / forward",
+        "unet 384^2: segment / forward",
+        "conv 384^2: segment / forward",
         *(f"{m}: gigaseg / {p}" for m in ("conv", "unet") for p in ("monai", "pytorch-toolbelt", "tiler")),
     }
     assert all(v is not None and v > 0 for v in ratios.values()), table(rows)
