@@ -7,6 +7,9 @@ free top back above its trim threshold: every forward then faults in every page
 of every activation again, and the kernel zeroes them. On the 2-core development
 machine that is a third of a small U-Net's forward time (bench/RESULTS.md, case 1).
 Raising both thresholds keeps freed activations in the heap for the next batch.
+The gain varies between runs of the same process image (some still fault:
+probably a thread served by a secondary malloc arena, whose heaps cannot hold
+chunks above 64 MiB); it never made a run slower in the benchmarks.
 PyTorch's CPU tuning guide reaches the same end by preloading jemalloc or
 tcmalloc; this needs nothing installed.
 
