@@ -14,9 +14,9 @@ PyTorch's CPU tuning guide reaches the same end by preloading jemalloc or
 tcmalloc; this needs nothing installed.
 
 The cost is memory a process keeps after a peak: up to ``THRESHOLD`` of free
-heap per malloc arena instead of returning it at once. A ``MALLOC_*_`` or
-``GLIBC_TUNABLES`` variable in the environment, or ``GIGASEG_MALLOC=default``,
-leaves glibc as it is.
+heap per malloc arena instead of returning it at once. ``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES`` in the environment (the user's
+own choice), or ``GIGASEG_MALLOC=default``, leaves glibc as it is.
 """
 
 from __future__ import annotations
