@@ -21,6 +21,27 @@ def test_windows_read_what_a_whole_read_gives(make_tiff):
     assert valid.all()
 
 
+@pytest.mark.parametrize(("dtype", "native"), [("uint8", "uint8"), ("int16", "int16"), ("uint32", "float32")])
+def test_native_reads_keep_small_integers_in_their_type(make_tiff, dtype, native):
+    source = GeoTiffSource(make_tiff((3, 60, 70), dtype=dtype))
+    box = Box((5, 9), (60, 50))
+    data, valid = source.read_native(box)
+    as_float, _ = source.read(box)
+    assert data.dtype == native
+    assert np.array_equal(data.astype(np.float32), as_float)
+    assert np.moveaxis(data, 0, -1).flags.c_contiguous  # pixel-interleaved, as read() lays them out
+    assert valid.all()
+
+
+def test_a_pixel_is_invalid_where_any_band_is_nodata(tmp_path):
+    data = np.full((3, 10, 12), 5, np.uint8)
+    data[1, 2, 3] = 0
+    data[2, 7, 1] = 0
+    _, valid = GeoTiffSource(write_tiff(tmp_path / "n.tif", data, nodata=0)).read_native(Box((0, 0), (10, 12)))
+    assert not valid[2, 3] and not valid[7, 1]
+    assert valid.sum() == 10 * 12 - 2
+
+
 def test_band_selection_and_bad_bands(make_tiff):
     path = make_tiff((4, 40, 50))
     source = GeoTiffSource(path, bands=[3, 1])

@@ -114,12 +114,24 @@ class GeoTiffSource(ThreadLocalHandles):
         pixel-interleaved in memory (an ``(h, w, bands)`` array seen as ``(bands,
         h, w)``), the channels-last layout 2-D networks take without a copy.
         """
+        return self._read(box, np.dtype(np.float32))
+
+    def read_native(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`read`, but 8- and 16-bit integer pixels stay in the file's type.
+
+        A uint8 strip is then a quarter of its float32 copy; every value
+        converts to float32 exactly later, so nothing is lost.
+        """
+        small_int = self.dtype.kind in "iu" and self.dtype.itemsize <= 2
+        return self._read(box, self.dtype if small_int else np.dtype(np.float32))
+
+    def _read(self, box: Box, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         (r0, c0), (r1, c1) = box.start, box.stop
         window = Window(c0, r0, c1 - c0, r1 - r0)
         ds = self._dataset()
         try:
             with rasterio.Env(**_read_options()):
-                data = ds.read(self.bands, window=window, out=_pixel_interleaved(len(self.bands), box.shape))
+                data = ds.read(self.bands, window=window, out=_pixel_interleaved(len(self.bands), box.shape, dtype))
                 valid = self._valid(ds, window, data)
         except RasterioError as e:
             raise SourceError(f"cannot read {box} from {self.path}: {_first_line(e)}") from None
@@ -128,14 +140,15 @@ class GeoTiffSource(ThreadLocalHandles):
     def _valid(self, ds: rasterio.DatasetReader, window: Window, data: np.ndarray) -> np.ndarray:
         valid = np.ones(data.shape[1:], bool)
         if not self._all_valid:
-            valid &= (ds.read_masks(self.bands, window=window) > 0).all(axis=0)
+            for band in self.bands:  # one band's mask at a time: no (bands, h, w) temporaries
+                np.logical_and(valid, ds.read_masks(band, window=window), out=valid)
         if self.dtype.kind == "f":
             valid &= np.isfinite(data).all(axis=0)
         return valid
 
 
-def _pixel_interleaved(bands: int, shape: tuple[int, ...]) -> np.ndarray:
-    return np.moveaxis(np.empty((*shape, bands), np.float32), -1, 0)
+def _pixel_interleaved(bands: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.moveaxis(np.empty((*shape, bands), dtype), -1, 0)
 
 
 def _check_bands(bands: list[int] | None, count: int, path: str) -> list[int]:

@@ -47,6 +47,18 @@ class Source(Protocol):
 
 
 @runtime_checkable
+class ReadsNative(Protocol):
+    """A source that can hand small integer pixels over in their own type.
+
+    ``read_native(box)`` is :meth:`Source.read` without the float32 copy for 8-
+    and 16-bit integers (a uint8 strip is a quarter of the size); the caller
+    converts. The pipeline keeps its tile-row strips this way.
+    """
+
+    def read_native(self, box: Box) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
 class Oriented(Protocol):
     """A source whose axes a model may expect in another order or orientation (NIfTI)."""
 
