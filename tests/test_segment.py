@@ -127,6 +127,24 @@ def test_nodata_pixels_get_the_nodata_label(tmp_path, rng, unet_model):
     assert summary.nodata_pixels == nodata.sum()
 
 
+@pytest.mark.parametrize("height", [120, 50])  # 50: below the tile, so tiles are mirror-padded
+def test_nodata_pixels_enter_the_network_as_the_band_mean(tmp_path, rng, unet_model, height):
+    """uint8 strips are normalised batch by batch; nodata must still reach the model as 0 (the mean)."""
+    data = rng.integers(1, 200, (3, height, 150)).astype(np.uint8)
+    holes = np.zeros(data.shape[1:], bool)
+    holes[20:30, 40:70] = True
+    data[:, holes] = 0
+    reference = data.copy()
+    reference[:, holes] = 100  # the card's mean: 0 after normalisation
+    options = SegmentOptions(block=64, chunk=32, probabilities="float32")
+    segment(write_tiff(tmp_path / "nd.tif", data, nodata=0), unet_model, tmp_path / "a.zarr", options)
+    segment(write_tiff(tmp_path / "ref.tif", reference), unet_model, tmp_path / "b.zarr", options)
+    got, expected = read_store(tmp_path / "a.zarr"), read_store(tmp_path / "b.zarr")
+    assert np.array_equal(got["probabilities"][:][:, ~holes], expected["probabilities"][:][:, ~holes])
+    assert np.array_equal(got["mask"][:][~holes], expected["mask"][:][~holes])
+    assert (got["mask"][:][holes] == 255).all()
+
+
 def test_georeferencing_round_trips_through_zarr_and_cog(tmp_path, make_tiff, pointwise_model):
     from gigaseg.io.export import export_mask
 

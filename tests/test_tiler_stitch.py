@@ -5,26 +5,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gigaseg.tiler import BlockGrid, Stitcher, TileGrid, blend_window
+from gigaseg.tiler import BlockGrid, Stitcher, TileGrid, argmax, blend_window
 from tests.test_tiler_grid import grids
 
 
 def stitch_region(grid, region, scores_of, classes, *, depth=None, chunk=1):
     """Stream the grid's tiles through a Stitcher as the pipeline does; return the region."""
-    stitcher = Stitcher(region, classes, depth=depth)
-    window = blend_window("gaussian", grid.tile)
+    stitcher = Stitcher(grid, region, classes, depth=depth)
     ranges = grid.tiles_overlapping(region)
     out = np.zeros((classes, *region.shape), np.float32)
     for row in ranges[0]:
         for rest in itertools.product(*ranges[1:]):
             box = grid.tile_box((row, *rest))
-            inner = tuple(slice(0, n) for n in box.shape)
-            stitcher.add(box, scores_of(box), window[inner], np.ones(box.shape, bool))
+            stitcher.add(box, scores_of(box), np.ones(box.shape, bool))
         last = row == ranges[0][-1]
         until = region.stop[0] if last else grid.origins[0][row + 1] // chunk * chunk
         if until > stitcher.start:
-            box, values, _ = stitcher.release(until)
-            out[(slice(None), *box.slices(region.start))] = values
+            rows = stitcher.release(until, scores=True)
+            out[(slice(None), *rows.box.slices(region.start))] = rows.scores
     return out
 
 
@@ -60,12 +58,58 @@ def test_blocks_with_a_rolling_band_equal_one_whole_region_bit_for_bit(grid, max
 def test_out_of_order_tiles_are_refused():
     grid = TileGrid.create((40, 10), 8, 2)
     region = BlockGrid.create(grid.shape, max_block=40, chunk=4).block_box((0, 0))
-    stitcher = Stitcher(region, 1, depth=12)
+    stitcher = Stitcher(grid, region, 1, depth=12)
     box = grid.tile_box((3, 0))
     with pytest.raises(ValueError, match="grid order"):
-        stitcher.add(
-            box,
-            np.ones((1, *box.shape), np.float32),
-            np.ones(box.shape, np.float32),
-            np.ones(box.shape, bool),
-        )
+        stitcher.add(box, np.ones((1, *box.shape), np.float32), np.ones(box.shape, bool))
+
+
+def whole_region(grid):
+    return BlockGrid.create(grid.shape, max_block=10**6, chunk=10**6).block_box((0,) * grid.ndim)
+
+
+@given(grids())
+@settings(max_examples=100, deadline=None)
+def test_separable_weight_sums_equal_every_tile_window_added_up(grid):
+    window = blend_window("gaussian", grid.tile).astype(np.float64)
+    dense = np.zeros(grid.shape)
+    for index in itertools.product(*(range(c) for c in grid.counts)):
+        box = grid.tile_box(index)
+        dense[box.slices()] += window[tuple(slice(0, n) for n in box.shape)]
+    stitcher = Stitcher(grid, whole_region(grid), 1)
+    np.testing.assert_allclose(stitcher.weights(slice(0, grid.shape[0])), dense, rtol=1e-6)
+
+
+@given(grids(ndim=2), st.integers(2, 5))
+@settings(max_examples=60, deadline=None)
+def test_labels_are_the_argmax_of_the_released_probabilities(grid, classes):
+    rng = np.random.default_rng(1)
+    field = rng.random((classes, *grid.shape)).astype(np.float32)
+    region = whole_region(grid)
+    stitcher = Stitcher(grid, region, classes)
+    for index in itertools.product(*(range(c) for c in grid.counts)):
+        box = grid.tile_box(index)
+        stitcher.add(box, field[(slice(None), *box.slices())], np.ones(box.shape, bool))
+    rows = stitcher.release(region.stop[0], scores=True)
+    top2 = np.sort(rows.scores, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1e-5  # near-ties may round either way after the division
+    assert np.array_equal(rows.labels[clear], rows.scores.argmax(axis=0)[clear])
+    assert rows.labels.dtype == np.uint8
+
+
+def test_argmax_takes_the_first_class_on_ties_as_numpy_does():
+    scores = np.array([[1, 3, 2, 2], [1, 3, 5, 1], [0, 3, 5, 2]], np.float32)
+    assert argmax(scores).tolist() == scores.argmax(axis=0).tolist() == [0, 0, 1, 0]
+    assert argmax(np.zeros((300, 2), np.float32)).dtype == np.uint16
+
+
+def test_released_rows_without_probabilities_carry_labels_only():
+    grid = TileGrid.create((20, 10), 8, 2)
+    stitcher = Stitcher(grid, whole_region(grid), 2, depth=14)
+    for index in itertools.product(range(grid.counts[0]), range(grid.counts[1])):
+        box = grid.tile_box(index)
+        scores = np.stack([np.ones(box.shape), np.full(box.shape, 2.0)]).astype(np.float32)
+        stitcher.add(box, scores, np.ones(box.shape, bool))
+        if index == (0, grid.counts[1] - 1):
+            rows = stitcher.release(grid.origins[0][1])
+            assert rows.scores is None and (rows.labels == 1).all() and rows.valid.all()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,12 +26,12 @@ from tqdm import tqdm
 import gigaseg
 from gigaseg.errors import InputError
 from gigaseg.faults import maybe_fail_write
-from gigaseg.io.sources import Source, open_source
+from gigaseg.io.sources import ReadsNative, Source, open_source
 from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store, remove_partials
-from gigaseg.jobs.volume import ModelInput, model_input
+from gigaseg.jobs.volume import ModelInput, Normalize, model_input
 from gigaseg.models import ModelCard, Predictor, load_checkpoint
 from gigaseg.refine import RefineOptions
-from gigaseg.tiler import BlockGrid, Box, Stitcher, TileGrid, blend_window, to_pixels
+from gigaseg.tiler import BlockGrid, Box, Released, Scratch, Stitcher, TileGrid, blend_window, to_pixels
 
 T = TypeVar("T")
 Length = int | str  # pixels, or a string such as "3840m" in CRS units or "80mm"
@@ -193,10 +194,16 @@ class BlockRunner:
         self.predictor = predictor
         self.store = store
         self.normalize = normalize or predictor.card.normalize
-        self.window = blend_window(plan.blend, plan.grid.tile)
         self.classes = predictor.card.num_classes
         self.channels_last = len(plan.grid.tile) == 2  # how 2-D networks take their input
         self.on_write: Callable[[Box], None] | None = None  # told of every box written (refinement)
+        self._local = threading.local()  # blocks may run in several threads of one process
+
+    def _scratch(self) -> Scratch:
+        """This thread's stitcher buffers, kept from block to block (see :class:`Scratch`)."""
+        if not hasattr(self._local, "scratch"):
+            self._local.scratch = Scratch()
+        return self._local.scratch
 
     def run(self, index: tuple[int, ...]) -> np.ndarray:
         """Compute block ``index``, write its chunks, then record it done.
@@ -206,41 +213,42 @@ class BlockRunner:
         grid, box = self.plan.grid, self.plan.blocks.block_box(index)
         ranges = grid.tiles_overlapping(box)
         chunk = self.plan.blocks.chunk[0]
-        stitcher = Stitcher(box, self.classes, depth=grid.tile[0] + chunk)
+        stitcher = Stitcher(
+            grid, box, self.classes, blend=self.plan.blend, depth=grid.tile[0] + chunk, scratch=self._scratch()
+        )
+        keep_scores = self.store.probabilities is not None
         origins, last_row = grid.origins[0], ranges[0][-1]
         strips = prefetch(lambda r: self._read_strip(r, ranges), ranges[0])
         with WriteBehind(self._write, self.classes) as writer:
             for tile in self._scored(self._tiles(ranges, strips)):
                 tile_box, scores, valid = tile.box, tile.scores, tile.valid
                 inner = tuple(slice(0, n) for n in tile_box.shape)
-                stitcher.add(tile_box, scores[(slice(None), *inner)], self.window[inner], valid)
+                stitcher.add(tile_box, scores[(slice(None), *inner)], valid)
                 if not tile.ends_row:
                     continue
                 until = box.stop[0] if tile.row == last_row else origins[tile.row + 1] // chunk * chunk
                 if until > stitcher.start:
                     writer.wait()  # one released band in memory at a time
-                    writer.submit(*stitcher.release(until))
+                    writer.submit(stitcher.release(until, scores=keep_scores))
         with self.store.io_errors():
             maybe_fail_write(index)
         self.store.mark_done(index)
         return writer.counts
 
     def _read_strip(self, row: int, ranges: tuple[range, ...]) -> tuple[Box, np.ndarray, np.ndarray]:
-        """One tile row's pixels, ready for the model; runs in the reader thread.
+        """One tile row's pixels as the source holds them; runs in the reader thread.
 
-        The strip is normalised once (overlapping tiles share its pixels) and its
-        nodata pixels set to 0 after normalisation, so they enter the model as
-        the band mean and NaN or inf never does. For 2-D models the pixels are
-        laid out channels-last, as the network takes them.
+        Small integer pixels stay in their own type (a uint8 strip is a quarter
+        of a float32 one, and the reader holds up to three strips): they are
+        converted and normalised batch by batch (:class:`TileBatch`). For 2-D
+        models the pixels are laid out channels-last, as the network takes them.
         """
         grid = self.plan.grid
         first = grid.tile_box((row, *(r[0] for r in ranges[1:])))
         last = grid.tile_box((row, *(r[-1] for r in ranges[1:])))
         strip = first.union(last)
-        data, valid = self.source.read(strip)
-        data = self.normalize(data[None])[0]
-        if not valid.all():
-            data[:, ~valid] = 0
+        read = self.source.read_native if isinstance(self.source, ReadsNative) else self.source.read
+        data, valid = read(strip)
         if self.channels_last:
             data = np.moveaxis(np.ascontiguousarray(np.moveaxis(data, 0, -1)), -1, 0)
         return strip, data, valid
@@ -265,25 +273,28 @@ class BlockRunner:
         size, shape = self.predictor.batch_size, self.plan.grid.tile
         batch = TileBatch(size, self.source.channels, shape, channels_last=self.channels_last)
         for group in batched(tiles, size):
-            scores = self.predictor(batch.fill([t.pixels for t in group]))
+            x = batch.fill([t.pixels for t in group], [t.valid for t in group], self.normalize)
+            for tile in group:
+                tile.pixels = None  # its strip may go as soon as the next one is in
+            scores = self.predictor(x)
             for tile, tile_scores in zip(group, scores, strict=False):
                 tile.scores = tile_scores
                 yield tile
 
-    def _write(self, box: Box, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        labels = argmax(scores).astype(self.store.mask.dtype, copy=False)
+    def _write(self, rows: Released) -> np.ndarray:
+        labels, valid = rows.labels.astype(self.store.mask.dtype, copy=False), rows.valid
         labels[~valid] = self.store.nodata
         found = sum(  # bincount makes an int64 copy: do it a few rows at a time
             np.bincount(labels[i : i + 64].ravel(), minlength=self.store.nodata + 1) for i in range(0, len(labels), 64)
         )
         counts = np.append(found[: self.classes], found[self.store.nodata])
-        probs = None
-        if self.store.probabilities is not None:
-            probs = softmax(scores) if self.plan.merge == "logits" else scores
+        probs = rows.scores
+        if probs is not None:
+            probs = softmax(probs) if self.plan.merge == "logits" else probs
             probs[:, ~valid] = 0
-        self.store.write(box, labels, probs)
+        self.store.write(rows.box, labels, probs)
         if self.on_write:
-            self.on_write(box)
+            self.on_write(rows.box)
         return counts
 
 
@@ -293,7 +304,7 @@ class Tile:
 
     row: int
     box: Box
-    pixels: np.ndarray  # (channels, *box.shape), a view into the row's strip
+    pixels: np.ndarray | None  # (channels, *box.shape), a view into the row's strip, until batched
     valid: np.ndarray  # box.shape
     ends_row: bool
     scores: np.ndarray | None = None
@@ -312,11 +323,25 @@ class TileBatch:
         else:
             self.x = np.zeros((size, channels, *tile), np.float32)
 
-    def fill(self, tiles: list[np.ndarray]) -> np.ndarray:
-        """Copy tiles in, mirror-padded to the tile size; unused slots are zero."""
+    def fill(self, tiles: list[np.ndarray], valid: list[np.ndarray], normalize: Normalize) -> np.ndarray:
+        """Copy tiles in, mirror-padded to the tile size, and normalise them; unused slots are zero.
+
+        Nodata pixels are set to 0 after normalisation, so they enter the model
+        as the band mean and NaN or inf never does. Normalising here rather
+        than per strip repeats it on the overlaps (about 30 % more pixels),
+        but needs no float32 strip; the arithmetic per pixel is the same.
+        """
+        shape, n = self.x.shape[2:], len(tiles)
         for i, pixels in enumerate(tiles):
-            self.x[i] = pad_to(pixels, self.x.shape[2:])
-        self.x[len(tiles) :] = 0
+            self.x[i] = pad_to(pixels, shape)
+        filled = self.x[:n]
+        normalized = normalize(filled)  # in place, as the card's and the fitted normalisers work
+        if normalized is not filled:
+            filled[...] = normalized
+        for i, ok in enumerate(valid):
+            if not ok.all():
+                self.x[i][:, ~pad_to(ok[None], shape)[0]] = 0
+        self.x[n:] = 0
         return self.x
 
 
@@ -363,22 +388,6 @@ def pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """``(channels, *spatial)`` mirror-padded at the end of each spatial axis to ``shape``."""
     pad = [(0, 0)] + [(0, s - n) for s, n in zip(shape, array.shape[1:], strict=True)]
     return np.pad(array, pad, mode="symmetric") if any(p for _, p in pad) else array
-
-
-def argmax(scores: np.ndarray) -> np.ndarray:
-    """``scores.argmax(axis=0)`` as uint8/uint16 in one contiguous pass per class.
-
-    numpy's axis-0 argmax walks the classes with a stride and is about twice as
-    slow. Ties go to the first class, as with numpy.
-    """
-    dtype = np.uint8 if scores.shape[0] <= 256 else np.uint16
-    labels = np.zeros(scores.shape[1:], dtype)
-    best = scores[0].copy()
-    for k in range(1, scores.shape[0]):
-        better = scores[k] > best
-        np.copyto(labels, k, where=better)
-        np.maximum(best, scores[k], out=best)
-    return labels
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

@@ -12,15 +12,18 @@ from gigaseg.tiler.grid import (
     read_box,
     to_pixels,
 )
-from gigaseg.tiler.stitch import Stitcher
+from gigaseg.tiler.stitch import Released, Scratch, Stitcher, argmax
 from gigaseg.tiler.windows import WINDOWS, blend_window
 
 __all__ = [
     "WINDOWS",
     "BlockGrid",
     "Box",
+    "Released",
+    "Scratch",
     "Stitcher",
     "TileGrid",
+    "argmax",
     "axis_origins",
     "blend_window",
     "halo_overhead",

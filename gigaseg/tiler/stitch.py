@@ -2,38 +2,102 @@
 
 It keeps only a band of ``depth`` rows (along axis 0) of the region in memory:
 tiles are added in increasing order of their axis-0 origin, and rows that no
-later tile can reach are released, normalised, and dropped. Memory is then
-``depth x region width x classes``, whatever the region's height.
+later tile can reach are released (labelled, normalised if asked) and dropped.
+Memory is then ``depth x region width x classes``, whatever the region's height.
+
+The blending windows are separable and the tile grid is a product of one set
+of origins per axis, so the sum of the weights over all tiles is separable
+too: ``sum_t w_t(x) = prod_a W_a(x_a)``, with ``W_a`` the 1-D sum of the axis
+profile over the axis origins. The stitcher therefore keeps no weight band,
+adds nothing per tile but the weighted scores, and divides only when
+probabilities are asked for: the labels are the argmax of the weighted sums,
+which a positive per-pixel divisor does not change.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+from functools import reduce
+
 import numpy as np
 
-from gigaseg.tiler.grid import Box
+from gigaseg.tiler.grid import Box, TileGrid
+from gigaseg.tiler.windows import Profile, blend_profiles
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """Finished rows of a region: labels, validity, and probabilities when asked for."""
+
+    box: Box
+    labels: np.ndarray  # uint8 (uint16 beyond 256 classes), the first class on ties
+    valid: np.ndarray  # bool: False where the tile pixels were nodata
+    scores: np.ndarray | None = None  # (classes, *box.shape) blended scores, normalised
+
+
+@dataclass
+class Scratch:
+    """Flat buffers that one stitcher after another reuses: one per thread, not one per block.
+
+    A band of hundreds of megabytes freed at the end of a block is soon split
+    by the small allocations that follow, and the next block's band then no
+    longer fits in it: the heap grows by a second band. Reusing the buffer
+    keeps the process at one band, whatever the number of blocks.
+    """
+
+    _buffers: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: type, *, zero: bool = True) -> np.ndarray:
+        """An array of ``shape`` over the buffer ``name`` (zeroed unless ``zero`` is False)."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size or buffer.dtype != dtype:
+            self._buffers.pop(name, None)  # free the old one before taking the new
+            buffer = self._buffers[name] = np.empty(size, dtype)
+        array = buffer[:size].reshape(shape)
+        if zero:
+            array.fill(0)
+        return array
 
 
 class Stitcher:
-    """Accumulate ``sum_t w_t * scores_t`` and ``sum_t w_t`` over ``region``.
+    """Accumulate ``sum_t w_t * scores_t`` over ``region`` for the tiles of ``grid``.
 
     Tiles are added in a fixed order (the global tile order), so the same plan
     always gives the same bits, whichever block or worker ran it.
     """
 
-    def __init__(self, region: Box, classes: int, *, depth: int | None = None) -> None:
+    def __init__(
+        self,
+        grid: TileGrid,
+        region: Box,
+        classes: int,
+        *,
+        blend: str | Profile = "gaussian",
+        depth: int | None = None,
+        scratch: Scratch | None = None,
+    ) -> None:
         height = region.shape[0]
         self.region = region
         self.depth = min(depth or height, height)
         self.start = region.start[0]
+        profiles = blend_profiles(blend, grid.tile)
+        self.window = reduce(np.multiply.outer, profiles).astype(np.float32)
+        self._sums = [
+            weight_sums(origins, profile, size)[a:b]
+            for origins, profile, size, a, b in zip(
+                grid.origins, profiles, grid.shape, region.start, region.stop, strict=True
+            )
+        ]
         band = (self.depth, *region.shape[1:])
-        self._scores = np.zeros((classes, *band), np.float32)
-        self._weights = np.zeros(band, np.float32)
-        self._valid = np.zeros(band, bool)
-        self._buffer = np.empty(0, np.float32)
+        self._memory = scratch or Scratch()
+        self._scores = self._memory.take("scores", (classes, *band), np.float32)
+        self._valid = self._memory.take("valid", band, bool)
         self._filled = 0  # rows of the band that may hold something; the rest are zero
 
-    def add(self, tile: Box, scores: np.ndarray, weights: np.ndarray, valid: np.ndarray) -> None:
-        """Add one tile's ``(classes, *tile.shape)`` scores with its blending weights.
+    def add(self, tile: Box, scores: np.ndarray, valid: np.ndarray) -> None:
+        """Add one tile's ``(classes, *tile.shape)`` scores, weighted by the window.
 
         ``valid`` marks the tile's pixels that hold data (False for nodata).
         """
@@ -47,44 +111,85 @@ class Stitcher:
             )
         dst = part.slices((self.start, *self.region.start[1:]))
         src = part.slices(tile.start)
-        w = weights[src]
-        # w * scores goes through one reused buffer: no temporary per tile.
-        scratch = self._scratch(scores.shape[0], part.shape)
-        np.multiply(scores[(slice(None), *src)], w, out=scratch)
-        self._scores[(slice(None), *dst)] += scratch
-        self._weights[dst] += w
+        # window * scores goes through one reused buffer: no temporary per tile.
+        weighted = self._memory.take("weighted", (scores.shape[0], *part.shape), np.float32, zero=False)
+        np.multiply(scores[(slice(None), *src)], self.window[src], out=weighted)
+        self._scores[(slice(None), *dst)] += weighted
         self._valid[dst] = valid[src]
         self._filled = max(self._filled, part.stop[0] - self.start)
 
-    def _scratch(self, classes: int, shape: tuple[int, ...]) -> np.ndarray:
-        size = classes * int(np.prod(shape))
-        if self._buffer.size < size:
-            self._buffer = np.empty(size, np.float32)
-        return self._buffer[:size].reshape(classes, *shape)
-
-    def release(self, until: int) -> tuple[Box, np.ndarray, np.ndarray]:
-        """Rows ``[start, until)`` as (box, normalised scores, validity); then drop them."""
+    def release(self, until: int, *, scores: bool = False) -> Released:
+        """Rows ``[start, until)`` labelled, with normalised ``scores`` if asked; then drop them."""
         n = until - self.start
         if not 0 < n <= self.depth:
             raise ValueError(f"cannot release rows up to {until} from band starting {self.start}")
-        box = self.region.with_axis(0, self.start, until)
-        scores = self._scores[:, :n] / self._weights[:n]
-        valid = self._valid[:n].copy()
+        rows = slice(self.start - self.region.start[0], until - self.region.start[0])
+        band = self._scores[:, :n]
+        released = Released(
+            self.region.with_axis(0, self.start, until),
+            argmax(band),
+            self._valid[:n].copy(),
+            band / self.weights(rows) if scores else None,
+        )
         filled = self._filled
-        _drop_rows(self._scores, n, filled, axis=1)
-        _drop_rows(self._weights, n, filled, axis=0)
-        _drop_rows(self._valid, n, filled, axis=0)
+        for plane in (*self._scores, self._valid):
+            _drop_rows(plane, n, filled)
         self._filled = max(0, filled - n)
         self.start = until
-        return box, scores, valid
+        return released
+
+    def weights(self, rows: slice) -> np.ndarray:
+        """``sum_t w_t`` over ``rows`` of the region (relative to its start), all other axes whole."""
+        return reduce(np.multiply.outer, [self._sums[0][rows], *self._sums[1:]])
 
 
-def _drop_rows(band: np.ndarray, n: int, filled: int, *, axis: int) -> None:
-    """Move rows ``n:filled`` along ``axis`` to the front and clear the rest, in place.
+def weight_sums(origins: tuple[int, ...], profile: np.ndarray, size: int) -> np.ndarray:
+    """Along one axis of ``size`` pixels: the sum of ``profile`` placed at every origin.
+
+    Tiles are clipped to the axis (a scene smaller than a tile), as their windows are.
+    """
+    sums = np.zeros(size, np.float64)
+    for origin in origins:
+        n = min(len(profile), size - origin)
+        sums[origin : origin + n] += profile[:n]
+    return sums.astype(np.float32)
+
+
+def argmax(scores: np.ndarray) -> np.ndarray:
+    """``scores.argmax(axis=0)`` as uint8/uint16 in one contiguous pass per class.
+
+    numpy's axis-0 argmax walks the classes with a stride and is about twice as
+    slow. Ties go to the first class, as with numpy. It works ``ROWS`` rows
+    at a time, so its temporaries stay small and in cache.
+    """
+    dtype = np.uint8 if scores.shape[0] <= 256 else np.uint16
+    if scores.ndim == 1:
+        return np.asarray(scores.argmax(), dtype)
+    labels = np.zeros(scores.shape[1:], dtype)
+    for i in range(0, len(labels), ROWS):
+        _argmax_into(labels[i : i + ROWS], scores[:, i : i + ROWS])
+    return labels
+
+
+ROWS = 32
+
+
+def _argmax_into(labels: np.ndarray, scores: np.ndarray) -> None:
+    best = scores[0].copy()
+    better = np.empty(best.shape, bool)
+    for k in range(1, scores.shape[0]):
+        np.greater(scores[k], best, out=better)
+        np.copyto(labels, k, where=better)
+        np.maximum(best, scores[k], out=best)
+
+
+def _drop_rows(plane: np.ndarray, n: int, filled: int) -> None:
+    """Move rows ``n:filled`` of one class's plane to the front and clear the rest, in place.
 
     Rows from ``filled`` on are zero already, so only what holds data is moved.
+    One plane at a time: numpy copies through a temporary when source and
+    destination may overlap, and across all classes their bounds always do.
     """
-    rows = np.moveaxis(band, axis, 0)
     keep = max(0, filled - n)
-    rows[:keep] = rows[n : n + keep]  # numpy buffers the copy when the two overlap
-    rows[keep : max(filled, keep)] = 0
+    plane[:keep] = plane[n : n + keep]
+    plane[keep : max(filled, keep)] = 0

@@ -52,12 +52,17 @@ def blend_window(kind: str | Profile, shape: tuple[int, ...]) -> np.ndarray:
 
     ``kind`` is one of :data:`WINDOWS` or any callable ``n -> 1-D weights``.
     """
+    return reduce(np.multiply.outer, blend_profiles(kind, shape)).astype(np.float32)
+
+
+def blend_profiles(kind: str | Profile, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """The window's float64 profile along each axis: peak 1, clamped at :data:`MIN_WEIGHT`."""
     profile = _profile(kind)
     axes = []
     for n in shape:
         p = np.asarray(profile(n), dtype=np.float64)
         axes.append(np.maximum(p / p.max(), MIN_WEIGHT))
-    return reduce(np.multiply.outer, axes).astype(np.float32)
+    return axes
 
 
 def _profile(kind: str | Profile) -> Profile:
