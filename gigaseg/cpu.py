@@ -1,4 +1,4 @@
-"""Keep glibc's malloc from handing torch's activations back to the kernel after every forward.
+"""Keep glibc's malloc from handing freed buffers back to the kernel, and share them between threads.
 
 A CPU forward allocates and frees activations of tens of megabytes per layer.
 glibc serves every allocation above its mmap threshold (at most 32 MiB, adapted
@@ -7,16 +7,23 @@ free top back above its trim threshold: every forward then faults in every page
 of every activation again, and the kernel zeroes them. On the 2-core development
 machine that is a third of a small U-Net's forward time (bench/RESULTS.md, case 1).
 Raising both thresholds keeps freed activations in the heap for the next batch.
-The gain varies between runs of the same process image (some still fault:
-probably a thread served by a secondary malloc arena, whose heaps cannot hold
-chunks above 64 MiB); it never made a run slower in the benchmarks.
 PyTorch's CPU tuning guide reaches the same end by preloading jemalloc or
 tcmalloc; this needs nothing installed.
 
+Kept memory must be reusable by every thread, or it is kept once per thread:
+glibc gives each new thread a malloc arena of its own, and the pipeline's reader
+and writer threads (new for every block) each held their own free strips and
+bands on top of the main thread's (1.35 GB instead of 1.24 GB at 20000^2,
+growing from block to block). So there is one arena for the whole process
+(``M_ARENA_MAX`` = 1). Its lock costs nothing measurable here: the pipeline
+allocates a few large buffers per tile row, and small Python objects do not
+go through malloc.
+
 The cost is memory a process keeps after a peak: up to ``THRESHOLD`` of free
-heap per malloc arena instead of returning it at once. ``MALLOC_MMAP_THRESHOLD_``,
-``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES`` in the environment (the user's
-own choice), or ``GIGASEG_MALLOC=default``, leaves glibc as it is.
+heap instead of returning it at once. ``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_ARENA_MAX`` or ``GLIBC_TUNABLES`` in the
+environment (the user's own choice), or ``GIGASEG_MALLOC=default``, leaves
+glibc as it is.
 """
 
 from __future__ import annotations
@@ -27,12 +34,13 @@ import os
 THRESHOLD = 256 * 2**20
 _M_TRIM_THRESHOLD = -1  # from <malloc.h>
 _M_MMAP_THRESHOLD = -3
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+_M_ARENA_MAX = -8
+_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
 _done = False
 
 
 def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds once per process; False when left alone.
+    """One malloc arena and high mmap and trim thresholds, once per process; False when left alone.
 
     Nothing happens off glibc (macOS, musl), when the user set malloc tunables
     in the environment, or with ``GIGASEG_MALLOC=default``.
@@ -45,7 +53,8 @@ def keep_freed_memory() -> bool:
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return False
-    _done = bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, THRESHOLD))
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, THRESHOLD), (_M_TRIM_THRESHOLD, THRESHOLD))
+    _done = all(mallopt(option, value) for option, value in settings)
     return _done
 
 
