@@ -24,8 +24,8 @@ def predicted_memory(plan: Plan, *, channels: int, classes: int, batch: int, par
     row_tiles = math.prod(
         math.ceil(b / s) + 1 for b, s in zip(plan.blocks.block[1:], plan.grid.stride[1:], strict=True)
     )
-    stitcher = band * width * (classes + 2) * 4
-    strips = 2 * plan.grid.tile[0] * tile_width * (channels + 1) * 4
+    stitcher = band * width * (classes * 4 + 1)  # float32 scores, bool validity
+    strips = 3 * plan.grid.tile[0] * tile_width * (channels * 4 + 1)  # in use, next, being read (float32 at most)
     row = row_tiles * tile * (channels + 1 + classes) * 4
     model = params * 4 + batch * tile * ACTIVATION_BYTES_PER_PIXEL
     return {"host": stitcher + strips + row + model, "gpu": model}
