@@ -54,7 +54,9 @@ class Scratch:
         buffer = self._buffers.get(name)
         if buffer is None or buffer.size < size or buffer.dtype != dtype:
             self._buffers.pop(name, None)  # free the old one before taking the new
-            buffer = self._buffers[name] = np.empty(size, dtype)
+            # Fresh memory from np.zeros is zero already (the kernel's pages, or calloc's).
+            self._buffers[name] = np.zeros(size, dtype) if zero else np.empty(size, dtype)
+            return self._buffers[name][:size].reshape(shape)
         array = buffer[:size].reshape(shape)
         if zero:
             array.fill(0)
