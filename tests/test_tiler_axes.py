@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gigaseg.tiler.axes import AxisView
+from gigaseg.tiler.axes import AxisView, contiguous
 
 
 @st.composite
@@ -39,3 +39,15 @@ def test_model_axis_m_shows_scene_axis_order_m_reversed_where_flipped():
 def test_a_view_must_be_a_permutation():
     with pytest.raises(ValueError, match="permutation"):
         AxisView((0, 0, 1), (False,) * 3)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 19, 10, 17), (2, 3, 5, 7), (9, 4)])
+def test_contiguous_copies_every_transpose_and_flip_exactly(shape):
+    array = np.random.default_rng(0).random(shape).astype(np.float32)
+    for order in itertools.permutations(range(len(shape))):
+        for flip in [(), (0,), (len(shape) - 1,)]:
+            view = array.transpose(order)
+            view = np.flip(view, flip) if flip else view
+            copied = contiguous(view)
+            assert copied.flags.c_contiguous
+            assert np.array_equal(copied, view)

@@ -137,11 +137,13 @@ class NiftiSource(ThreadLocalHandles):
         """
         array = self._array()
         slices = box.slices()
+        channels = self._channel_indices()
+        data = np.empty((len(channels), *box.shape), np.float32)
         try:
-            raw = [np.asarray(array[(c, *slices)]) for c in self._channel_indices()]
+            for i, c in enumerate(channels):  # one converting copy per channel, straight from the file
+                data[i] = array[(c, *slices)]
         except READ_ERRORS as e:
             raise SourceError(f"cannot read {box} from {self.path}: {e}") from None
-        data = np.stack(raw).astype(np.float32)
         slope, inter = self.scaling
         if slope != 1.0:
             data *= np.float32(slope)

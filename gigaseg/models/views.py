@@ -13,7 +13,7 @@ import numpy as np
 
 from gigaseg.models.card import ModelCard
 from gigaseg.models.inference import Predictor
-from gigaseg.tiler.axes import AxisView
+from gigaseg.tiler.axes import AxisView, contiguous
 
 
 class ViewPredictor:
@@ -51,7 +51,7 @@ class ViewPredictor:
         x = self.view.to_model(tiles)
         if self.slice_axis is not None:
             x = x.squeeze(2 + self.slice_axis)
-        scores = self.predictor(np.ascontiguousarray(x))
+        scores = self.predictor(contiguous(x))
         if self.slice_axis is not None:
             scores = np.expand_dims(scores, 2 + self.slice_axis)
-        return np.ascontiguousarray(self.view.to_scene(scores))
+        return contiguous(self.view.to_scene(scores))
