@@ -207,3 +207,17 @@ def test_deterministic_option_gives_the_same_bits_as_a_default_run(tmp_path, mak
         segment(tif, unet_model, tmp_path / name, SegmentOptions(probabilities="float32", deterministic=flag))
     a, b = read_store(tmp_path / "a.zarr"), read_store(tmp_path / "b.zarr")
     assert np.array_equal(a["probabilities"][:], b["probabilities"][:])
+
+
+@pytest.mark.parametrize(("classes", "nodata"), [(3, 255), (40, 255), (300, 65535)])
+def test_label_counts_agree_with_bincount(classes, nodata):
+    from gigaseg.jobs.segment import label_counts
+
+    rng = np.random.default_rng(3)
+    dtype = np.uint8 if nodata == 255 else np.uint16
+    labels = rng.integers(0, classes, (70, 33)).astype(dtype)
+    labels[rng.random(labels.shape) < 0.1] = nodata
+    found = np.bincount(labels.ravel(), minlength=nodata + 1)
+    expected = [*found[:classes], found[nodata]]
+    assert label_counts(labels, classes, nodata).tolist() == expected
+    assert label_counts(labels[:0], classes, nodata).sum() == 0

@@ -284,10 +284,7 @@ class BlockRunner:
     def _write(self, rows: Released) -> np.ndarray:
         labels, valid = rows.labels.astype(self.store.mask.dtype, copy=False), rows.valid
         labels[~valid] = self.store.nodata
-        found = sum(  # bincount makes an int64 copy: do it a few rows at a time
-            np.bincount(labels[i : i + 64].ravel(), minlength=self.store.nodata + 1) for i in range(0, len(labels), 64)
-        )
-        counts = np.append(found[: self.classes], found[self.store.nodata])
+        counts = label_counts(labels, self.classes, self.store.nodata)
         probs = rows.scores
         if probs is not None:
             probs = softmax(probs) if self.plan.merge == "logits" else probs
@@ -388,6 +385,23 @@ def pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """``(channels, *spatial)`` mirror-padded at the end of each spatial axis to ``shape``."""
     pad = [(0, 0)] + [(0, s - n) for s, n in zip(shape, array.shape[1:], strict=True)]
     return np.pad(array, pad, mode="symmetric") if any(p for _, p in pad) else array
+
+
+def label_counts(labels: np.ndarray, classes: int, nodata: int) -> np.ndarray:
+    """Pixels per class label ``0 .. classes - 1``, then pixels labelled ``nodata``.
+
+    For a few classes, one comparison per label is 4-5 x faster than
+    ``np.bincount``, which first copies the labels to int64; for many, bincount
+    goes through them in slices so that copy stays small.
+    """
+    values = [*range(classes), nodata]
+    if len(values) <= 16:
+        return np.array([np.count_nonzero(labels == v) for v in values], np.int64)
+    flat = labels.reshape(-1)
+    found = np.zeros(nodata + 1, np.int64)
+    for i in range(0, flat.size, 2**18):
+        found += np.bincount(flat[i : i + 2**18], minlength=nodata + 1)
+    return np.append(found[:classes], found[nodata])
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
