@@ -28,7 +28,7 @@ def gigaseg(*, input: str, model: str, out: str, batch_size: int, **options: Any
 
     The network's Python modules are imported before the clock, as every other
     engine's are (they build their model before it): ``import monai``, which
-    the 3-D U-Net needs, takes 2.3 s, a once-per-process cost that is not
+    the 3-D U-Net needs, takes 1.3-2.3 s, a once-per-process cost that is not
     tiling. ``segment`` still reads the checkpoint and builds the model inside it.
     """
     from gigaseg.jobs.segment import SegmentOptions, segment
