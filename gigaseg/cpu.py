@@ -29,9 +29,14 @@ glibc as it is.
 from __future__ import annotations
 
 import ctypes
+import math
+import mmap
 import os
 
+import numpy as np
+
 THRESHOLD = 256 * 2**20
+POPULATE_FROM = 2**20  # bytes; smaller buffers come from np.zeros
 _M_TRIM_THRESHOLD = -1  # from <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
@@ -68,3 +73,26 @@ def _glibc_mallopt() -> ctypes._CFuncPtr | None:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return mallopt
+
+
+def zeroed(size: int, dtype: type) -> np.ndarray:
+    """``np.zeros(size, dtype)`` with all its pages mapped at once, for buffers written piece by piece.
+
+    ``np.zeros`` leaves a large array's pages unmapped until first touched, and
+    numpy asks for transparent huge pages on it. A stitcher band then takes its
+    page faults (or, where the kernel has to compact memory for a huge page,
+    its stalls) inside the adds of the tiles that first reach each part of it:
+    on the development VM a fresh 3-D band (671 MB) made each of the first 98
+    tiles' adds 15 ms slower, 1.5 s in all. One ``mmap`` with ``MAP_POPULATE``
+    maps the whole band in about 0.2 s, and the pages are zero. Elsewhere
+    (no ``MAP_POPULATE``) and below ``POPULATE_FROM`` bytes, ``np.zeros``.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = size * dtype.itemsize
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if nbytes < POPULATE_FROM or populate is None:
+        return np.zeros(size, dtype)
+    pages = mmap.mmap(
+        -1, math.ceil(nbytes / mmap.PAGESIZE) * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate
+    )
+    return np.frombuffer(pages, dtype, count=size)  # the array keeps the mapping; it is unmapped with it

@@ -1,6 +1,11 @@
 import os
+import resource
 import subprocess
 import sys
+
+import numpy as np
+
+from gigaseg.cpu import POPULATE_FROM, zeroed
 
 FREE_THEN_ALLOCATE = """
 import resource, sys
@@ -65,3 +70,15 @@ def test_the_users_malloc_settings_are_left_alone():
     assert _run(GIGASEG_MALLOC="default")[0] == "False"
     assert _run(MALLOC_TRIM_THRESHOLD_="1000000")[0] == "False"
     assert _run(MALLOC_ARENA_MAX="4")[0] == "False"
+
+
+def test_zeroed_buffers_are_zero_and_mapped_before_they_are_written():
+    """A stitcher band takes no page faults while tiles are added into it."""
+    band = zeroed(2**24, np.float32)  # 64 MiB
+    assert band.shape == (2**24,) and band.dtype == np.float32 and not band.any()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    band[::1024] = 1  # one write per 4 KiB page
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 64
+    assert band.sum() == 2**14
+    small = zeroed(10, np.uint16)
+    assert small.nbytes < POPULATE_FROM and small.dtype == np.uint16 and not small.any()

@@ -22,6 +22,7 @@ from functools import reduce
 
 import numpy as np
 
+from gigaseg.cpu import zeroed
 from gigaseg.tiler.grid import Box, TileGrid
 from gigaseg.tiler.windows import Profile, blend_profiles
 
@@ -54,8 +55,7 @@ class Scratch:
         buffer = self._buffers.get(name)
         if buffer is None or buffer.size < size or buffer.dtype != dtype:
             self._buffers.pop(name, None)  # free the old one before taking the new
-            # Fresh memory from np.zeros is zero already (the kernel's pages, or calloc's).
-            self._buffers[name] = np.zeros(size, dtype) if zero else np.empty(size, dtype)
+            self._buffers[name] = zeroed(size, dtype)  # zero, and mapped (see zeroed)
             return self._buffers[name][:size].reshape(shape)
         array = buffer[:size].reshape(shape)
         if zero:
