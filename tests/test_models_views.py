@@ -12,8 +12,11 @@ def test_a_view_predictor_is_the_network_on_the_viewed_tile():
     predictor = Predictor(create_model(card), card, device="cpu", batch_size=2)
     view = AxisView((2, 0, 1), (False, True, False))
     tiles = np.random.default_rng(0).random((3, 2, 4, 5, 6), dtype=np.float32)
-    got = ViewPredictor(predictor, view)(tiles)
+    wrapped = ViewPredictor(predictor, view)
+    got = wrapped(tiles)
     assert got.shape == (3, 2, 4, 5, 6)
+    # No copy back to the scene's order: the scores stay laid out as the network gave them.
+    assert wrapped.scores_order == view.order and view.to_model(got).flags.c_contiguous
     assert np.array_equal(got, view.to_scene(predictor(np.ascontiguousarray(view.to_model(tiles)))))
 
 

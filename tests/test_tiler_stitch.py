@@ -9,9 +9,10 @@ from gigaseg.tiler import BlockGrid, Stitcher, TileGrid, argmax, blend_window
 from tests.test_tiler_grid import grids
 
 
-def stitch_region(grid, region, scores_of, classes, *, depth=None, chunk=1):
-    """Stream the grid's tiles through a Stitcher as the pipeline does; return the region."""
-    stitcher = Stitcher(grid, region, classes, depth=depth)
+def stitch_region(grid, region, scores_of, classes, *, depth=None, chunk=1, order=None, labels=None):
+    """Stream the grid's tiles through a Stitcher as the pipeline does; return the region's
+    probabilities (and its labels, into ``labels`` when given)."""
+    stitcher = Stitcher(grid, region, classes, depth=depth, order=order)
     ranges = grid.tiles_overlapping(region)
     out = np.zeros((classes, *region.shape), np.float32)
     for row in ranges[0]:
@@ -23,6 +24,9 @@ def stitch_region(grid, region, scores_of, classes, *, depth=None, chunk=1):
         if until > stitcher.start:
             rows = stitcher.release(until, scores=True)
             out[(slice(None), *rows.box.slices(region.start))] = rows.scores
+            if labels is not None:
+                assert rows.labels.flags.c_contiguous
+                labels[rows.box.slices(region.start)] = rows.labels
     return out
 
 
@@ -113,3 +117,43 @@ def test_released_rows_without_probabilities_carry_labels_only():
         if index == (0, grid.counts[1] - 1):
             rows = stitcher.release(grid.origins[0][1])
             assert rows.scores is None and (rows.labels == 1).all() and rows.valid.all()
+
+
+@given(grids(ndim=3), st.permutations(range(3)), st.integers(1, 9))
+@settings(max_examples=80, deadline=None)
+def test_a_band_laid_out_in_the_scores_order_gives_the_same_bits(grid, order, chunk):
+    """Scores that arrive laid out in another axis order (a 3-D network's (i, j, k)) are
+    added into a band laid out the same way: labels and probabilities do not change."""
+    rng = np.random.default_rng(2)
+    field = rng.random((3, *grid.shape)).astype(np.float32)
+    order = tuple(order)
+
+    def scores_of(box, order=None):
+        scores = field[(slice(None), *box.slices())] * (1 + box.start[0] % 3)
+        if order is None:
+            return scores
+        memory = np.ascontiguousarray(scores.transpose(0, *(1 + a for a in order)))
+        return memory.transpose(0, *(1 + order.index(a) for a in range(3)))
+
+    region = whole_region(grid)
+    depth = grid.tile[0] + chunk
+    labels, labels_in_order = (np.zeros(grid.shape, np.uint8) for _ in range(2))
+    expected = stitch_region(grid, region, scores_of, 3, depth=depth, chunk=chunk, labels=labels)
+    got = stitch_region(
+        grid,
+        region,
+        lambda box: scores_of(box, order),
+        3,
+        depth=depth,
+        chunk=chunk,
+        order=order,
+        labels=labels_in_order,
+    )
+    assert np.array_equal(got, expected)
+    assert np.array_equal(labels_in_order, labels)
+
+
+def test_an_order_that_is_not_a_permutation_is_refused():
+    grid = TileGrid.create((20, 10), 8, 2)
+    with pytest.raises(ValueError, match="permutation"):
+        Stitcher(grid, whole_region(grid), 2, order=(0, 0))

@@ -214,7 +214,13 @@ class BlockRunner:
         ranges = grid.tiles_overlapping(box)
         chunk = self.plan.blocks.chunk[0]
         stitcher = Stitcher(
-            grid, box, self.classes, blend=self.plan.blend, depth=grid.tile[0] + chunk, scratch=self._scratch()
+            grid,
+            box,
+            self.classes,
+            blend=self.plan.blend,
+            depth=grid.tile[0] + chunk,
+            scratch=self._scratch(),
+            order=self.predictor.scores_order,  # the band laid out as the scores come
         )
         keep_scores = self.store.probabilities is not None
         origins, last_row = grid.origins[0], ranges[0][-1]

@@ -39,6 +39,8 @@ class Predictor:
     when merging probabilities.
     """
 
+    scores_order = None  # scores come C-contiguous, in the tiles' own axis order
+
     def __init__(
         self,
         model: nn.Module,

@@ -36,6 +36,11 @@ class ViewPredictor:
     def batch_size(self) -> int:
         return self.predictor.batch_size
 
+    @property
+    def scores_order(self) -> tuple[int, ...]:
+        """The scene axes from slowest to fastest in the memory of the scores this returns."""
+        return self.view.order
+
     def model_shape(self, tile: tuple[int, ...]) -> tuple[int, ...]:
         """The tile shape the network sees."""
         shape = self.view.shape_to_model(tile)
@@ -47,11 +52,16 @@ class ViewPredictor:
         self.predictor.check_tile(self.model_shape(tile))
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """``(N, C, *tile)`` in scene order -> ``(N, K, *tile)`` scores in scene order."""
+        """``(N, C, *tile)`` in scene order -> ``(N, K, *tile)`` scores in scene order.
+
+        The scores are a view of the network's output, in its memory order
+        (:attr:`scores_order`): copying a 3-D tile's scores back to the
+        scene's order would cost more than adding them up where they go.
+        """
         x = self.view.to_model(tiles)
         if self.slice_axis is not None:
             x = x.squeeze(2 + self.slice_axis)
         scores = self.predictor(contiguous(x))
         if self.slice_axis is not None:
             scores = np.expand_dims(scores, 2 + self.slice_axis)
-        return contiguous(self.view.to_scene(scores))
+        return self.view.to_scene(scores)
