@@ -218,12 +218,16 @@ def _grid(shape: tuple[int, ...], card: Any) -> Any:
 
 
 def _image(path: str) -> np.ndarray:
-    """The whole scene as float32 ``(C, *spatial)``: a GeoTIFF's bands or a NIfTI volume."""
+    """The whole scene as float32 ``(C, *spatial)``: a GeoTIFF's bands or a NIfTI volume.
+
+    A volume comes in nibabel's ``(i, j, k)`` order, as MONAI's ``LoadImage``
+    gives it and as gigaseg shows it to the network (so the masks agree), and
+    C-contiguous, the layout in which the peers slice it fastest.
+    """
     if path.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
-        volume = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-        return np.ascontiguousarray(volume.transpose(2, 1, 0))[None]  # (k, j, i), as gigaseg's source
+        return np.ascontiguousarray(np.asarray(nib.load(path).dataobj, dtype=np.float32))[None]
     import rasterio
 
     with rasterio.open(path) as ds:
