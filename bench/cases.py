@@ -92,7 +92,10 @@ def _ratio(a: Measurement, b: Measurement) -> float | None:
 def _speed_rows(case: str, found: dict[str, Measurement], label: str) -> list[Row]:
     rows = []
     for name, m in found.items():
-        note = m.error or f"{m.seconds:.2f} s best of {len(m.runs)}, {m.tiles} tiles, peak RSS {m.peak_rss_mb:.0f} MiB"
+        worst = f" (worst {max(m.runs):.2f} s)" if len(m.runs) > 1 else ""
+        note = m.error or (
+            f"{m.seconds:.2f} s best of {len(m.runs)}{worst}, {m.tiles} tiles, peak RSS {m.peak_rss_mb:.0f} MiB"
+        )
         rows.append(Row(case, f"{label}: {name} throughput", m.mpix_per_s or None, "Mpix/s", note=note))
     return rows
 
