@@ -101,6 +101,16 @@ def test_labels_are_the_argmax_of_the_released_probabilities(grid, classes):
     assert rows.labels.dtype == np.uint8
 
 
+@given(st.integers(1, 300), st.lists(st.integers(1, 12), min_size=1, max_size=3), st.integers(0, 2**16))
+@settings(max_examples=80, deadline=None)
+def test_argmax_equals_numpys_on_any_layout(classes, shape, seed):
+    scores = np.random.default_rng(seed).integers(0, 3, (classes, *shape)).astype(np.float32)  # many ties
+    expected = scores.argmax(axis=0)
+    assert np.array_equal(argmax(scores), expected)
+    reversed_layout = np.ascontiguousarray(scores.transpose(0, *range(scores.ndim - 1, 0, -1)))
+    assert np.array_equal(argmax(reversed_layout.transpose(0, *range(scores.ndim - 1, 0, -1))), expected)
+
+
 def test_argmax_takes_the_first_class_on_ties_as_numpy_does():
     scores = np.array([[1, 3, 2, 2], [1, 3, 5, 1], [0, 3, 5, 2]], np.float32)
     assert argmax(scores).tolist() == scores.argmax(axis=0).tolist() == [0, 0, 1, 0]
