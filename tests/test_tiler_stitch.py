@@ -126,7 +126,7 @@ def test_released_rows_without_probabilities_carry_labels_only():
         stitcher.add(box, scores, np.ones(box.shape, bool))
         if index == (0, grid.counts[1] - 1):
             rows = stitcher.release(grid.origins[0][1])
-            assert rows.scores is None and (rows.labels == 1).all() and rows.valid.all()
+            assert rows.scores is None and (rows.labels == 1).all()
 
 
 @given(grids(ndim=3), st.permutations(range(3)), st.integers(1, 9))

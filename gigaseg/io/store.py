@@ -287,8 +287,8 @@ class MaskStore:
         with self.io_errors():
             self.mask[box.slices()] = labels
             if self.probabilities is not None and probabilities is not None:
-                if self.probabilities.dtype == np.uint8:
-                    probabilities = np.rint(probabilities * 255)
+                if self.probabilities.dtype == np.uint8 and probabilities.dtype.kind == "f":
+                    probabilities = np.rint(probabilities * 255)  # p in [0, 1] to p x 255
                 self.probabilities[(slice(None), *box.slices())] = probabilities.astype(self.probabilities.dtype)
 
     def mark_done(self, index: tuple[int, ...]) -> None:

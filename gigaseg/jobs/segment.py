@@ -8,9 +8,11 @@ written and dropped. Memory is bounded by block width, never by scene size.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 import gigaseg
@@ -30,8 +33,10 @@ from gigaseg.io.sources import ReadsNative, Source, open_source
 from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store, remove_partials
 from gigaseg.jobs.volume import ModelInput, Normalize, model_input
 from gigaseg.models import ModelCard, Predictor, load_checkpoint
+from gigaseg.models.views import ViewPredictor
 from gigaseg.refine import RefineOptions
 from gigaseg.tiler import BlockGrid, Box, Released, Scratch, Stitcher, TileGrid, blend_window, to_pixels
+from gigaseg.tiler.pad import pad_to
 
 T = TypeVar("T")
 Length = int | str  # pixels, or a string such as "3840m" in CRS units or "80mm"
@@ -68,6 +73,7 @@ class SegmentOptions:
     refine: RefineOptions | None = None  # a refinement stage over the probabilities (gigaseg.jobs.refine)
     tta: bool = False  # average the scores of every flip of each tile
     deterministic: bool = False  # CUDA: deterministic kernels (bit-identical GPU runs)
+    readers: int | None = None  # reader threads: 1 on a CPU, up to 8 for a GPU
 
 
 @dataclass(frozen=True)
@@ -178,25 +184,40 @@ def make_plan(
 
 
 class BlockRunner:
-    """Everything one process needs to run blocks of one scene into one store."""
+    """Everything one process needs to run blocks of one scene into one store.
+
+    The data path, per block: reader threads read tile-row strips (raw pixels,
+    in the file's own type) and stage them on the model's device; batches of
+    tiles are cut, padded, normalised and masked there; the network's scores
+    go straight into the stitcher's band there; only finished labels (and
+    asked-for probabilities, already cast) come back to the host, where a
+    writer thread counts and writes them while the device goes on.
+    """
 
     def __init__(
         self,
         plan: Plan,
         source: Source,
-        predictor: Predictor,
+        predictor: Predictor | ViewPredictor,
         store: MaskStore,
         *,
-        normalize: Callable[[np.ndarray], np.ndarray] | None = None,
+        normalize: Normalize | None = None,
+        readers: int | None = None,
     ) -> None:
         self.plan = plan
         self.source = source
         self.predictor = predictor
         self.store = store
-        self.normalize = normalize or predictor.card.normalize
+        self.normalize = normalize or predictor.card.normalizer()
         self.classes = predictor.card.num_classes
+        self.device = predictor.device
+        self.readers = readers or default_readers(self.device)
+        # A fixed batch shape for the whole scene (kernels are chosen by batch size),
+        # but never more tiles than the scene has: a 9-tile scene runs one batch of 9.
+        self.batch_size = min(predictor.batch_size, plan.grid.size)
         self.channels_last = len(plan.grid.tile) == 2  # how 2-D networks take their input
         self.on_write: Callable[[Box], None] | None = None  # told of every box written (refinement)
+        self.waits = {"read": 0.0, "write": 0.0}  # seconds the model's thread waited on each
         self._local = threading.local()  # blocks may run in several threads of one process
 
     def _scratch(self) -> Scratch:
@@ -221,130 +242,203 @@ class BlockRunner:
             depth=grid.tile[0] + chunk,
             scratch=self._scratch(),
             order=self.predictor.scores_order,  # the band laid out as the scores come
+            device=self.device,
+            nodata=self.store.nodata,
+            label_dtype=self.store.mask.dtype,
+            logits=self.plan.merge == "logits",
+            softmax=self.predictor.defers_softmax,  # tiles come as logits, made probabilities in the band
         )
-        keep_scores = self.store.probabilities is not None
+        keep = probability_dtype(self.store)
         origins, last_row = grid.origins[0], ranges[0][-1]
-        strips = prefetch(lambda r: self._read_strip(r, ranges), ranges[0])
+        strips = prefetch(lambda r: self._read_strip(r, ranges), ranges[0], workers=self.readers)
         with WriteBehind(self._write, self.classes) as writer:
-            for tile in self._scored(self._tiles(ranges, strips)):
-                tile_box, scores, valid = tile.box, tile.scores, tile.valid
-                inner = tuple(slice(0, n) for n in tile_box.shape)
-                stitcher.add(tile_box, scores[(slice(None), *inner)], valid)
+            for run, scores, valid in self._scored(self._tiles(ranges, strips)):
+                stitcher.add_batch([t.box for t in run], scores, valid)
+                tile = run[-1]
                 if not tile.ends_row:
                     continue
                 until = box.stop[0] if tile.row == last_row else origins[tile.row + 1] // chunk * chunk
                 if until > stitcher.start:
+                    rows = stitcher.release(until, scores=keep)
+                    started = time.perf_counter()
                     writer.wait()  # one released band in memory at a time
-                    writer.submit(stitcher.release(until, scores=keep_scores))
+                    self.waits["write"] += time.perf_counter() - started
+                    writer.submit(rows)
         with self.store.io_errors():
             maybe_fail_write(index)
         self.store.mark_done(index)
         return writer.counts
 
-    def _read_strip(self, row: int, ranges: tuple[range, ...]) -> tuple[Box, np.ndarray, np.ndarray]:
-        """One tile row's pixels as the source holds them; runs in the reader thread.
+    def _read_strip(self, row: int, ranges: tuple[range, ...]) -> Strip:
+        """One tile row's pixels, staged on the model's device; runs in a reader thread.
 
         Small integer pixels stay in their own type (a uint8 strip is a quarter
-        of a float32 one, and the reader holds up to three strips): they are
-        converted and normalised batch by batch (:class:`TileBatch`). For 2-D
-        models the pixels are laid out channels-last, as the network takes them.
+        of a float32 one) and are converted and normalised on the device, batch
+        by batch (:class:`TileBatch`). For 2-D models the pixels are laid out
+        channels-last, as the network takes them.
         """
         grid = self.plan.grid
         first = grid.tile_box((row, *(r[0] for r in ranges[1:])))
         last = grid.tile_box((row, *(r[-1] for r in ranges[1:])))
-        strip = first.union(last)
+        box = first.union(last)
         read = self.source.read_native if isinstance(self.source, ReadsNative) else self.source.read
-        data, valid = read(strip)
+        data, valid = read(box)
         if self.channels_last:
             data = np.moveaxis(np.ascontiguousarray(np.moveaxis(data, 0, -1)), -1, 0)
-        return strip, data, valid
+        return Strip.stage(box, data, valid, self.device)
 
-    def _tiles(self, ranges: tuple[range, ...], strips: Iterable[tuple[Box, np.ndarray, np.ndarray]]) -> Iterator[Tile]:
+    def _tiles(self, ranges: tuple[range, ...], strips: Iterator[Strip]) -> Iterator[Tile]:
         """Every tile of the block in global tile order, as views into its row's strip."""
         grid = self.plan.grid
-        for row, (strip_box, data, valid) in zip(ranges[0], strips, strict=True):
+        for row in ranges[0]:
+            started = time.perf_counter()
+            strip = next(strips).ready()
+            self.waits["read"] += time.perf_counter() - started
             indices = [(row, *rest) for rest in itertools.product(*ranges[1:])]
             for n, tile_index in enumerate(indices):
                 tile_box = grid.tile_box(tile_index)
-                inside = tile_box.slices(strip_box.start)
-                pixels = data[(slice(None), *inside)]
-                yield Tile(row, tile_box, pixels, valid[inside], ends_row=n == len(indices) - 1)
+                inside = tile_box.slices(strip.box.start)
+                pixels = strip.data[(slice(None), *inside)]
+                valid = strip.valid[inside]
+                yield Tile(row, tile_box, pixels, valid, strip.all_valid, ends_row=n == len(indices) - 1)
 
-    def _scored(self, tiles: Iterator[Tile]) -> Iterator[Tile]:
-        """The tiles with their class scores, ``batch_size`` tiles per forward pass.
+    def _scored(self, tiles: Iterator[Tile]) -> Iterator[tuple[list[Tile], torch.Tensor, torch.Tensor]]:
+        """Runs of tiles with their scores and validity, ``batch_size`` tiles per forward pass.
 
-        Batches run across tile rows, so only the block's last batch is padded,
-        and are copied into one reused input buffer.
+        Batches run across tile rows, so only the block's last batch is padded;
+        a batch is handed on in runs that end where a tile row ends, so the
+        rows it finishes can be released before the next run is added.
         """
-        size, shape = self.predictor.batch_size, self.plan.grid.tile
-        batch = TileBatch(size, self.source.channels, shape, channels_last=self.channels_last)
-        for group in batched(tiles, size):
-            x = batch.fill([t.pixels for t in group], [t.valid for t in group], self.normalize)
+        shape = self.plan.grid.tile
+        batch = TileBatch(
+            self.batch_size, self.source.channels, shape, channels_last=self.channels_last, device=self.device
+        )
+        for group in batched(tiles, self.batch_size):
+            x = batch.fill(group, self.normalize)
             for tile in group:
                 tile.pixels = None  # its strip may go as soon as the next one is in
-            scores = self.predictor(x)
-            for tile, tile_scores in zip(group, scores, strict=False):
-                tile.scores = tile_scores
-                yield tile
+            scores = self.predictor.scores(x, logits=self.predictor.defers_softmax)
+            start = 0
+            for end in [i + 1 for i, t in enumerate(group) if t.ends_row or i == len(group) - 1]:
+                yield group[start:end], scores[start:end], batch.valid[start:end]
+                start = end
 
     def _write(self, rows: Released) -> np.ndarray:
-        labels, valid = rows.labels.astype(self.store.mask.dtype, copy=False), rows.valid
-        labels[~valid] = self.store.nodata
-        counts = label_counts(labels, self.classes, self.store.nodata)
-        probs = rows.scores
-        if probs is not None:
-            probs = softmax(probs) if self.plan.merge == "logits" else probs
-            probs[:, ~valid] = 0
-        self.store.write(rows.box, labels, probs)
+        """Count and write released rows (in the writer thread): labels carry nodata already."""
+        rows.wait()
+        counts = label_counts(rows.labels, self.classes, self.store.nodata)
+        self.store.write(rows.box, rows.labels, rows.scores)
         if self.on_write:
             self.on_write(rows.box)
         return counts
 
 
+def default_readers(device: torch.device) -> int:
+    """Reader threads: one on a CPU (the model's threads want the cores), several for a GPU.
+
+    GDAL releases the GIL while it decodes, and each thread has its own dataset
+    handle, so decoding DEFLATE/LZW/ZSTD/JPEG tiles scales with the threads.
+    """
+    if device.type == "cpu":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) - 2))
+
+
+def probability_dtype(store: MaskStore) -> str | None:
+    """The dtype name the stitcher casts released probabilities to, or None when none are stored."""
+    return None if store.probabilities is None else str(store.probabilities.dtype)
+
+
+@dataclass(slots=True)
+class Strip:
+    """One tile row's pixels and validity on the model's device (raw pixels, file's type)."""
+
+    box: Box
+    data: torch.Tensor  # (channels, *box.shape)
+    valid: torch.Tensor  # box.shape, bool
+    all_valid: bool  # no nodata pixel in the strip (known on the host, so no device sync)
+    event: Any = None  # a CUDA event recorded after the copies, on the reader's stream
+
+    @classmethod
+    def stage(cls, box: Box, data: np.ndarray, valid: np.ndarray, device: torch.device) -> Strip:
+        """Move a strip read on the host to ``device``: pinned memory and an asynchronous copy
+        on the reader thread's own CUDA stream, so copies overlap the model; on the CPU, no copy."""
+        all_valid = bool(valid.all())
+        if device.type == "cpu":
+            return cls(box, torch.from_numpy(data), torch.from_numpy(valid), all_valid)
+        stream = _reader_stream(device)
+        with torch.cuda.stream(stream):
+            on_device = [torch.from_numpy(a).pin_memory().to(device, non_blocking=True) for a in (data, valid)]
+            event = torch.cuda.Event()
+            event.record(stream)
+        return cls(box, *on_device, all_valid, event)
+
+    def ready(self) -> Strip:
+        """Make the model's stream wait for this strip's copies (without blocking the host)."""
+        if self.event is not None:
+            current = torch.cuda.current_stream(self.data.device)
+            current.wait_event(self.event)
+            for tensor in (self.data, self.valid):
+                tensor.record_stream(current)  # not reused by the reader's stream before the model is done
+        return self
+
+
+_STREAMS = threading.local()
+
+
+def _reader_stream(device: torch.device) -> torch.cuda.Stream:
+    if getattr(_STREAMS, "stream", None) is None:
+        _STREAMS.stream = torch.cuda.Stream(device)
+    return _STREAMS.stream
+
+
 @dataclass(slots=True)
 class Tile:
-    """One tile on its way through the pipeline: its pixels, then its scores."""
+    """One tile on its way through the pipeline: views of its row's strip on the device."""
 
     row: int
     box: Box
-    pixels: np.ndarray | None  # (channels, *box.shape), a view into the row's strip, until batched
-    valid: np.ndarray  # box.shape
+    pixels: torch.Tensor | None  # (channels, *box.shape), until batched
+    valid: torch.Tensor  # box.shape
+    all_valid: bool
     ends_row: bool
-    scores: np.ndarray | None = None
 
 
 class TileBatch:
-    """One reused ``(batch, channels, *tile)`` float32 input buffer.
+    """One reused ``(batch, channels, *tile)`` float32 input buffer on the model's device.
 
     With ``channels_last`` the memory is ``(batch, *tile, channels)``, which a 2-D
-    network in channels-last format takes without a copy.
+    network in channels-last format takes without a copy. ``valid`` holds the
+    tiles' validity, padded as the pixels are.
     """
 
-    def __init__(self, size: int, channels: int, tile: tuple[int, ...], *, channels_last: bool) -> None:
+    def __init__(
+        self, size: int, channels: int, tile: tuple[int, ...], *, channels_last: bool, device: torch.device
+    ) -> None:
+        self.x = torch.zeros((size, channels, *tile), dtype=torch.float32, device=device)
         if channels_last:
-            self.x = np.moveaxis(np.zeros((size, *tile, channels), np.float32), -1, 1)
-        else:
-            self.x = np.zeros((size, channels, *tile), np.float32)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.valid = torch.ones((size, *tile), dtype=torch.bool, device=device)
+        self.shape = tuple(tile)
 
-    def fill(self, tiles: list[np.ndarray], valid: list[np.ndarray], normalize: Normalize) -> np.ndarray:
-        """Copy tiles in, mirror-padded to the tile size, and normalise them; unused slots are zero.
+    def fill(self, tiles: list[Tile], normalize: Normalize) -> torch.Tensor:
+        """Copy tiles in (converting to float32), mirror-padded to the tile size, and normalise them.
 
         Nodata pixels are set to 0 after normalisation, so they enter the model
-        as the band mean and NaN or inf never does. Normalising here rather
-        than per strip repeats it on the overlaps (about 30 % more pixels),
-        but needs no float32 strip; the arithmetic per pixel is the same.
+        as the band mean and NaN or inf never does. Unused slots are zero.
+        Normalising here rather than per strip repeats it on the overlaps
+        (about 30 % more pixels) but needs no float32 strip.
         """
-        shape, n = self.x.shape[2:], len(tiles)
-        for i, pixels in enumerate(tiles):
-            self.x[i] = pad_to(pixels, shape)
-        filled = self.x[:n]
-        normalized = normalize(filled)  # in place, as the card's and the fitted normalisers work
-        if normalized is not filled:
-            filled[...] = normalized
-        for i, ok in enumerate(valid):
-            if not ok.all():
-                self.x[i][:, ~pad_to(ok[None], shape)[0]] = 0
-        self.x[n:] = 0
+        n = len(tiles)
+        for i, tile in enumerate(tiles):
+            self.x[i].copy_(pad_to(tile.pixels, self.shape))
+            self.valid[i].copy_(pad_to(tile.valid, self.shape))
+        normalize(self.x[:n])  # in place
+        if not all(t.all_valid for t in tiles):
+            self.x[:n].masked_fill_(~self.valid[:n, None], 0)
+        if n < len(self.x):
+            self.x[n:] = 0
+            self.valid[n:] = True
         return self.x
 
 
@@ -387,12 +481,6 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield group
 
 
-def pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``(channels, *spatial)`` mirror-padded at the end of each spatial axis to ``shape``."""
-    pad = [(0, 0)] + [(0, s - n) for s, n in zip(shape, array.shape[1:], strict=True)]
-    return np.pad(array, pad, mode="symmetric") if any(p for _, p in pad) else array
-
-
 def label_counts(labels: np.ndarray, classes: int, nodata: int) -> np.ndarray:
     """Pixels per class label ``0 .. classes - 1``, then pixels labelled ``nodata``.
 
@@ -410,23 +498,17 @@ def label_counts(labels: np.ndarray, classes: int, nodata: int) -> np.ndarray:
     return np.append(found[:classes], found[nodata])
 
 
-def softmax(scores: np.ndarray) -> np.ndarray:
-    e = np.exp(scores - scores.max(axis=0, keepdims=True))
-    return e / e.sum(axis=0, keepdims=True)
-
-
-def prefetch(fn: Callable[[T], Any], items: Iterable[T]) -> Iterator[Any]:
-    """``fn(item)`` for each item, computing the next one in a thread meanwhile."""
+def prefetch(fn: Callable[[T], Any], items: Iterable[T], *, workers: int = 1) -> Iterator[Any]:
+    """``fn(item)`` for each item, in order, with up to ``workers`` of the next ones computed in threads."""
     items = list(items)
-    if not items:
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="gigaseg-read") as pool:
-        future = pool.submit(fn, items[0])
-        for item in items[1:]:
-            result = future.result()
-            future = pool.submit(fn, item)
+    with ThreadPoolExecutor(workers, thread_name_prefix="gigaseg-read") as pool:
+        pending = collections.deque(pool.submit(fn, item) for item in items[:workers])
+        for item in items[workers:]:
+            result = pending.popleft().result()
+            pending.append(pool.submit(fn, item))
             yield result
-        yield future.result()
+        while pending:
+            yield pending.popleft().result()
 
 
 @dataclass(frozen=True)
@@ -455,7 +537,7 @@ def open_runner(spec: SceneSpec, *, create: bool = False) -> BlockRunner:
         store = _open_output(spec.output, plan, fed.predictor.card, fed, spec.options, spec.model)
     else:
         store = open_store(spec.output, mode="r+")
-    return BlockRunner(plan, fed.source, fed.predictor, store, normalize=fed.normalize)
+    return BlockRunner(plan, fed.source, fed.predictor, store, normalize=fed.normalize, readers=spec.options.readers)
 
 
 def plan_scene(spec: SceneSpec) -> tuple[ModelInput, Plan]:
@@ -496,7 +578,15 @@ def load_predictor(spec: SceneSpec) -> Predictor:
         card = ModelCard.from_dict(spec.card) if spec.card else None
         model, card = load_checkpoint(spec.model, card=card)
         _PREDICTORS.clear()  # one model per worker at a time
-        _PREDICTORS[key] = Predictor(model, card, device=o.device, batch_size=o.batch_size, merge=o.merge, tta=o.tta)
+        _PREDICTORS[key] = Predictor(
+            model,
+            card,
+            device=o.device,
+            batch_size=o.batch_size,
+            merge=o.merge,
+            tta=o.tta,
+            deterministic=o.deterministic,
+        )
     return _PREDICTORS[key]
 
 

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from gigaseg.errors import InputError
 from gigaseg.io.sources import Oriented, SliceContext, Source, sample_voxels
 from gigaseg.models import ModelCard, Predictor
@@ -26,7 +24,7 @@ from gigaseg.models.intensity import fit_intensity, needs_sample
 from gigaseg.models.views import ViewPredictor
 from gigaseg.tiler.axes import AxisView
 
-Normalize = Callable[[np.ndarray], np.ndarray]
+Normalize = Callable[[Any], Any]  # in place on (N, C, ...) float32 tiles, numpy or torch
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,7 @@ def normalizer(card: ModelCard, source: Source) -> Normalize:
     """The card's intensity spec fitted on ``source`` (sampled if needed), or its mean/std."""
     spec = card.intensity
     if spec is None:
-        return card.normalize
+        return card.normalizer()
     sample = sample_voxels(source) if needs_sample(spec, mean=card.mean, std=card.std) else None
     return fit_intensity(spec, sample, channels=card.in_channels, mean=card.mean, std=card.std)
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from gigaseg.errors import ModelError, SourceError
-from gigaseg.models.intensity import check_spec
+from gigaseg.models.intensity import Intensity, check_spec
 
 
 @dataclass
@@ -108,27 +108,12 @@ class ModelCard:
         A card with an ``intensity`` spec is normalised by the spec instead, fitted
         on the scene (:mod:`gigaseg.models.intensity`, ``gigaseg.jobs.volume``).
         """
-        if self.clip is not None:
-            np.clip(tiles, self.clip[0], self.clip[1], out=tiles)
-        if self.mean is not None:
-            per_band(np.subtract, tiles, self.mean)
-        if self.std is not None:
-            per_band(np.divide, tiles, self.std)
-        return tiles
+        return self.normalizer()(tiles)
 
-
-def per_band(op: np.ufunc, tiles: np.ndarray, values: list[float]) -> None:
-    """``op(tiles[:, c], values[c])`` in place for every band ``c`` of ``(N, C, ...)`` tiles.
-
-    Tiles laid out channels-last in memory (as the pipeline reads them) would make
-    numpy broadcast a 3-element vector along its innermost loop, about 5 x slower
-    than a contiguous pass: there the values are repeated along the last axis
-    instead, so each row is one contiguous loop. Same arithmetic, same bits.
-    """
-    values = np.asarray(values, np.float32)
-    interleaved = np.moveaxis(tiles, 1, -1)
-    if tiles.ndim > 2 and interleaved.flags.c_contiguous:
-        rows = interleaved.reshape(-1, interleaved.shape[-2] * interleaved.shape[-1])
-        op(rows, np.tile(values, interleaved.shape[-2]), out=rows)
-    else:
-        op(tiles, values.reshape((1, -1) + (1,) * (tiles.ndim - 2)), out=tiles)
+    def normalizer(self) -> Intensity:
+        """The card's plain ``clip``, ``mean`` and ``std`` as a normaliser (numpy or torch tiles)."""
+        channels = self.in_channels
+        low, high = (None, None) if self.clip is None else (np.full(channels, c, np.float64) for c in self.clip)
+        mean = None if self.mean is None else np.asarray(self.mean, np.float64)
+        std = None if self.std is None else np.asarray(self.std, np.float64)
+        return Intensity(mean, std, low, high)

@@ -13,6 +13,7 @@ from gigaseg.cpu import keep_freed_memory
 from gigaseg.errors import InputError
 from gigaseg.models.card import ModelCard
 from gigaseg.models.registry import output_stride
+from gigaseg.tiler.pad import pad_to
 
 MERGES = ("probs", "logits")
 
@@ -60,6 +61,7 @@ class Predictor:
         self.batch_size = batch_size or default_batch_size(self.device)
         self.stride = output_stride(model)
         self.flips = flip_axes(card.spatial_dims) if tta else [()]
+        self.deterministic = deterministic
         if deterministic:
             use_deterministic_kernels()
         keep_freed_memory()
@@ -76,47 +78,79 @@ class Predictor:
                 f"tile {tile} is not a multiple of {self.stride}, which {self.card.arch} needs; use --tile {fixed[0]}"
             )
 
-    @torch.inference_mode()
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """``(N, C, *tile)`` normalised float32 tiles -> ``(N, K, *tile)`` float32 scores.
+    @property
+    def defers_softmax(self) -> bool:
+        """Whether :meth:`scores` can leave the softmax to its caller (``logits=True``).
 
-        Every forward pass holds exactly ``batch_size`` tiles (the last is padded):
-        convolution kernels are chosen by batch size, so a tile's scores then do not
-        depend on how many tiles came with it, and blocks of any size give the same bits.
-        Tiles whose sides are not multiples of the network's stride are mirror-padded
-        up to one and cropped back. Scores stay on the device until every batch is
-        queued, so on a GPU the host prepares and copies the next batch while the
-        model still runs on this one.
+        Merging probabilities without TTA: the stitcher then turns each tile's
+        logits into probabilities where it weights and adds them. TTA averages
+        probabilities, so it needs them here.
         """
-        shape = tiles.shape[2:]
-        tiles = pad_to_multiple(tiles, self.stride)
-        out = [
-            self._forward(_pad_batch(tiles[i : i + self.batch_size], self.batch_size))
-            for i in range(0, len(tiles), self.batch_size)
-        ]
-        scores = (out[0] if len(out) == 1 else torch.cat(out))[: len(tiles)].cpu().numpy()
-        return scores[(slice(None), slice(None), *(slice(0, n) for n in shape))]
+        return self.merge == "probs" and len(self.flips) == 1
 
-    def _forward(self, batch: np.ndarray) -> torch.Tensor:
-        # Any strides torch accepts are kept: a batch laid out channels-last in
-        # memory (as the pipeline builds it) then goes to the model without a copy.
-        x = torch.from_numpy(batch if min(batch.strides) >= 0 else np.ascontiguousarray(batch))
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+    @torch.no_grad()  # not inference_mode: the stitcher weights the scores in place afterwards
+    def scores(self, x: torch.Tensor, *, logits: bool = False) -> torch.Tensor:
+        """``(N, C, *tile)`` normalised float32 tiles on the device -> ``(N, K, *tile)`` float32 scores there.
+
+        Scores are probabilities with ``merge="probs"`` and logits with
+        ``merge="logits"``; ``logits=True`` asks for logits where
+        :attr:`defers_softmax` allows it. The pipeline's path: nothing crosses
+        to the host. ``N`` should always be
+        the same (``batch_size``): convolution kernels are chosen by batch size,
+        so a tile's scores then do not depend on how many tiles came with it.
+        Tiles whose sides are not multiples of the network's stride are
+        mirror-padded up to one and cropped back (a view). The scores are laid
+        out as the stitcher adds them fastest on the device (see :meth:`_scores`).
+        """
+        shape = x.shape[2:]
+        padded = tuple(-(-n // self.stride) * self.stride for n in shape)
+        if padded != tuple(shape):
+            x = pad_to(x, padded)
+        softmax = self.merge == "probs" and not (logits and self.defers_softmax)
         total = None
         for axes in self.flips:
-            scores = self._scores(x.flip(axes) if axes else x)
+            scores = self._scores(x.flip(axes) if axes else x, softmax=softmax)
             scores = scores.flip(axes) if axes else scores
-            total = scores if total is None else total + scores
-        return total / len(self.flips) if len(self.flips) > 1 else total
+            total = scores if total is None else total.add_(scores)
+        if len(self.flips) > 1:
+            total = total.div_(len(self.flips))
+        return total[(slice(None), slice(None), *(slice(0, n) for n in shape))]
 
-    def _scores(self, x: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        """``(N, C, *tile)`` normalised float32 tiles (numpy) -> ``(N, K, *tile)`` float32 scores (numpy).
+
+        A convenience for callers with numpy tiles: every forward pass holds
+        exactly ``batch_size`` tiles (the last is zero-padded), as in the pipeline.
+        """
+        out = []
+        for i in range(0, len(tiles), self.batch_size):
+            batch = np.ascontiguousarray(tiles[i : i + self.batch_size])
+            x = torch.zeros((self.batch_size, *batch.shape[1:]), dtype=torch.float32, device=self.device)
+            x[: len(batch)] = torch.from_numpy(batch)
+            out.append(self.scores(x)[: len(batch)].cpu())
+        return torch.cat(out).numpy()
+
+    def _scores(self, x: torch.Tensor, *, softmax: bool) -> torch.Tensor:
+        """The network's softmax probabilities (or its logits), float32, on the device.
+
+        On a GPU they are made planar (each class a contiguous plane, as the
+        stitcher's band is laid out), a fast pass there. On the CPU a 2-D
+        network's channels-last output is turned into probabilities where it
+        lies when there are 16 classes or more (a softmax along the contiguous
+        class axis, then the stitcher reads it strided): converting 16 classes
+        to planes cost more than the softmax itself. Below 16 classes torch's
+        softmax along a short innermost axis is slower than the conversion.
+        """
         x = x.contiguous(memory_format=self._memory_format)
         with self._autocast():
-            # Scores go back in plain (N, K, *tile) order, each class a contiguous plane,
-            # which is what the stitcher reads; softmax costs the same either way.
-            scores = self.model(x).float().contiguous()
-        return torch.softmax(scores, dim=1) if self.merge == "probs" else scores
+            out = self.model(x)
+        if not softmax:
+            return out.float() if self.device.type == "cpu" else out.float().contiguous()
+        channels_last = out.ndim == 4 and not out.is_contiguous()
+        if self.device.type == "cpu" and channels_last and out.shape[1] >= 16:
+            return torch.softmax(out.permute(0, 2, 3, 1), -1, dtype=torch.float32).permute(0, 3, 1, 2)
+        return torch.softmax(out.contiguous(), 1, dtype=torch.float32)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type != "cuda":
@@ -149,13 +183,6 @@ def pad_to_multiple(tiles: np.ndarray, multiple: int) -> np.ndarray:
     if not any(p for _, p in pad):
         return tiles
     return np.pad(tiles, pad, mode="symmetric")
-
-
-def _pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
-    if len(batch) == size:
-        return batch
-    padding = np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)
-    return np.concatenate([batch, padding])
 
 
 def default_batch_size(device: torch.device) -> int:

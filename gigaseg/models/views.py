@@ -10,6 +10,7 @@ axis; that axis is squeezed away so a 2-D network sees each slice as an image.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from gigaseg.models.card import ModelCard
 from gigaseg.models.inference import Predictor
@@ -51,13 +52,31 @@ class ViewPredictor:
     def check_tile(self, tile: tuple[int, ...]) -> None:
         self.predictor.check_tile(self.model_shape(tile))
 
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """``(N, C, *tile)`` in scene order -> ``(N, K, *tile)`` scores in scene order.
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    @property
+    def defers_softmax(self) -> bool:
+        return self.predictor.defers_softmax
+
+    def scores(self, tiles: torch.Tensor, *, logits: bool = False) -> torch.Tensor:
+        """``(N, C, *tile)`` in scene order -> ``(N, K, *tile)`` scores in scene order, on the device.
 
         The scores are a view of the network's output, in its memory order
         (:attr:`scores_order`): copying a 3-D tile's scores back to the
         scene's order would cost more than adding them up where they go.
         """
+        x = self.view.to_model(tiles)
+        if self.slice_axis is not None:
+            x = x.squeeze(2 + self.slice_axis)
+        scores = self.predictor.scores(x.contiguous(), logits=logits)
+        if self.slice_axis is not None:
+            scores = scores.unsqueeze(2 + self.slice_axis)
+        return self.view.to_scene(scores)
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        """:meth:`scores` for numpy tiles, returning numpy scores (a view in :attr:`scores_order`)."""
         x = self.view.to_model(tiles)
         if self.slice_axis is not None:
             x = x.squeeze(2 + self.slice_axis)

@@ -10,6 +10,7 @@ the stitcher and the store never leave the scene's own voxel grid.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,22 +38,29 @@ class AxisView:
         """The model axis that shows ``scene_axis``."""
         return self.order.index(scene_axis)
 
-    def to_model(self, array: np.ndarray, *, lead: int = 2) -> np.ndarray:
-        """``(*lead axes, *scene axes)`` -> ``(*lead axes, *model axes)``."""
-        moved = array.transpose(*range(lead), *(lead + a for a in self.order))
+    def to_model(self, array: Any, *, lead: int = 2) -> Any:
+        """``(*lead axes, *scene axes)`` -> ``(*lead axes, *model axes)``; numpy or torch."""
+        moved = _permute(array, (*range(lead), *(lead + a for a in self.order)))
         return self._flip(moved, lead)
 
-    def to_scene(self, array: np.ndarray, *, lead: int = 2) -> np.ndarray:
+    def to_scene(self, array: Any, *, lead: int = 2) -> Any:
         """The inverse of :meth:`to_model`."""
         inverse = [self.order.index(a) for a in range(len(self.order))]
-        return self._flip(array, lead).transpose(*range(lead), *(lead + m for m in inverse))
+        return _permute(self._flip(array, lead), (*range(lead), *(lead + m for m in inverse)))
 
     def shape_to_model(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(shape[a] for a in self.order)
 
-    def _flip(self, array: np.ndarray, lead: int) -> np.ndarray:
+    def _flip(self, array: Any, lead: int) -> Any:
         axes = tuple(lead + m for m, f in enumerate(self.flip) if f)
-        return np.flip(array, axis=axes) if axes else array
+        if not axes:
+            return array
+        return np.flip(array, axis=axes) if isinstance(array, np.ndarray) else array.flip(axes)
+
+
+def _permute(array: Any, axes: tuple[int, ...]) -> Any:
+    """``array`` with its axes in the order ``axes``: a view, for numpy arrays and torch tensors."""
+    return array.transpose(*axes) if isinstance(array, np.ndarray) else array.permute(*axes)
 
 
 def contiguous(view: np.ndarray, *, block: int = 8) -> np.ndarray:
