@@ -16,6 +16,15 @@ UTM = "EPSG:32633"
 UTM_TRANSFORM = from_origin(500000.0, 6000000.0, 10.0, 10.0)
 
 
+def needs_cuda(test):
+    """A GPU test: it skips where torch sees no CUDA device. CI machines have none, so
+    there it skips too; the GPU benchmark script runs these (``pytest -m gpu``)."""
+    import torch
+
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    return pytest.mark.gpu(skip(test))
+
+
 def require(available: bool, reason: str) -> None:
     """Skip a test locally when a service or device is absent; fail in CI (CI=true)."""
     if available:

@@ -112,6 +112,16 @@ def test_bad_inputs_give_one_clear_line(tmp_path, inputs):
     assert not out.exists()
 
 
+def test_segment_dry_run_prints_the_plan_and_its_memory_and_writes_nothing(tmp_path, inputs):
+    tif, model = inputs
+    out = tmp_path / "o.zarr"
+    result = run("segment", tif, "--model", model, "--out", out, "--dry-run", "--band-memory", "1GiB")
+    assert result.exit_code == 0, result.output
+    assert "tiles of [32, 32]" in result.output and "GiB host" in result.output and "new" in result.output
+    assert not out.exists()
+    assert_one_line_error(run("segment", tif, "--model", model, "--out", out, "--band-memory", "lots"), "memory size")
+
+
 def test_existing_output_needs_overwrite(tmp_path, inputs):
     tif, model = inputs
     out = tmp_path / "o.zarr"

@@ -75,3 +75,24 @@ def test_bad_specs_are_refused(spec, message):
 def test_describe_round_trips():
     norm = Intensity(np.array([1.0]), np.array([2.0]), np.array([-1.0]), np.array([3.0]))
     assert Intensity(**{k: np.array(v) for k, v in norm.describe().items()}).describe() == norm.describe()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_normalising_torch_tensors_gives_numpys_bits(channels_last):
+    import torch
+
+    norm = Intensity(np.array([70.0, 71.0, 72.5]), np.array([30.0, 31.0, 0.3]), np.full(3, 10.0), np.full(3, 200.0))
+    raw = np.random.default_rng(0).integers(0, 255, (4, 3, 16, 24)).astype(np.float32)
+    x = torch.from_numpy(raw.copy())
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert norm(x) is x
+    assert np.array_equal(x.numpy(), norm(raw.copy()))
+    volume = np.random.default_rng(1).normal(size=(2, 3, 5, 6, 7)).astype(np.float32) * 100
+    assert np.array_equal(norm(torch.from_numpy(volume.copy())).numpy(), norm(volume.copy()))
+
+
+def test_a_cards_plain_normaliser_is_an_intensity_with_the_cards_values():
+    card = ModelCard(arch="conv", in_channels=2, classes=["a"], clip=[-5.0, 5.0], mean=[1.0, 2.0], std=[2.0, 4.0])
+    described = card.normalizer().describe()
+    assert described == {"mean": [1.0, 2.0], "std": [2.0, 4.0], "low": [-5.0, -5.0], "high": [5.0, 5.0]}

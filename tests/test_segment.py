@@ -10,7 +10,7 @@ from rasterio.crs import CRS
 from gigaseg.errors import InputError
 from gigaseg.jobs.segment import SegmentOptions, segment
 from gigaseg.models import load_checkpoint
-from tests.conftest import UTM_TRANSFORM, write_tiff
+from tests.conftest import UTM_TRANSFORM, needs_cuda, write_tiff
 
 
 def whole_image_scores(model_path, image, *, softmax=True):
@@ -200,12 +200,88 @@ def test_resume_skips_done_blocks_and_gives_the_same_bits(tmp_path, make_tiff, u
     assert resumed.attrs["gigaseg"]["complete"] is True
 
 
-def test_deterministic_option_gives_the_same_bits_as_a_default_run(tmp_path, make_tiff, unet_model):
-    """On the CPU kernels are deterministic either way; the flag must not change results."""
+def test_deterministic_option_reaches_the_predictor_and_torch(tmp_path, make_tiff, unet_model):
+    """The flag must turn deterministic kernels on (it was once dropped on its way to the
+    Predictor); on the CPU, where kernels are deterministic anyway, the bits do not change."""
+    from gigaseg.jobs import segment as pipeline
+
     tif = make_tiff((3, 100, 90))
-    for name, flag in (("a.zarr", False), ("b.zarr", True)):
-        segment(tif, unet_model, tmp_path / name, SegmentOptions(probabilities="float32", deterministic=flag))
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(False)
+        for name, flag in (("a.zarr", False), ("b.zarr", True)):
+            segment(tif, unet_model, tmp_path / name, SegmentOptions(probabilities="float32", deterministic=flag))
+            (predictor,) = pipeline._PREDICTORS.values()
+            assert predictor.deterministic is flag
+            assert torch.are_deterministic_algorithms_enabled() is flag
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before)
+        torch.backends.cudnn.deterministic = False
     a, b = read_store(tmp_path / "a.zarr"), read_store(tmp_path / "b.zarr")
+    assert np.array_equal(a["probabilities"][:], b["probabilities"][:])
+
+
+def test_a_scene_of_few_tiles_runs_one_batch_of_that_many(tmp_path, make_tiff, pointwise_model):
+    from gigaseg.jobs.segment import SceneSpec, open_runner
+
+    tif = make_tiff((3, 100, 120))  # 2 x 3 tiles of 64 with overlap 16
+    spec = SceneSpec(str(tif), str(pointwise_model), str(tmp_path / "o.zarr"), SegmentOptions(batch_size=64))
+    runner = open_runner(spec, create=True)
+    assert runner.plan.grid.size == 6 and runner.batch_size == 6
+
+
+def test_several_reader_threads_give_the_same_bits(tmp_path, make_tiff, unet_model):
+    tif = make_tiff((3, 260, 150))
+    for name, readers in (("one.zarr", 1), ("four.zarr", 4)):
+        segment(
+            tif,
+            unet_model,
+            tmp_path / name,
+            SegmentOptions(block=128, chunk=32, readers=readers, probabilities="float32"),
+        )
+    one, four = read_store(tmp_path / "one.zarr"), read_store(tmp_path / "four.zarr")
+    assert np.array_equal(one["probabilities"][:], four["probabilities"][:])
+    assert np.array_equal(one["mask"][:], four["mask"][:])
+
+
+def test_many_classes_narrow_the_blocks_to_the_band_budget(tmp_path):
+    from gigaseg.jobs.segment import make_plan
+    from gigaseg.models import ModelCard
+    from gigaseg.tiler.stitch import band_bytes
+
+    card = ModelCard(
+        arch="conv", in_channels=1, classes=[f"c{i}" for i in range(104)], spatial_dims=3, tile=96, overlap=16
+    )
+    plan = make_plan((400, 512, 512), card, SegmentOptions(), pixel_size=1.0, stride=1)
+    band = band_bytes(96 + plan.blocks.chunk[0], plan.blocks.block[1] * plan.blocks.block[2], 104)
+    assert band <= 4 * 2**30 and plan.blocks.block[1:] == (192, 192)
+    few = ModelCard(arch="conv", in_channels=1, classes=["a", "b", "c", "d"], spatial_dims=3, tile=96, overlap=16)
+    assert make_plan((400, 512, 512), few, SegmentOptions(), pixel_size=1.0, stride=1).blocks.block[1:] == (512, 512)
+    tight = make_plan((400, 512, 512), card, SegmentOptions(band_memory="1GiB"), pixel_size=1.0, stride=1)
+    assert tight.blocks.block[1:] == (64, 64)
+
+
+@needs_cuda
+def test_on_a_gpu_the_mask_agrees_with_the_cpus(tmp_path, make_tiff, unet_model):
+    """bfloat16 autocast on the GPU: labels may differ only where classes nearly tie."""
+    tif = make_tiff((3, 300, 410))
+    for device in ("cpu", "cuda"):
+        options = SegmentOptions(block=128, chunk=64, probabilities="float32", device=device)
+        segment(tif, unet_model, tmp_path / f"{device}.zarr", options)
+    cpu, gpu = read_store(tmp_path / "cpu.zarr"), read_store(tmp_path / "cuda.zarr")
+    np.testing.assert_allclose(gpu["probabilities"][:], cpu["probabilities"][:], atol=0.05)
+    assert (gpu["mask"][:] == cpu["mask"][:]).mean() > 0.98
+
+
+@needs_cuda
+def test_on_a_gpu_deterministic_runs_give_identical_masks(tmp_path, make_tiff, unet_model):
+    tif = make_tiff((3, 300, 410))
+    for name in ("a.zarr", "b.zarr"):
+        options = SegmentOptions(probabilities="float16", device="cuda", deterministic=True, batch_size=4)
+        segment(tif, unet_model, tmp_path / name, options)
+    a, b = read_store(tmp_path / "a.zarr"), read_store(tmp_path / "b.zarr")
+    assert np.array_equal(a["mask"][:], b["mask"][:])
     assert np.array_equal(a["probabilities"][:], b["probabilities"][:])
 
 

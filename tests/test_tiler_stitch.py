@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gigaseg.tiler import BlockGrid, Stitcher, TileGrid, argmax, blend_window
+from tests.conftest import needs_cuda
 from tests.test_tiler_grid import grids
 
 
@@ -167,3 +168,116 @@ def test_an_order_that_is_not_a_permutation_is_refused():
     grid = TileGrid.create((20, 10), 8, 2)
     with pytest.raises(ValueError, match="permutation"):
         Stitcher(grid, whole_region(grid), 2, order=(0, 0))
+
+
+# --- the device-resident stitcher -----------------------------------------------------------
+
+
+def numpy_oracle(grid, region, scores_of, classes):
+    """A plain numpy accumulation over the whole region: float32 ``acc += scores * window``
+    in global tile order, labels by argmax, probabilities by the product of the 1-D sums."""
+    window = blend_window("gaussian", grid.tile)
+    acc = np.zeros((classes, *region.shape), np.float32)
+    for index in itertools.product(*(range(c) for c in grid.counts)):
+        box = grid.tile_box(index)
+        part = box.intersection(region)
+        if part is None:
+            continue
+        src = part.slices(box.start)
+        weighted = np.multiply(scores_of(box)[(slice(None), *src)], window[src])
+        acc[(slice(None), *part.slices(region.start))] += weighted
+    sums = Stitcher(grid, region, classes)._sums
+    weights = sums[0].numpy()
+    for s in sums[1:]:
+        weights = np.multiply.outer(weights, s.numpy())
+    return acc.argmax(axis=0), acc / weights
+
+
+@given(grids(), st.integers(1, 9), st.integers(2, 5))
+@settings(max_examples=80, deadline=None)
+def test_the_torch_stitcher_equals_a_numpy_accumulation_bit_for_bit(grid, chunk, classes):
+    """On the CPU: the same multiply and add per element, in the same order, so the same bits;
+    with a ring band that wraps (depth = tile + chunk rows) and releases of any height."""
+    field = np.random.default_rng(4).random((classes, *grid.shape)).astype(np.float32)
+
+    def scores_of(box):
+        return field[(slice(None), *box.slices())] * np.float32(1 + box.start[0] % 3)
+
+    region = whole_region(grid)
+    labels = np.zeros(grid.shape, np.uint8)
+    got = stitch_region(grid, region, scores_of, classes, depth=grid.tile[0] + chunk, chunk=chunk, labels=labels)
+    expected_labels, expected = numpy_oracle(grid, region, scores_of, classes)
+    assert np.array_equal(got, expected)
+    assert np.array_equal(labels, expected_labels)
+
+
+def test_released_rows_carry_nodata_and_probabilities_in_the_store_dtype():
+    grid = TileGrid.create((12, 10), 8, 2)
+    region = whole_region(grid)
+    field = np.random.default_rng(5).random((3, *grid.shape)).astype(np.float32)
+    valid = np.ones(grid.shape, bool)
+    valid[2:4, 3:7] = False
+    rows = {}
+    for kind in ("float32", "float16", "uint8"):
+        stitcher = Stitcher(grid, region, 3, nodata=255)
+        for index in itertools.product(*(range(c) for c in grid.counts)):
+            box = grid.tile_box(index)
+            stitcher.add(box, field[(slice(None), *box.slices())], valid[box.slices()])
+        rows[kind] = stitcher.release(region.stop[0], scores=kind)
+    p = rows["float32"].scores
+    assert (rows["float32"].labels[~valid] == 255).all() and (rows["float32"].labels[valid] < 3).all()
+    assert (p[:, ~valid] == 0).all()
+    assert np.array_equal(rows["float16"].scores, p.astype(np.float16))
+    assert np.array_equal(rows["uint8"].scores, np.rint(p * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("classes", [3, 20])
+def test_logits_made_probabilities_piece_by_piece_match_whole_tile_probabilities(classes):
+    """``softmax=True`` (the pipeline's CPU path) against probabilities computed per whole tile."""
+    import torch
+
+    grid = TileGrid.create((70, 90), 32, 8)
+    region = whole_region(grid)
+    logits = np.random.default_rng(6).normal(size=(classes, *grid.shape)).astype(np.float32)
+    raw = Stitcher(grid, region, classes, softmax=True)
+    plain = Stitcher(grid, region, classes)
+    for index in itertools.product(*(range(c) for c in grid.counts)):
+        box = grid.tile_box(index)
+        tile = logits[(slice(None), *box.slices())]
+        cl = torch.from_numpy(np.ascontiguousarray(np.moveaxis(tile, 0, -1))).permute(2, 0, 1)  # classes last
+        raw.add_batch([box], cl[None].clone(), torch.ones((1, *box.shape), dtype=torch.bool))
+        plain.add(box, torch.softmax(torch.from_numpy(tile), 0).numpy(), np.ones(box.shape, bool))
+    a, b = raw.release(region.stop[0], scores=True), plain.release(region.stop[0], scores=True)
+    np.testing.assert_allclose(a.scores, b.scores, atol=2e-6)
+
+
+@needs_cuda
+@given(grids(), st.integers(1, 9))
+@settings(max_examples=40, deadline=None)
+def test_on_cuda_labels_equal_the_cpus_but_at_ties_and_probabilities_agree(grid, chunk):
+    import torch
+
+    classes = 4
+    field = np.random.default_rng(7).random((classes, *grid.shape)).astype(np.float32)
+    region = whole_region(grid)
+    depth = grid.tile[0] + chunk
+    found = {}
+    for device in ("cpu", "cuda"):
+        stitcher = Stitcher(grid, region, classes, depth=depth, device=device)
+        labels, probs = np.zeros(grid.shape, np.uint8), np.zeros((classes, *grid.shape), np.float32)
+        for row in range(grid.counts[0]):
+            for rest in itertools.product(*(range(c) for c in grid.counts[1:])):
+                box = grid.tile_box((row, *rest))
+                scores = torch.from_numpy(field[(slice(None), *box.slices())].copy()).to(device)
+                stitcher.add(box, scores, torch.ones(box.shape, dtype=torch.bool, device=device))
+            until = region.stop[0] if row == grid.counts[0] - 1 else grid.origins[0][row + 1] // chunk * chunk
+            if until > stitcher.start:
+                rows = stitcher.release(until, scores=True).wait()
+                labels[rows.box.slices()] = rows.labels
+                probs[(slice(None), *rows.box.slices())] = rows.scores
+        found[device] = labels, probs
+    (cpu_labels, cpu_probs), (gpu_labels, gpu_probs) = found["cpu"], found["cuda"]
+    np.testing.assert_allclose(gpu_probs, cpu_probs, rtol=1e-5, atol=1e-6)
+    top2 = np.sort(cpu_probs, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1e-5
+    assert np.array_equal(gpu_labels[clear], cpu_labels[clear])

@@ -133,6 +133,15 @@ def _volume(value: str | None) -> int | str | None:
 @click.option("--tta", is_flag=True, help="Average the scores of all flips of each tile (4x the work in 2-D).")
 @click.option("--deterministic", is_flag=True, help="CUDA: deterministic kernels, bit-identical GPU runs.")
 @click.option(
+    "--readers", type=click.IntRange(min=1), default=None, help="Reader threads [1 on CPU; up to 8 for a GPU]."
+)
+@click.option(
+    "--band-memory",
+    default=None,
+    help="Budget of the stitcher's band (e.g. 4GiB, the default); blocks narrow to fit many classes.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan and the memory it will take; run nothing.")
+@click.option(
     "--card",
     "card_path",
     type=click.Path(path_type=Path),
@@ -140,7 +149,13 @@ def _volume(value: str | None) -> int | str | None:
     help="Model card (JSON) for a plain smp/MONAI state_dict trained elsewhere.",
 )
 def segment(
-    input_path: Path, model_path: Path, output: Path, refine_method: str | None, card_path: Path | None, **kw: Any
+    input_path: Path,
+    model_path: Path,
+    output: Path,
+    refine_method: str | None,
+    card_path: Path | None,
+    dry_run: bool,
+    **kw: Any,
 ) -> None:
     """Segment INPUT (a GeoTIFF or any GDAL raster, or a NIfTI volume) into a Zarr mask."""
     from gigaseg.jobs.segment import SegmentOptions
@@ -160,6 +175,13 @@ def segment(
             "progress": sys.stderr.isatty(),
         },
     )
+    if dry_run:
+        from gigaseg.jobs.plan import describe_scene
+        from gigaseg.jobs.segment import SceneSpec
+
+        spec = SceneSpec(str(input_path), str(model_path), str(output), options, card.to_dict() if card else None)
+        click.echo(describe_scene(spec))
+        return
     summary = run(input_path, model_path, output, options, card=card)
     click.echo(summary.line())
 

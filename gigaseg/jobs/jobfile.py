@@ -34,6 +34,8 @@ class Tiling(Strict):
     block: int = Field(16384, gt=0)
     chunk: int = Field(512, gt=0)
     batch_size: int | None = Field(None, gt=0)
+    readers: int | None = Field(None, gt=0)
+    band_memory: int | str | None = None
 
 
 class Output(Strict):
@@ -103,6 +105,8 @@ class Job(Strict):
             block=t.block,
             chunk=t.chunk,
             batch_size=t.batch_size,
+            readers=t.readers,
+            band_memory=t.band_memory,
             device=self.device,
             deterministic=self.deterministic,
             probabilities=o.probabilities,

@@ -1,4 +1,4 @@
-"""``gigaseg run --dry-run``: the plan of a scene, its predicted memory, what exists."""
+"""``--dry-run``: the plan of a scene, what a run will hold in memory, what exists."""
 
 from __future__ import annotations
 
@@ -6,47 +6,70 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from gigaseg.io.store import is_store, open_store
-from gigaseg.jobs.segment import Plan, SceneSpec, load_predictor, plan_scene
+import torch
+
+from gigaseg.io.sources import ReadsNative, Source
+from gigaseg.io.store import PROBABILITY_DTYPES, is_store, open_store
+from gigaseg.jobs.memory import Footprint, footprint, gpu_batch_size
+from gigaseg.jobs.segment import SceneSpec, default_readers, load_predictor, plan_scene
+from gigaseg.models.inference import resolve_device
 from gigaseg.tiler import halo_overhead
-
-# Rough activation memory of a small encoder-decoder per input pixel in a batch
-# (float32, a few 64-channel feature maps alive at once); an estimate, not a bound.
-ACTIVATION_BYTES_PER_PIXEL = 64 * 4 * 4
+from gigaseg.tiler.stitch import band_bytes
 
 
-def predicted_memory(plan: Plan, *, channels: int, classes: int, batch: int, params: int) -> dict[str, int]:
-    """Peak bytes per worker on the host and on the GPU, from the plan's sizes."""
-    tile = math.prod(plan.grid.tile)
-    width = math.prod(plan.blocks.block[1:])
-    tile_width = math.prod(t + b for t, b in zip(plan.grid.tile[1:], plan.blocks.block[1:], strict=True))
-    band = plan.grid.tile[0] + plan.blocks.chunk[0]
-    row_tiles = math.prod(
-        math.ceil(b / s) + 1 for b, s in zip(plan.blocks.block[1:], plan.grid.stride[1:], strict=True)
-    )
-    stitcher = band * width * (classes * 4 + 1)  # float32 scores, bool validity
-    strips = 3 * plan.grid.tile[0] * tile_width * (channels * 4 + 1)  # in use, next, being read (float32 at most)
-    row = row_tiles * tile * (channels + 1 + classes) * 4
-    model = params * 4 + batch * tile * ACTIVATION_BYTES_PER_PIXEL
-    return {"host": stitcher + strips + row + model, "gpu": model}
+def scene_footprint(spec: SceneSpec) -> tuple[str, Footprint]:
+    """The plan's one-line summary and its predicted memory on the device the run will use.
 
-
-def describe_scene(spec: SceneSpec) -> str:
+    The model is loaded on the CPU (a dry run takes no GPU memory); batch size and
+    reader threads are those the run would choose on its device.
+    """
+    device = resolve_device(spec.options.device)
     cpu = replace(spec, options=replace(spec.options, device="cpu"))
     fed, plan = plan_scene(cpu)
     source, card = fed.source, fed.predictor.card
-    params = sum(p.numel() for p in load_predictor(cpu).model.parameters())
-    memory = predicted_memory(
-        plan, channels=source.channels, classes=card.num_classes, batch=fed.predictor.batch_size, params=params
+    gpu = device.type == "cuda"
+    band = band_bytes(plan.grid.tile[0] + plan.blocks.chunk[0], math.prod(plan.blocks.block[1:]), card.num_classes)
+    batch = spec.options.batch_size or fed.predictor.batch_size
+    if gpu and not spec.options.batch_size:
+        free, _ = torch.cuda.mem_get_info(device)
+        batch = gpu_batch_size(
+            free=free, tile=plan.grid.tile, channels=source.channels, classes=card.num_classes, band=band
+        )
+    batch = min(batch, plan.grid.size)
+    stored = spec.options.probabilities or ("uint8" if spec.options.refine else None)
+    memory = footprint(
+        tile=plan.grid.tile,
+        block=plan.blocks.block,
+        chunk=plan.blocks.chunk[0],
+        channels=source.channels,
+        classes=card.num_classes,
+        batch=batch,
+        params=sum(p.numel() for p in load_predictor(cpu).model.parameters()),
+        gpu=gpu,
+        readers=spec.options.readers or default_readers(device),
+        pixel_bytes=strip_pixel_bytes(source),
+        probability_bytes=PROBABILITY_DTYPES[stored]().itemsize if stored else 0,
     )
     overhead = halo_overhead(plan.grid, plan.blocks)
     work = plan.grid.size * overhead * math.prod(plan.grid.tile) / 1e6
-    return (
-        f"{spec.input}: shape {list(plan.grid.shape)}, {plan.blocks.size} blocks of {list(plan.blocks.block)}, "
-        f"{plan.grid.size} tiles of {list(plan.grid.tile)} (x{overhead:.3f} with halos, {work:.1f} Mpix of "
-        f"model work), peak per worker ~{memory['host'] / 2**20:.0f} MB host / "
-        f"~{memory['gpu'] / 2**20:.0f} MB GPU; output {spec.output}: {existing(spec.output)}"
+    summary = (
+        f"{spec.input}: shape {list(plan.grid.shape)}, {card.num_classes} classes, {plan.blocks.size} blocks of "
+        f"{list(plan.blocks.block)}, {plan.grid.size} tiles of {list(plan.grid.tile)} (x{overhead:.3f} with halos, "
+        f"{work:.1f} Mpix of model work), batch {batch} on {device.type}; peak per worker {memory.describe()}"
     )
+    return summary, memory
+
+
+def strip_pixel_bytes(source: Source) -> int:
+    """Bytes per value of the strips the pipeline reads: 8- and 16-bit integers stay as they are."""
+    native = getattr(source, "dtype", None)
+    small = isinstance(source, ReadsNative) and native is not None and native.kind in "iu" and native.itemsize <= 2
+    return native.itemsize if small else 4
+
+
+def describe_scene(spec: SceneSpec) -> str:
+    summary, _ = scene_footprint(spec)
+    return f"{summary}; output {spec.output}: {existing(spec.output)}"
 
 
 def existing(output: str | Path) -> str:

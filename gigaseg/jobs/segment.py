@@ -31,12 +31,14 @@ from gigaseg.errors import InputError
 from gigaseg.faults import maybe_fail_write
 from gigaseg.io.sources import ReadsNative, Source, open_source
 from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store, remove_partials
+from gigaseg.jobs.memory import fit_block_side, gpu_batch_size, parse_bytes
 from gigaseg.jobs.volume import ModelInput, Normalize, model_input
 from gigaseg.models import ModelCard, Predictor, load_checkpoint
 from gigaseg.models.views import ViewPredictor
 from gigaseg.refine import RefineOptions
 from gigaseg.tiler import BlockGrid, Box, Released, Scratch, Stitcher, TileGrid, blend_window, to_pixels
 from gigaseg.tiler.pad import pad_to
+from gigaseg.tiler.stitch import band_bytes
 
 T = TypeVar("T")
 Length = int | str  # pixels, or a string such as "3840m" in CRS units or "80mm"
@@ -74,6 +76,7 @@ class SegmentOptions:
     tta: bool = False  # average the scores of every flip of each tile
     deterministic: bool = False  # CUDA: deterministic kernels (bit-identical GPU runs)
     readers: int | None = None  # reader threads: 1 on a CPU, up to 8 for a GPU
+    band_memory: int | str | None = None  # the stitcher band's budget ("4GiB"); blocks narrow to fit
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,16 @@ def make_plan(
     grid = TileGrid.create(shape, tile, overlap)
     block = options.block or DEFAULT_BLOCK.get(ndim, DEFAULT_BLOCK[3])
     chunk = options.chunk or DEFAULT_CHUNK.get(ndim, DEFAULT_CHUNK[3])
-    blocks = BlockGrid.create(shape, max_block=block, chunk=chunk)
+    side = fit_block_side(
+        depth=grid.tile[0] + chunk,
+        classes=card.num_classes,
+        ndim=ndim,
+        budget=parse_bytes(options.band_memory),
+        chunk=chunk,
+        limit=block,
+    )
+    # Blocks stream along axis 0, so only their cross-section sets the band's size.
+    blocks = BlockGrid.create(shape, max_block=(block, *(side,) * (ndim - 1)), chunk=chunk)
     blend_window(options.blend, (1,))  # validates the name early
     return Plan(grid, blocks, options.blend, options.merge, options.tta)
 
@@ -564,6 +576,12 @@ def plan_scene(spec: SceneSpec) -> tuple[ModelInput, Plan]:
         flat_axis=fed.flat_axis,
     )
     fed.predictor.check_tile(plan.grid.tile)
+    if options.batch_size is None and predictor.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(predictor.device)
+        band = band_bytes(plan.grid.tile[0] + plan.blocks.chunk[0], math.prod(plan.blocks.block[1:]), card.num_classes)
+        predictor.batch_size = gpu_batch_size(
+            free=free, tile=plan.grid.tile, channels=fed.source.channels, classes=card.num_classes, band=band
+        )
     return fed, plan
 
 

@@ -55,6 +55,11 @@ from gigaseg.tiler.windows import Profile, blend_profiles
 PROBABILITY_DTYPES = ("float32", "float16", "uint8")
 
 
+def band_bytes(depth: int, width: int, classes: int) -> int:
+    """Memory of a stitcher's band: ``depth`` rows of ``width`` pixels, float32 per class and a validity byte."""
+    return depth * width * (4 * classes + 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Released:
     """Finished rows of a region, on the host, as the store holds them.
