@@ -32,6 +32,7 @@ class Settings:
     monai_limit_mb: int = 8192
     dask_workers: tuple[int, ...] = (1, 2)
     inline: bool = False  # measure in this process (the smoke test), not in fresh workers
+    device: str = "cpu"  # the GPU cases' device (bench.gpu)
 
     @property
     def tile(self) -> tuple[int, int]:
@@ -376,6 +377,77 @@ def scaling(ctx: Context) -> list[Row]:
     return rows
 
 
+# --- 7. the class count ----------------------------------------------------------------------
+
+
+def classes(ctx: Context) -> list[Row]:
+    """The one-convolution model at 4, 8 and 16 classes: what the host side carries as classes grow."""
+    s = ctx.settings
+    side = s.side(8192, 512)
+    scene = str(inputs.scene(side, bands=4, data=s.data))
+    runs = {}
+    for k in (4, 8, 16):
+        model = str(inputs.conv_model(k, tile=s.tile[0], overlap=s.tile[1], data=s.data))
+        runs[f"{k} classes"] = (
+            "gigaseg",
+            {"input": scene, "model": model, "out": ctx.output("c7.zarr"), "batch_size": 8},
+        )
+    found = ctx.measure(runs)
+    rows = _speed_rows("7", found, f"conv {side}^2, 4 bands")
+    m = found["16 classes"]
+    value = m.mpix_per_s or None
+    rows.append(
+        Row(
+            "7",
+            "conv, 16 classes: segment throughput",
+            value,
+            "Mpix/s",
+            target=">= 9.0 (2 x 4.5 before the device path)",
+            met=None if value is None or s.quick else value >= 9.0,
+            note=f"batch 8, {s.threads} threads; peak RSS {m.peak_rss_mb:.0f} MiB",
+        )
+    )
+    return rows
+
+
+# --- 8. many classes in 3-D, bounded memory ------------------------------------------------
+
+
+def many_classes(ctx: Context) -> list[Row]:
+    """A 104-class 3-D model on a 512 x 512 x 400 volume on the CPU: peak RSS within 8 GiB and the dry run."""
+    s = ctx.settings
+    shape = (48, 48, 40) if s.quick else (512, 512, 400)
+    tile, overlap = (32, 8) if s.quick else (96, 16)
+    path = str(inputs.volume(shape, data=s.data))
+    model = str(inputs.model3d("conv3d", {}, tile=tile, overlap=overlap, classes=104, data=s.data))
+    params = {"input": path, "model": model, "out": ctx.output("c8.zarr"), "device": "cpu"}
+    plan = ctx.measure_once("dry_run", params)
+    found = ctx.measure({"gigaseg": ("gigaseg", {**params, "batch_size": 1})}, repeats=1)
+    m = found["gigaseg"]
+    predicted = plan.get("host", 0) / 2**20
+    limit = 8 * MIB_PER_GB
+    return [
+        *_speed_rows("8", found, "104-class conv3d"),
+        Row(
+            "8",
+            "104 classes, 3-D: peak RSS",
+            m.peak_rss_mb or None,
+            "MiB",
+            target=f"<= {limit} MiB",
+            met=None if m.error else m.peak_rss_mb <= limit,
+            note=m.error or f"{'x'.join(map(str, shape))}, tile {tile}/{overlap}",
+        ),
+        Row(
+            "8",
+            "104 classes, 3-D: peak RSS / dry-run estimate",
+            m.peak_rss_mb / predicted if predicted else None,
+            target="<= 1.0",
+            met=None if m.error or not predicted else m.peak_rss_mb <= predicted,
+            note=f"dry run: {predicted:.0f} MiB host",
+        ),
+    ]
+
+
 CASES: dict[int, Callable[[Context], list[Row]]] = {
     1: pipeline_efficiency,
     2: versus_peers,
@@ -383,4 +455,6 @@ CASES: dict[int, Callable[[Context], list[Row]]] = {
     4: halo,
     5: volume,
     6: scaling,
+    7: classes,
+    8: many_classes,
 }

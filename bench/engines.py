@@ -23,21 +23,50 @@ import numpy as np
 Result = dict[str, Any]
 
 
-def gigaseg(*, input: str, model: str, out: str, batch_size: int, **options: Any) -> Result:
+def gigaseg(*, input: str, model: str, out: str, batch_size: int | None, device: str = "cpu", **options: Any) -> Result:
     """``gigaseg segment``: file on disk to Zarr on disk, model loading included.
 
     The network's Python modules are imported before the clock, as every other
     engine's are (they build their model before it): ``import monai``, which
     the 3-D U-Net needs, takes 1.3-2.3 s, a once-per-process cost that is not
     tiling. ``segment`` still reads the checkpoint and builds the model inside it.
+    On a GPU the result also holds the batch size gigaseg chose, the seconds its
+    model thread waited for the readers and the writer, and the peak GPU memory.
     """
-    from gigaseg.jobs.segment import SegmentOptions, segment
+    from gigaseg.jobs.segment import SceneSpec, SegmentOptions, open_runner, run_blocks, segment
+    from gigaseg.refine import RefineOptions
 
     _load(model)  # imports only: segment() loads the checkpoint again, on the clock
+    refine = options.pop("refine", None)
+    opts = SegmentOptions(
+        batch_size=batch_size,
+        overwrite=True,
+        device=device,
+        refine=RefineOptions(method=refine) if refine else None,
+        **options,
+    )
+    _reset_peak(device)
     started = time.perf_counter()
-    summary = segment(input, model, out, SegmentOptions(batch_size=batch_size, overwrite=True, **options))
+    extra: dict[str, Any] = {}
+    if refine:
+        summary = segment(input, model, out, opts)
+    else:
+        runner = open_runner(SceneSpec(input, model, out, opts), create=True)
+        summary = run_blocks(runner, out, False)
+        extra = {"batch": runner.batch_size, "readers": runner.readers, "waits": runner.waits}
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "pixels": summary.pixels, "tiles": planned_tiles(input, model, **options)}
+    tiles = planned_tiles(input, model, **{k: v for k, v in options.items() if k in ("block", "chunk", "band_memory")})
+    return {"seconds": seconds, "pixels": summary.pixels, "tiles": tiles, **extra, **_peak(device)}
+
+
+def dry_run(*, input: str, model: str, out: str, device: str = "cpu", **options: Any) -> Result:
+    """What ``--dry-run`` predicts for this run: batch size and peak bytes on the host and the GPU."""
+    from gigaseg.jobs.plan import scene_footprint
+    from gigaseg.jobs.segment import SceneSpec, SegmentOptions
+
+    summary, memory = scene_footprint(SceneSpec(input, model, out, SegmentOptions(device=device, **options)))
+    batch = int(summary.split(", batch ")[1].split(" ")[0])
+    return {"seconds": 0.0, "pixels": 0, "tiles": 0, "batch": batch, "host": memory.host, "device": memory.device}
 
 
 def planned_tiles(input: str, model: str, **options: Any) -> int:
@@ -45,70 +74,82 @@ def planned_tiles(input: str, model: str, **options: Any) -> int:
     from gigaseg.jobs.segment import SceneSpec, SegmentOptions, plan_scene
     from gigaseg.tiler.grid import halo_overhead
 
-    _, plan = plan_scene(SceneSpec(input, model, "", SegmentOptions(**options)))
+    _, plan = plan_scene(SceneSpec(input, model, "", SegmentOptions(device="cpu", **options)))
     return round(halo_overhead(plan.grid, plan.blocks) * plan.grid.size)
 
 
-def forward(*, input: str, model: str, batch_size: int, tiles: int, distinct: int = 16) -> Result:
+def forward(*, input: str, model: str, batch_size: int, tiles: int, distinct: int = 16, device: str = "cpu") -> Result:
     """The pure model forward on ``tiles`` tiles of the scene, ``batch_size`` at a time.
 
     The batches are cut from the scene's own tiles and built before the clock
-    starts (up to ``distinct`` different tiles, reused in turn); only
-    ``model(batch)`` is timed, under ``inference_mode`` and channels_last, as
-    gigaseg's predictor runs it.
+    starts (up to ``distinct`` different tiles, reused in turn), already on the
+    device; only ``model(batch)`` is timed, under ``inference_mode`` and
+    channels_last (2-D), as gigaseg's predictor runs it: on a GPU in bfloat16
+    autocast, with cuDNN's autotuner on, synchronised before the clock stops.
     """
     import torch
 
     net, card = _load(model)
-    source = _image(input)
-    grid = _grid(source.shape[1:], card)
-    picks = np.linspace(0, grid.size - 1, min(distinct, grid.size)).astype(int)
-    boxes = [grid.tile_box(np.unravel_index(i, grid.counts)) for i in picks]
-    pool = np.stack([_padded(source[(slice(None), *b.slices())], grid.tile) for b in boxes])
+    grid, pool = _tile_pool(input, card, distinct)
     pool = card.normalize(pool)
     layout = torch.channels_last if len(grid.tile) == 2 else torch.contiguous_format
     count = math.ceil(tiles / batch_size)
     batches = [
-        torch.from_numpy(np.take(pool, range(i * batch_size, (i + 1) * batch_size), axis=0, mode="wrap")).contiguous(
-            memory_format=layout
-        )
+        torch.from_numpy(np.take(pool, range(i * batch_size, (i + 1) * batch_size), axis=0, mode="wrap"))
+        .to(device)
+        .contiguous(memory_format=layout)
         for i in range(min(count, len(pool)))
     ]
-    net = net.to(memory_format=layout)
-    with torch.inference_mode():
+    net = net.to(device, memory_format=layout).eval()
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    with torch.inference_mode(), _autocast(device):
         net(batches[0])  # warm-up, as gigaseg's first batch is not special either
+        _sync(device)
         started = time.perf_counter()
         for i in range(count):
             net(batches[i % len(batches)])
+        _sync(device)
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "pixels": int(np.prod(source.shape[1:])), "tiles": count * batch_size}
+    return {"seconds": seconds, "pixels": math.prod(grid.shape), "tiles": count * batch_size}
 
 
-def monai(*, input: str, model: str, batch_size: int) -> Result:
-    """MONAI ``sliding_window_inference`` on the scene in memory, gaussian blending."""
+def monai(*, input: str, model: str, batch_size: int, device: str = "cpu") -> Result:
+    """MONAI ``sliding_window_inference`` on the scene in memory, gaussian blending.
+
+    On a GPU the scene is put in GPU memory before the clock (MONAI's best case),
+    the network runs in bfloat16 autocast, channels-last, with cuDNN's autotuner,
+    and the probabilities and argmax stay on the device; the clock stops with the
+    uint8 mask on the device, synchronised.
+    """
     net, card = _load(model)
     image = _normalised(input, card)
     grid = _grid(image.shape[1:], card)
+    net = _on(net, device, len(grid.tile))
+    x = _tensor(image, device)
+    _sync(device)
     started = time.perf_counter()
-    mask = _monai(net, image, grid, batch_size)
+    mask = _monai(net, x, grid, batch_size, device)
+    _sync(device)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "pixels": mask.size, "tiles": grid.size}
+    return {"seconds": seconds, "pixels": math.prod(mask.shape), "tiles": grid.size, **_peak(device)}
 
 
-def monai_mask(*, input: str, model: str, batch_size: int) -> np.ndarray:
+def monai_mask(*, input: str, model: str, batch_size: int, device: str = "cpu") -> np.ndarray:
     """MONAI's label mask of the scene (for checking that the engines agree)."""
     net, card = _load(model)
     image = _normalised(input, card)
-    return _monai(net, image, _grid(image.shape[1:], card), batch_size)
+    grid = _grid(image.shape[1:], card)
+    return _monai(_on(net, device, len(grid.tile)), _tensor(image, device), grid, batch_size, device).cpu().numpy()
 
 
-def _monai(net: Any, image: np.ndarray, grid: Any, batch_size: int) -> np.ndarray:
+def _monai(net: Any, image: Any, grid: Any, batch_size: int, device: str = "cpu") -> Any:
     import torch
     from monai.inferers import sliding_window_inference
 
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device):
         probs = sliding_window_inference(
-            torch.from_numpy(image)[None],
+            image[None],
             roi_size=grid.tile,
             sw_batch_size=batch_size,
             predictor=_softmax(net),
@@ -116,7 +157,7 @@ def _monai(net: Any, image: np.ndarray, grid: Any, batch_size: int) -> np.ndarra
             mode="gaussian",
             sigma_scale=0.125,
         )
-        return probs[0].argmax(0).to(torch.uint8).numpy()
+        return probs[0].argmax(0).to(torch.uint8)
 
 
 def toolbelt(*, input: str, model: str, batch_size: int) -> Result:
@@ -194,6 +235,7 @@ def dask(*, inputs: list[str], model: str, out: str, batch_size: int, workers: i
 
 ENGINES: dict[str, Callable[..., Result]] = {
     "gigaseg": gigaseg,
+    "dry_run": dry_run,
     "forward": forward,
     "monai": monai,
     "toolbelt": toolbelt,
@@ -247,9 +289,87 @@ def _softmax(net: Any) -> Callable[[Any], Any]:
     import torch
 
     def predict(x: Any) -> Any:
-        return torch.softmax(net(x.contiguous(memory_format=_layout(x))), 1)
+        return torch.softmax(net(x.contiguous(memory_format=_layout(x))), 1, dtype=torch.float32)
 
     return predict
+
+
+def _tile_pool(path: str, card: Any, distinct: int) -> tuple[Any, np.ndarray]:
+    """The scene's grid and up to ``distinct`` of its tiles, spread over it, as float32 (padded)."""
+    grid = _grid(_shape(path), card)
+    picks = np.linspace(0, grid.size - 1, min(distinct, grid.size)).astype(int)
+    boxes = [grid.tile_box(np.unravel_index(i, grid.counts)) for i in picks]
+    if path.endswith((".nii", ".nii.gz")):
+        image = _image(path)
+        tiles = [image[(slice(None), *b.slices())] for b in boxes]
+    else:
+        import rasterio
+        from rasterio.windows import Window
+
+        with rasterio.open(path) as ds:
+            tiles = [
+                ds.read(window=Window(b.start[1], b.start[0], *b.shape[::-1]), out_dtype=np.float32) for b in boxes
+            ]
+    return grid, np.stack([_padded(t, grid.tile) for t in tiles])
+
+
+def _shape(path: str) -> tuple[int, ...]:
+    """The scene's spatial shape: a volume's in nibabel's (i, j, k) order, a raster's (rows, cols)."""
+    if path.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return tuple(nib.load(path).shape[:3])
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return (ds.height, ds.width)
+
+
+def _on(net: Any, device: str, ndim: int) -> Any:
+    import torch
+
+    if not device.startswith("cuda"):
+        return net  # on the CPU as the CPU cases have always run it
+    torch.backends.cudnn.benchmark = True
+    return net.to(device, memory_format=torch.channels_last if ndim == 2 else torch.contiguous_format).eval()
+
+
+def _tensor(image: np.ndarray, device: str) -> Any:
+    import torch
+
+    return torch.from_numpy(image).to(device)
+
+
+def _autocast(device: str) -> Any:
+    import contextlib
+
+    import torch
+
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak(device: str) -> dict[str, float]:
+    import torch
+
+    if not device.startswith("cuda"):
+        return {}
+    return {"gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20}
 
 
 def _layout(x: Any) -> Any:

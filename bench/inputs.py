@@ -63,6 +63,52 @@ def model(name: str, *, tile: int = 512, overlap: int = 64, data: Path = DATA) -
     return path
 
 
+def tiled_scene(side: int, *, bands: int = 4, seed: int = 0, data: Path = DATA) -> Path:
+    """A square uint8 scene of ``side`` pixels, DEFLATE, 512 x 512 internal tiles, written fast.
+
+    For the GPU cases (16384^2 in seconds on many cores, where the land-cover
+    generator takes minutes): classes as 64-pixel cells of a seeded random map,
+    a band mean per class and pixel noise, so it compresses and decodes about
+    as real 8-bit imagery does. Compression runs on every core (GDAL NUM_THREADS).
+    """
+    import rasterio
+    from rasterio.transform import from_origin
+
+    path = data / f"tiled_{side}_{bands}b_u8_s{seed}.tif"
+    if path.exists():
+        return path
+    data.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, 4, (side // 64 + 1, side // 64 + 1))
+    means = rng.integers(30, 220, (4, bands)).astype(np.int16)
+    profile = {
+        "driver": "GTiff",
+        "height": side,
+        "width": side,
+        "count": bands,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": from_origin(500000.0, 6000000.0, 10.0, 10.0),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "photometric": "minisblack",
+        "interleave": "pixel",
+        "num_threads": "all_cpus",
+    }
+    tmp = path.with_name("partial_" + path.name)
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for row in range(0, side, 2048):
+            h = min(2048, side - row)
+            classes = np.repeat(np.repeat(cells[row // 64 : (row + h) // 64 + 1], 64, 0), 64, 1)[:h, :side]
+            noise = rng.integers(-12, 13, (bands, h, side), dtype=np.int16)
+            image = np.clip(means[classes].transpose(2, 0, 1) + noise, 0, 255).astype(np.uint8)
+            dst.write(image, window=rasterio.windows.Window(0, row, side, h))
+    os.replace(tmp, path)
+    return path
+
+
 def volume(shape: tuple[int, int, int], *, seed: int = 0, data: Path = DATA) -> Path:
     """A CT-like int16 NIfTI volume of ``shape`` (i, j, k), 1 mm voxels.
 
@@ -87,16 +133,63 @@ def volume(shape: tuple[int, int, int], *, seed: int = 0, data: Path = DATA) -> 
     return path
 
 
-def model3d(arch: str, arch_kwargs: dict[str, Any], *, tile: int, overlap: int, data: Path = DATA) -> Path:
-    """A seeded, untrained 1-channel, 4-class 3-D checkpoint for CT-like volumes (HU)."""
-    path = data / f"model3d_{arch}_{tile}_{overlap}.pt"
+def gpu_model(name: str, *, data: Path = DATA) -> Path:
+    """The GPU cases' 2-D models: the bundled land-cover U-Net, or a seeded smp U-Net
+    with a ResNet-34 encoder, 4 bands and 8 classes (tile 512, overlap 64)."""
+    if name == "bundled":
+        from gigaseg.jobs.demo import BUNDLED_2D, bundled_model
+
+        return Path(str(bundled_model(BUNDLED_2D)))
+    path = data / "model_unet_resnet34_8c.pt"
+    if not path.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        init_checkpoint(
+            path,
+            arch="unet",
+            encoder="resnet34",
+            in_channels=4,
+            classes=[f"class{i}" for i in range(8)],
+            tile=512,
+            overlap=64,
+            mean=[MEAN] * 4,
+            std=[STD] * 4,
+            seed=1,
+        )
+    return path
+
+
+def conv_model(classes: int, *, tile: int = 512, overlap: int = 64, data: Path = DATA) -> Path:
+    """A seeded one-convolution checkpoint, 4 bands, ``classes`` classes."""
+    path = data / f"model_conv4b_{classes}c_{tile}_{overlap}.pt"
+    if not path.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        init_checkpoint(
+            path,
+            arch="conv",
+            in_channels=4,
+            classes=[f"class{i}" for i in range(classes)],
+            tile=tile,
+            overlap=overlap,
+            mean=[MEAN] * 4,
+            std=[STD] * 4,
+            seed=1,
+        )
+    return path
+
+
+def model3d(
+    arch: str, arch_kwargs: dict[str, Any], *, tile: int, overlap: int, classes: int = 4, data: Path = DATA
+) -> Path:
+    """A seeded, untrained 1-channel 3-D checkpoint for CT-like volumes (HU); 4 classes unless asked."""
+    suffix = "" if classes == 4 else f"_{classes}c"
+    path = data / f"model3d_{arch}_{tile}_{overlap}{suffix}.pt"
     if not path.exists():
         data.mkdir(parents=True, exist_ok=True)
         init_checkpoint(
             path,
             arch=arch,
             in_channels=1,
-            classes=["background", "organ1", "organ2", "organ3"],
+            classes=["background", "organ1", "organ2", "organ3"] if classes == 4 else [f"c{i}" for i in range(classes)],
             tile=tile,
             overlap=overlap,
             spatial_dims=3,

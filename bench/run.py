@@ -16,6 +16,7 @@ import platform
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 from bench.cases import CASES, Context, Row, Settings
 
@@ -24,7 +25,10 @@ HEADER = ["case", "measure", "value", "target", "met", "note"]
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(map(str, CASES)), help="comma-separated case numbers")
+    parser.add_argument("--cases", default=None, help="comma-separated case numbers [all of the device's]")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu: cases 1-8; cuda: the GPU cases 11-15 (bench/gpu.py, bench/gpu.sh)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: a smoke run")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions per engine (best kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of every engine")
@@ -41,15 +45,33 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.quick:
         s = replace(s, data=s.data / "quick", out=s.out / "quick")
     given = {"repeats": args.repeats, "threads": args.threads, "batch_size": args.batch_size}
-    return replace(s, **{k: v for k, v in given.items() if v is not None})
+    return replace(s, device=device_of(args), **{k: v for k, v in given.items() if v is not None})
 
 
-def run(settings: Settings, cases: list[int]) -> list[Row]:
+def device_of(args: argparse.Namespace) -> str:
+    """The device the cases run on; ``--device cuda --quick`` without a GPU dry-runs on the CPU."""
+    import torch
+
+    if not args.device.startswith("cuda") or torch.cuda.is_available():
+        return args.device
+    if args.quick:
+        print("no CUDA device: the GPU cases run on the CPU at tiny sizes (a dry run, no GPU numbers)", flush=True)
+        return "cpu"
+    raise SystemExit("python -m bench: error: --device cuda needs a CUDA device (add --quick for a dry run on the CPU)")
+
+
+def case_table(device: str) -> dict[int, Any]:
+    from bench.gpu import GPU_CASES
+
+    return GPU_CASES if device.startswith("cuda") else CASES
+
+
+def run(settings: Settings, cases: list[int], table_of_cases: dict[int, Any] = CASES) -> list[Row]:
     ctx = Context(settings)
     rows: list[Row] = []
     for number in cases:
         started = time.perf_counter()
-        found = CASES[number](ctx)
+        found = table_of_cases[number](ctx)
         print(f"case {number}: {time.perf_counter() - started:.0f} s", flush=True)
         print(table(found), flush=True)
         rows += found
@@ -85,13 +107,15 @@ def machine() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    cases = [int(c) for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in cases if c not in CASES]
+    gpu = args.device.startswith("cuda")
+    known = case_table(args.device if gpu else "cpu")
+    cases = [int(c) for c in args.cases.split(",") if c.strip()] if args.cases else list(known)
+    unknown = [c for c in cases if c not in known]
     if unknown:
-        raise SystemExit(f"python -m bench: error: unknown cases {unknown}; cases are {sorted(CASES)}")
+        raise SystemExit(f"python -m bench: error: unknown cases {unknown}; cases are {sorted(known)}")
     settings = settings_from(args)
     print(" ".join(f"{k}={v}" for k, v in machine().items()), flush=True)
-    rows = run(settings, cases)
+    rows = run(settings, cases, known)
     print("\nall cases:\n" + table(rows))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=2))

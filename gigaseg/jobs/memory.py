@@ -117,7 +117,14 @@ def footprint(
     return Footprint(PROCESS_BYTES + on_device + 2 * released, 0, band)
 
 
+# The most pixels in one forward pass on a GPU (64 tiles of 512^2, 18 of 96^3): enough to keep
+# the device busy, and activations stay bounded whatever the free memory.
+GPU_BATCH_PIXELS = 64 * 512 * 512
+
+
 def gpu_batch_size(*, free: int, tile: tuple[int, ...], channels: int, classes: int, band: int) -> int:
-    """Tiles per forward pass on a GPU with ``free`` bytes: half of what the band leaves, 1 to 64."""
-    per_tile = math.prod(tile) * (channels * 4 + 1 + classes * GPU_SCORE_BYTES + ACTIVATION_BYTES_PER_PIXEL)
-    return int(max(1, min(64, (free - band) // 2 // per_tile)))
+    """Tiles per forward pass on a GPU with ``free`` bytes: half of what the band leaves, at most
+    :data:`GPU_BATCH_PIXELS` pixels, at least one tile."""
+    pixels = math.prod(tile)
+    per_tile = pixels * (channels * 4 + 1 + classes * GPU_SCORE_BYTES + ACTIVATION_BYTES_PER_PIXEL)
+    return int(max(1, min(GPU_BATCH_PIXELS // pixels, (free - band) // 2 // per_tile)))

@@ -224,6 +224,9 @@ class BlockRunner:
         self.classes = predictor.card.num_classes
         self.device = predictor.device
         self.readers = readers or default_readers(self.device)
+        # Writers: one on a CPU (its cores run the model); on a GPU the host's cores are
+        # free, and a band of labels every few milliseconds needs several to compress.
+        self.writers = 1 if self.device.type == "cpu" else 4
         # A fixed batch shape for the whole scene (kernels are chosen by batch size),
         # but never more tiles than the scene has: a 9-tile scene runs one batch of 9.
         self.batch_size = min(predictor.batch_size, plan.grid.size)
@@ -263,7 +266,7 @@ class BlockRunner:
         keep = probability_dtype(self.store)
         origins, last_row = grid.origins[0], ranges[0][-1]
         strips = prefetch(lambda r: self._read_strip(r, ranges), ranges[0], workers=self.readers)
-        with WriteBehind(self._write, self.classes) as writer:
+        with WriteBehind(self._write, self.classes, pending=self.writers) as writer:
             for run, scores, valid in self._scored(self._tiles(ranges, strips)):
                 stitcher.add_batch([t.box for t in run], scores, valid)
                 tile = run[-1]
@@ -271,11 +274,10 @@ class BlockRunner:
                     continue
                 until = box.stop[0] if tile.row == last_row else origins[tile.row + 1] // chunk * chunk
                 if until > stitcher.start:
-                    rows = stitcher.release(until, scores=keep)
                     started = time.perf_counter()
-                    writer.wait()  # one released band in memory at a time
+                    writer.room()  # at most `writers` released bands in memory
                     self.waits["write"] += time.perf_counter() - started
-                    writer.submit(rows)
+                    writer.submit(stitcher.release(until, scores=keep))
         with self.store.io_errors():
             maybe_fail_write(index)
         self.store.mark_done(index)
@@ -455,26 +457,33 @@ class TileBatch:
 
 
 class WriteBehind:
-    """Write released rows in a thread while the model computes the next ones.
+    """Write released rows in threads while the model computes the next ones.
 
-    At most one write is pending, so memory grows by one released band at most.
-    Leaving the block waits for the last write, and raises its error if it failed.
+    At most ``pending`` writes are under way (each in its own thread: rows of a
+    block go to different chunks), so memory grows by that many released bands
+    at most. :meth:`room` waits until one more may start. Leaving the block
+    waits for every write, and raises the first error if one failed.
     """
 
-    def __init__(self, write: Callable[..., np.ndarray], classes: int) -> None:
+    def __init__(self, write: Callable[..., np.ndarray], classes: int, *, pending: int = 1) -> None:
         self._write = write
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gigaseg-write")
-        self._pending: Future[np.ndarray] | None = None
+        self._limit = pending
+        self._pool = ThreadPoolExecutor(pending, thread_name_prefix="gigaseg-write")
+        self._pending: collections.deque[Future[np.ndarray]] = collections.deque()
         self.counts = np.zeros(classes + 1, np.int64)
 
     def submit(self, *args: Any) -> None:
-        self.wait()
-        self._pending = self._pool.submit(self._write, *args)
+        self.room()
+        self._pending.append(self._pool.submit(self._write, *args))
+
+    def room(self) -> None:
+        """Wait until fewer than ``pending`` writes are under way."""
+        while len(self._pending) >= self._limit:
+            self.counts += self._pending.popleft().result()
 
     def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self.counts += pending.result()
+        while self._pending:
+            self.counts += self._pending.popleft().result()
 
     def __enter__(self) -> WriteBehind:
         return self
