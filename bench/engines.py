@@ -53,7 +53,7 @@ def gigaseg(*, input: str, model: str, out: str, batch_size: int | None, device:
     else:
         runner = open_runner(SceneSpec(input, model, out, opts), create=True)
         summary = run_blocks(runner, out, False)
-        extra = {"batch": runner.batch_size, "readers": runner.readers, "waits": runner.waits}
+        extra = {"batch": runner.batch_size, "readers": runner.readers, "timings": runner.timings}
     seconds = time.perf_counter() - started
     tiles = planned_tiles(input, model, **{k: v for k, v in options.items() if k in ("block", "chunk", "band_memory")})
     return {"seconds": seconds, "pixels": summary.pixels, "tiles": tiles, **extra, **_peak(device)}

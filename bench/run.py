@@ -66,7 +66,14 @@ def case_table(device: str) -> dict[int, Any]:
     return GPU_CASES if device.startswith("cuda") else CASES
 
 
-def run(settings: Settings, cases: list[int], table_of_cases: dict[int, Any] = CASES) -> list[Row]:
+def run(
+    settings: Settings,
+    cases: list[int],
+    table_of_cases: dict[int, Any] = CASES,
+    *,
+    save: Path | None = None,
+) -> list[Row]:
+    """Run the cases in order; with ``save`` the rows so far are written after each case."""
     ctx = Context(settings)
     rows: list[Row] = []
     for number in cases:
@@ -75,6 +82,8 @@ def run(settings: Settings, cases: list[int], table_of_cases: dict[int, Any] = C
         print(f"case {number}: {time.perf_counter() - started:.0f} s", flush=True)
         print(table(found), flush=True)
         rows += found
+        if save:
+            save.write_text(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=2))
     return rows
 
 
@@ -115,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"python -m bench: error: unknown cases {unknown}; cases are {sorted(known)}")
     settings = settings_from(args)
     print(" ".join(f"{k}={v}" for k, v in machine().items()), flush=True)
-    rows = run(settings, cases, known)
+    rows = run(settings, cases, known, save=args.json)
     print("\nall cases:\n" + table(rows))
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=2))
     missed = [r for r in rows if r.met is False]
     return 1 if missed else 0

@@ -9,6 +9,7 @@ written and dropped. Memory is bounded by block width, never by scene size.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import math
@@ -232,8 +233,12 @@ class BlockRunner:
         self.batch_size = min(predictor.batch_size, plan.grid.size)
         self.channels_last = len(plan.grid.tile) == 2  # how 2-D networks take their input
         self.on_write: Callable[[Box], None] | None = None  # told of every box written (refinement)
-        self.waits = {"read": 0.0, "write": 0.0}  # seconds the model's thread waited on each
+        # Seconds of the model's thread: waiting on readers and writers, and its own host time
+        # building batches, launching the network, adding and releasing (on a GPU the device
+        # works meanwhile, so these sum to the wall time only where the host is the bottleneck).
+        self.timings = dict.fromkeys(("read", "write", "fill", "model", "add", "release"), 0.0)
         self._local = threading.local()  # blocks may run in several threads of one process
+        self._written = threading.Lock()
 
     def _scratch(self) -> Scratch:
         """This thread's stitcher buffers, kept from block to block (see :class:`Scratch`)."""
@@ -268,7 +273,8 @@ class BlockRunner:
         strips = prefetch(lambda r: self._read_strip(r, ranges), ranges[0], workers=self.readers)
         with WriteBehind(self._write, self.classes, pending=self.writers) as writer:
             for run, scores, valid in self._scored(self._tiles(ranges, strips)):
-                stitcher.add_batch([t.box for t in run], scores, valid)
+                with self._timed("add"):
+                    stitcher.add_batch([t.box for t in run], scores, valid)
                 tile = run[-1]
                 if not tile.ends_row:
                     continue
@@ -276,8 +282,9 @@ class BlockRunner:
                 if until > stitcher.start:
                     started = time.perf_counter()
                     writer.room()  # at most `writers` released bands in memory
-                    self.waits["write"] += time.perf_counter() - started
-                    writer.submit(stitcher.release(until, scores=keep))
+                    self.timings["write"] += time.perf_counter() - started
+                    with self._timed("release"):
+                        writer.submit(stitcher.release(until, scores=keep))
         with self.store.io_errors():
             maybe_fail_write(index)
         self.store.mark_done(index)
@@ -307,7 +314,7 @@ class BlockRunner:
         for row in ranges[0]:
             started = time.perf_counter()
             strip = next(strips).ready()
-            self.waits["read"] += time.perf_counter() - started
+            self.timings["read"] += time.perf_counter() - started
             indices = [(row, *rest) for rest in itertools.product(*ranges[1:])]
             for n, tile_index in enumerate(indices):
                 tile_box = grid.tile_box(tile_index)
@@ -328,14 +335,22 @@ class BlockRunner:
             self.batch_size, self.source.channels, shape, channels_last=self.channels_last, device=self.device
         )
         for group in batched(tiles, self.batch_size):
-            x = batch.fill(group, self.normalize)
+            with self._timed("fill"):
+                x = batch.fill(group, self.normalize)
             for tile in group:
                 tile.pixels = None  # its strip may go as soon as the next one is in
-            scores = self.predictor.scores(x, logits=self.predictor.defers_softmax)
+            with self._timed("model"):
+                scores = self.predictor.scores(x, logits=self.predictor.defers_softmax)
             start = 0
             for end in [i + 1 for i, t in enumerate(group) if t.ends_row or i == len(group) - 1]:
                 yield group[start:end], scores[start:end], batch.valid[start:end]
                 start = end
+
+    @contextlib.contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.timings[name] += time.perf_counter() - started
 
     def _write(self, rows: Released) -> np.ndarray:
         """Count and write released rows (in the writer thread): labels carry nodata already."""
@@ -343,7 +358,8 @@ class BlockRunner:
         counts = label_counts(rows.labels, self.classes, self.store.nodata)
         self.store.write(rows.box, rows.labels, rows.scores)
         if self.on_write:
-            self.on_write(rows.box)
+            with self._written:  # writers may run in several threads; the refine stage is told in turn
+                self.on_write(rows.box)
         return counts
 
 

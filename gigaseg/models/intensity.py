@@ -13,6 +13,7 @@ its valid pixels that the caller reads (see ``gigaseg.io.sources.sample_voxels``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -94,8 +95,7 @@ class Intensity:
             rows, repeat = tiles.permute(0, 2, 3, 1).reshape(n * h, w * c), w
 
         def vector(values: np.ndarray) -> Any:
-            v = torch.as_tensor(np.asarray(values, np.float32), device=tiles.device)
-            return v.repeat(repeat) if repeat else v.view(1, -1, *(1,) * (tiles.ndim - 2))
+            return _vector(tuple(float(v) for v in values), str(tiles.device), repeat or 0, tiles.ndim)
 
         if self.low is not None and self.high is not None:
             rows.clamp_(min=vector(self.low), max=vector(self.high))
@@ -108,6 +108,16 @@ class Intensity:
     def describe(self) -> dict[str, Any]:
         values = {"mean": self.mean, "std": self.std, "low": self.low, "high": self.high}
         return {k: None if v is None else [float(x) for x in v] for k, v in values.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _vector(values: tuple[float, ...], device: str, repeat: int, ndim: int) -> Any:
+    """Per-channel values as a float32 tensor on ``device``, shaped to broadcast (or repeated
+    ``repeat`` times along a row); made once: a copy to a GPU per batch would wait for the GPU."""
+    import torch
+
+    v = torch.tensor(values, dtype=torch.float32, device=device)
+    return v.repeat(repeat) if repeat else v.view(1, -1, *(1,) * (ndim - 2))
 
 
 def per_band(op: np.ufunc, tiles: np.ndarray, values: Any) -> None:

@@ -7,6 +7,7 @@ device (a gather along each short axis).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,16 @@ def mirror_index(n: int, size: int) -> np.ndarray:
 
 def pad_to(tensor: Any, shape: tuple[int, ...]) -> Any:
     """A torch tensor ``(..., *spatial)`` mirror-padded at the end of its last axes to ``shape``."""
-    import torch
-
     lead = tensor.ndim - len(shape)
     for axis, (n, size) in enumerate(zip(tensor.shape[lead:], shape, strict=True)):
         if n != size:
-            index = torch.as_tensor(mirror_index(n, size), device=tensor.device)
-            tensor = tensor.index_select(lead + axis, index)
+            tensor = tensor.index_select(lead + axis, _index(n, size, str(tensor.device)))
     return tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _index(n: int, size: int, device: str) -> Any:
+    """:func:`mirror_index` as a tensor on ``device``, made once (no copy to a GPU per tile)."""
+    import torch
+
+    return torch.as_tensor(mirror_index(n, size), device=device)
