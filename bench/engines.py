@@ -23,15 +23,26 @@ import numpy as np
 Result = dict[str, Any]
 
 
-def gigaseg(*, input: str, model: str, out: str, batch_size: int | None, device: str = "cpu", **options: Any) -> Result:
+def gigaseg(
+    *,
+    input: str,
+    model: str,
+    out: str,
+    batch_size: int | None,
+    device: str = "cpu",
+    steady: bool = False,
+    **options: Any,
+) -> Result:
     """``gigaseg segment``: file on disk to Zarr on disk, model loading included.
 
     The network's Python modules are imported before the clock, as every other
     engine's are (they build their model before it): ``import monai``, which
     the 3-D U-Net needs, takes 1.3-2.3 s, a once-per-process cost that is not
     tiling. ``segment`` still reads the checkpoint and builds the model inside it.
-    On a GPU the result also holds the batch size gigaseg chose, the seconds its
-    model thread waited for the readers and the writer, and the peak GPU memory.
+    On a GPU the result also holds the batch size gigaseg chose, where its model
+    thread spent its seconds, and the peak GPU memory. With ``steady`` the clock
+    starts after opening (model loaded, store created) and one warm-up batch, as
+    the forward engine's does; ``open_seconds`` says what opening took.
     """
     from gigaseg.jobs.segment import SceneSpec, SegmentOptions, open_runner, run_blocks, segment
     from gigaseg.refine import RefineOptions
@@ -52,11 +63,29 @@ def gigaseg(*, input: str, model: str, out: str, batch_size: int | None, device:
         summary = segment(input, model, out, opts)
     else:
         runner = open_runner(SceneSpec(input, model, out, opts), create=True)
+        if steady:  # the forward engine's warm-up, here too; opening stays reported
+            _warm_up(runner, device)
+            extra["open_seconds"] = time.perf_counter() - started
+            started = time.perf_counter()
         summary = run_blocks(runner, out, False)
-        extra = {"batch": runner.batch_size, "readers": runner.readers, "timings": runner.timings}
+        extra |= {"batch": runner.batch_size, "readers": runner.readers, "timings": runner.timings}
+    _sync(device)
     seconds = time.perf_counter() - started
     tiles = planned_tiles(input, model, **{k: v for k, v in options.items() if k in ("block", "chunk", "band_memory")})
     return {"seconds": seconds, "pixels": summary.pixels, "tiles": tiles, **extra, **_peak(device)}
+
+
+def _warm_up(runner: Any, device: str) -> None:
+    """One batch of zeros through the network: CUDA and cuDNN initialise their kernels."""
+    import torch
+
+    p = runner.predictor
+    channels, tile = runner.source.channels, runner.plan.grid.tile
+    x = torch.zeros((runner.batch_size, channels, *tile), device=device)
+    if len(tile) == 2:
+        x = x.contiguous(memory_format=torch.channels_last)
+    p.scores(x)
+    _sync(device)
 
 
 def dry_run(*, input: str, model: str, out: str, device: str = "cpu", **options: Any) -> Result:
@@ -85,7 +114,7 @@ def forward(*, input: str, model: str, batch_size: int, tiles: int, distinct: in
     starts (up to ``distinct`` different tiles, reused in turn), already on the
     device; only ``model(batch)`` is timed, under ``inference_mode`` and
     channels_last (2-D), as gigaseg's predictor runs it: on a GPU in bfloat16
-    autocast, with cuDNN's autotuner on, synchronised before the clock stops.
+    autocast (cuDNN's autotuner off, as in gigaseg), synchronised before the clock stops.
     """
     import torch
 
@@ -101,8 +130,6 @@ def forward(*, input: str, model: str, batch_size: int, tiles: int, distinct: in
         for i in range(min(count, len(pool)))
     ]
     net = net.to(device, memory_format=layout).eval()
-    if device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True
     with torch.inference_mode(), _autocast(device):
         net(batches[0])  # warm-up, as gigaseg's first batch is not special either
         _sync(device)
@@ -118,7 +145,7 @@ def monai(*, input: str, model: str, batch_size: int, device: str = "cpu") -> Re
     """MONAI ``sliding_window_inference`` on the scene in memory, gaussian blending.
 
     On a GPU the scene is put in GPU memory before the clock (MONAI's best case),
-    the network runs in bfloat16 autocast, channels-last, with cuDNN's autotuner,
+    the network runs in bfloat16 autocast, channels-last, as gigaseg's does,
     and the probabilities and argmax stay on the device; the clock stops with the
     uint8 mask on the device, synchronised.
     """
@@ -330,7 +357,6 @@ def _on(net: Any, device: str, ndim: int) -> Any:
 
     if not device.startswith("cuda"):
         return net  # on the CPU as the CPU cases have always run it
-    torch.backends.cudnn.benchmark = True
     return net.to(device, memory_format=torch.channels_last if ndim == 2 else torch.contiguous_format).eval()
 
 

@@ -245,7 +245,8 @@ def test_logits_made_probabilities_piece_by_piece_match_whole_tile_probabilities
         box = grid.tile_box(index)
         tile = logits[(slice(None), *box.slices())]
         cl = torch.from_numpy(np.ascontiguousarray(np.moveaxis(tile, 0, -1))).permute(2, 0, 1)  # classes last
-        raw.add_batch([box], cl[None].clone(), torch.ones((1, *box.shape), dtype=torch.bool))
+        raw.add_batch([box], cl[None].clone())
+        raw.set_valid(box, torch.ones(box.shape, dtype=torch.bool))
         plain.add(box, torch.softmax(torch.from_numpy(tile), 0).numpy(), np.ones(box.shape, bool))
     a, b = raw.release(region.stop[0], scores=True), plain.release(region.stop[0], scores=True)
     np.testing.assert_allclose(a.scores, b.scores, atol=2e-6)

@@ -33,6 +33,7 @@ from gigaseg.faults import maybe_fail_write
 from gigaseg.io.sources import ReadsNative, Source, open_source
 from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store, remove_partials
 from gigaseg.jobs.memory import fit_block_side, gpu_batch_size, parse_bytes
+from gigaseg.jobs.strips import Strip, prefetch, read_strips
 from gigaseg.jobs.volume import ModelInput, Normalize, model_input
 from gigaseg.models import ModelCard, Predictor, load_checkpoint
 from gigaseg.models.views import ViewPredictor
@@ -270,12 +271,14 @@ class BlockRunner:
         )
         keep = probability_dtype(self.store)
         origins, last_row = grid.origins[0], ranges[0][-1]
-        strips = prefetch(lambda r: self._read_strip(r, ranges), ranges[0], workers=self.readers)
+        strips = self._strips(ranges)
         with WriteBehind(self._write, self.classes, pending=self.writers) as writer:
-            for run, scores, valid in self._scored(self._tiles(ranges, strips)):
-                with self._timed("add"):
-                    stitcher.add_batch([t.box for t in run], scores, valid)
+            for run, scores in self._scored(self._tiles(ranges, strips)):
                 tile = run[-1]
+                with self._timed("add"):
+                    stitcher.add_batch([t.box for t in run], scores)
+                    if tile.ends_row:  # the row's tiles are in: its pixels' validity, once per row
+                        stitcher.set_valid(tile.strip.box, tile.strip.valid)
                 if not tile.ends_row:
                     continue
                 until = box.stop[0] if tile.row == last_row else origins[tile.row + 1] // chunk * chunk
@@ -290,41 +293,49 @@ class BlockRunner:
         self.store.mark_done(index)
         return writer.counts
 
-    def _read_strip(self, row: int, ranges: tuple[range, ...]) -> Strip:
-        """One tile row's pixels, staged on the model's device; runs in a reader thread.
+    def _strips(self, ranges: tuple[range, ...]) -> Iterator[Strip]:
+        """The block's tile rows as strips staged on the model's device, read ahead in threads.
 
         Small integer pixels stay in their own type (a uint8 strip is a quarter
         of a float32 one) and are converted and normalised on the device, batch
         by batch (:class:`TileBatch`). For 2-D models the pixels are laid out
-        channels-last, as the network takes them.
+        channels-last, as the network takes them. Rasters with internal blocks
+        are read by whole block rows, each decoded once (:mod:`gigaseg.jobs.strips`).
         """
         grid = self.plan.grid
-        first = grid.tile_box((row, *(r[0] for r in ranges[1:])))
-        last = grid.tile_box((row, *(r[-1] for r in ranges[1:])))
-        box = first.union(last)
+        boxes = []
+        for row in ranges[0]:
+            first = grid.tile_box((row, *(r[0] for r in ranges[1:])))
+            last = grid.tile_box((row, *(r[-1] for r in ranges[1:])))
+            boxes.append(first.union(last))
+        block_rows = getattr(self.source, "block_shape", (None,))[0]
+        if block_rows:
+            return read_strips(self._read, boxes, block_rows=block_rows, device=self.device, workers=self.readers)
+        staged = prefetch(lambda box: Strip.stage(box, *self._read(box), self.device), boxes, workers=self.readers)
+        return (strip.ready() for strip in staged)
+
+    def _read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels and validity of ``box`` from the source (in a reader thread), as the model takes them."""
         read = self.source.read_native if isinstance(self.source, ReadsNative) else self.source.read
         data, valid = read(box)
         if self.channels_last:
             data = np.moveaxis(np.ascontiguousarray(np.moveaxis(data, 0, -1)), -1, 0)
-        return Strip.stage(box, data, valid, self.device)
+        return data, valid
 
     def _tiles(self, ranges: tuple[range, ...], strips: Iterator[Strip]) -> Iterator[Tile]:
-        """Every tile of the block in global tile order, as views into its row's strip."""
+        """Every tile of the block in global tile order, with its row's strip."""
         grid = self.plan.grid
         for row in ranges[0]:
             started = time.perf_counter()
-            strip = next(strips).ready()
+            strip = next(strips)
             self.timings["read"] += time.perf_counter() - started
             indices = [(row, *rest) for rest in itertools.product(*ranges[1:])]
             for n, tile_index in enumerate(indices):
                 tile_box = grid.tile_box(tile_index)
-                inside = tile_box.slices(strip.box.start)
-                pixels = strip.data[(slice(None), *inside)]
-                valid = strip.valid[inside]
-                yield Tile(row, tile_box, pixels, valid, strip.all_valid, ends_row=n == len(indices) - 1)
+                yield Tile(row, tile_box, strip, ends_row=n == len(indices) - 1)
 
-    def _scored(self, tiles: Iterator[Tile]) -> Iterator[tuple[list[Tile], torch.Tensor, torch.Tensor]]:
-        """Runs of tiles with their scores and validity, ``batch_size`` tiles per forward pass.
+    def _scored(self, tiles: Iterator[Tile]) -> Iterator[tuple[list[Tile], torch.Tensor]]:
+        """Runs of tiles with their scores, ``batch_size`` tiles per forward pass.
 
         Batches run across tile rows, so only the block's last batch is padded;
         a batch is handed on in runs that end where a tile row ends, so the
@@ -337,13 +348,11 @@ class BlockRunner:
         for group in batched(tiles, self.batch_size):
             with self._timed("fill"):
                 x = batch.fill(group, self.normalize)
-            for tile in group:
-                tile.pixels = None  # its strip may go as soon as the next one is in
             with self._timed("model"):
                 scores = self.predictor.scores(x, logits=self.predictor.defers_softmax)
             start = 0
             for end in [i + 1 for i, t in enumerate(group) if t.ends_row or i == len(group) - 1]:
-                yield group[start:end], scores[start:end], batch.valid[start:end]
+                yield group[start:end], scores[start:end]
                 start = end
 
     @contextlib.contextmanager
@@ -380,58 +389,21 @@ def probability_dtype(store: MaskStore) -> str | None:
 
 
 @dataclass(slots=True)
-class Strip:
-    """One tile row's pixels and validity on the model's device (raw pixels, file's type)."""
-
-    box: Box
-    data: torch.Tensor  # (channels, *box.shape)
-    valid: torch.Tensor  # box.shape, bool
-    all_valid: bool  # no nodata pixel in the strip (known on the host, so no device sync)
-    event: Any = None  # a CUDA event recorded after the copies, on the reader's stream
-
-    @classmethod
-    def stage(cls, box: Box, data: np.ndarray, valid: np.ndarray, device: torch.device) -> Strip:
-        """Move a strip read on the host to ``device``: pinned memory and an asynchronous copy
-        on the reader thread's own CUDA stream, so copies overlap the model; on the CPU, no copy."""
-        all_valid = bool(valid.all())
-        if device.type == "cpu":
-            return cls(box, torch.from_numpy(data), torch.from_numpy(valid), all_valid)
-        stream = _reader_stream(device)
-        with torch.cuda.stream(stream):
-            on_device = [torch.from_numpy(a).pin_memory().to(device, non_blocking=True) for a in (data, valid)]
-            event = torch.cuda.Event()
-            event.record(stream)
-        return cls(box, *on_device, all_valid, event)
-
-    def ready(self) -> Strip:
-        """Make the model's stream wait for this strip's copies (without blocking the host)."""
-        if self.event is not None:
-            current = torch.cuda.current_stream(self.data.device)
-            current.wait_event(self.event)
-            for tensor in (self.data, self.valid):
-                tensor.record_stream(current)  # not reused by the reader's stream before the model is done
-        return self
-
-
-_STREAMS = threading.local()
-
-
-def _reader_stream(device: torch.device) -> torch.cuda.Stream:
-    if getattr(_STREAMS, "stream", None) is None:
-        _STREAMS.stream = torch.cuda.Stream(device)
-    return _STREAMS.stream
-
-
-@dataclass(slots=True)
 class Tile:
-    """One tile on its way through the pipeline: views of its row's strip on the device."""
+    """One tile on its way through the pipeline: its box and its row's strip on the device."""
 
     row: int
     box: Box
-    pixels: torch.Tensor | None  # (channels, *box.shape), until batched
-    valid: torch.Tensor  # box.shape
-    all_valid: bool
+    strip: Strip
     ends_row: bool
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        return self.strip.data[(slice(None), *self.box.slices(self.strip.box.start))]
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.strip.valid[self.box.slices(self.strip.box.start)]
 
 
 class TileBatch:
@@ -439,7 +411,7 @@ class TileBatch:
 
     With ``channels_last`` the memory is ``(batch, *tile, channels)``, which a 2-D
     network in channels-last format takes without a copy. ``valid`` holds the
-    tiles' validity, padded as the pixels are.
+    tiles' validity, padded as the pixels are, when some of them hold nodata.
     """
 
     def __init__(
@@ -462,13 +434,13 @@ class TileBatch:
         n = len(tiles)
         for i, tile in enumerate(tiles):
             self.x[i].copy_(pad_to(tile.pixels, self.shape))
-            self.valid[i].copy_(pad_to(tile.valid, self.shape))
         normalize(self.x[:n])  # in place
-        if not all(t.all_valid for t in tiles):
+        if not all(t.strip.all_valid for t in tiles):  # known on the host: no copies when all valid
+            for i, tile in enumerate(tiles):
+                self.valid[i].copy_(pad_to(tile.valid, self.shape))
             self.x[:n].masked_fill_(~self.valid[:n, None], 0)
         if n < len(self.x):
             self.x[n:] = 0
-            self.valid[n:] = True
         return self.x
 
 
@@ -533,19 +505,6 @@ def label_counts(labels: np.ndarray, classes: int, nodata: int) -> np.ndarray:
     for i in range(0, flat.size, 2**18):
         found += np.bincount(flat[i : i + 2**18], minlength=nodata + 1)
     return np.append(found[:classes], found[nodata])
-
-
-def prefetch(fn: Callable[[T], Any], items: Iterable[T], *, workers: int = 1) -> Iterator[Any]:
-    """``fn(item)`` for each item, in order, with up to ``workers`` of the next ones computed in threads."""
-    items = list(items)
-    with ThreadPoolExecutor(workers, thread_name_prefix="gigaseg-read") as pool:
-        pending = collections.deque(pool.submit(fn, item) for item in items[:workers])
-        for item in items[workers:]:
-            result = pending.popleft().result()
-            pending.append(pool.submit(fn, item))
-            yield result
-        while pending:
-            yield pending.popleft().result()
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,8 @@ class Predictor:
         self.deterministic = deterministic
         if deterministic:
             use_deterministic_kernels()
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # every batch has one shape: tune the kernels once
+        # cuDNN's autotuner (torch.backends.cudnn.benchmark) stays off: on the H200 it cost
+        # about a second per process, more than it saved on scenes up to 16384^2 (bench/RESULTS.md).
         keep_freed_memory()
         memory_format = torch.channels_last if card.spatial_dims == 2 else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format).eval()

@@ -195,13 +195,28 @@ class Stitcher:
         return [(slice(first, self.depth), slice(0, head)), (slice(0, n - head), slice(head, n))]
 
     def add(self, tile: Box, scores: torch.Tensor | np.ndarray, valid: torch.Tensor | np.ndarray) -> None:
-        """Add one tile's ``(classes, *tile.shape)`` scores (the caller's array is left as it is)."""
+        """Add one tile's ``(classes, *tile.shape)`` scores and validity (the caller's arrays are left as they are)."""
         scores = torch.as_tensor(scores, device=self.device)[None]
-        valid = torch.as_tensor(valid, device=self.device)[None]
-        self.add_batch([tile], scores.clone(), valid)
+        self.add_batch([tile], scores.clone())
+        self.set_valid(tile, torch.as_tensor(valid, device=self.device))
 
-    def add_batch(self, tiles: list[Box], scores: torch.Tensor, valid: torch.Tensor) -> None:
-        """Add tiles in the given order: ``scores`` ``(n, classes, *tile)``, ``valid`` ``(n, *tile)``.
+    def set_valid(self, box: Box, valid: torch.Tensor) -> None:
+        """Which pixels of ``box`` hold data (``valid`` is ``box.shape``); the part inside the region counts.
+
+        A pixel's validity is its source pixel's, whichever tile covers it, so the
+        pipeline sets it once per tile row, from the row's strip, after adding the
+        row's tiles (the band then holds those rows).
+        """
+        part = box.intersection(self.region)
+        if part is None:
+            return
+        src = part.slices(box.start)
+        rest = self._rest(box, src)
+        for rows, inside in self._band_rows(box, src):
+            self._valid[(rows, *rest)] = valid[inside]
+
+    def add_batch(self, tiles: list[Box], scores: torch.Tensor) -> None:
+        """Add tiles in the given order: ``scores`` ``(n, classes, *tile)``.
 
         ``scores`` may be any strided view; the caller gives up its values (they
         may be weighted in place). Only the part of each tile inside ``tiles[i]``
@@ -218,10 +233,10 @@ class Stitcher:
             if self.softmax:
                 scores = torch.softmax(scores, 1, dtype=torch.float32)
             scores = scores.mul_(self.window[tuple(slice(0, n) for n in scores.shape[2:])])
-        for tile, tile_scores, ok in zip(tiles, scores, valid, strict=False):
-            self._add_tile(tile, tile_scores, ok, weigh=on_cpu)
+        for tile, tile_scores in zip(tiles, scores, strict=False):
+            self._add_tile(tile, tile_scores, weigh=on_cpu)
 
-    def _add_tile(self, tile: Box, scores: torch.Tensor, valid: torch.Tensor, *, weigh: bool) -> None:
+    def _add_tile(self, tile: Box, scores: torch.Tensor, *, weigh: bool) -> None:
         part = tile.intersection(self.region)
         if part is None:
             return
@@ -231,8 +246,6 @@ class Stitcher:
                 f"band [{self.start}, {self.start + self.depth}): add tiles in grid order"
             )
         src = part.slices(tile.start)  # the part in the tile's coordinates
-        for rows, inside in self._band_rows(tile, src):
-            self._valid[(rows, *self._rest(tile, src))] = valid[inside]
         if not weigh:
             self._accumulate(tile, src, scores, (0,) * len(src))
             return
