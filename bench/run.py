@@ -83,6 +83,7 @@ def run(
         print(table(found), flush=True)
         rows += found
         if save:
+            save.parent.mkdir(parents=True, exist_ok=True)
             save.write_text(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=2))
     return rows
 

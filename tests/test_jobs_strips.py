@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gigaseg.jobs.strips import UNIT_ROWS, read_strips
-from gigaseg.tiler import Box, TileGrid
+from gigaseg.tiler import TileGrid
 
 
 @given(st.integers(1, 700), st.sampled_from([1, 16, 64, 512]), st.integers(2, 9), st.integers(1, 4))

@@ -307,3 +307,30 @@ def test_label_counts_agree_with_bincount(classes, nodata):
     expected = [*found[:classes], found[nodata]]
     assert label_counts(labels, classes, nodata).tolist() == expected
     assert label_counts(labels[:0], classes, nodata).sum() == 0
+
+
+def test_a_batch_copies_evenly_spaced_tiles_of_a_strip_as_tile_by_tile_copies_would():
+    """The device path's strided copy of a row's tiles against one copy per tile (and a padded
+    tile of a scene smaller than a tile on its own)."""
+    from gigaseg.jobs.segment import Tile, TileBatch
+    from gigaseg.jobs.strips import Strip
+    from gigaseg.models.intensity import Intensity
+    from gigaseg.tiler import TileGrid
+
+    grid = TileGrid.create((24, 90), 16, 4)
+    pixels = np.random.default_rng(9).integers(0, 255, (24, 90, 3), dtype=np.uint8)
+    strip = Strip.stage(
+        grid.tile_box((0, 0)).union(grid.tile_box((0, 7))),
+        np.moveaxis(pixels[:16], -1, 0),
+        np.ones((16, 90), bool),
+        torch.device("cpu"),
+    )
+    tiles = [Tile(0, grid.tile_box((0, c)), strip, ends_row=c == 7) for c in range(8)]
+    norm = Intensity(np.array([1.0, 2.0, 3.0]), np.array([2.0, 3.0, 4.0]))
+    batches = [
+        TileBatch(10, 3, grid.tile, channels_last=True, device=torch.device("cpu"), stride=s)
+        for s in (grid.stride, None)
+    ]
+    strided, plain = (b.fill(tiles, norm) for b in batches)
+    assert np.array_equal(strided.numpy(), plain.numpy())
+    assert strided.is_contiguous(memory_format=torch.channels_last) and (strided[8:] == 0).all()

@@ -282,3 +282,47 @@ def test_on_cuda_labels_equal_the_cpus_but_at_ties_and_probabilities_agree(grid,
     top2 = np.sort(cpu_probs, axis=0)[-2:]
     clear = top2[1] - top2[0] > 1e-5
     assert np.array_equal(gpu_labels[clear], cpu_labels[clear])
+
+
+@given(grids(ndim=2), st.integers(1, 40), st.integers(1, 9), st.integers(1, 7))
+@settings(max_examples=80, deadline=None)
+def test_whole_batches_with_strided_rows_give_the_bits_of_tile_by_tile_adds(grid, max_block, chunk, batch):
+    """The device path (batch-wide weighting, evenly spaced tiles of a row added as strided
+    windows) against the plain numpy accumulation, block by block: the same bits."""
+    import torch
+
+    field = np.random.default_rng(8).random((3, *grid.shape)).astype(np.float32)
+    window = blend_window("gaussian", grid.tile)
+
+    def padded(box):
+        scores = np.zeros((3, *grid.tile), np.float32)
+        scores[(slice(None), *(slice(0, n) for n in box.shape))] = field[(slice(None), *box.slices())]
+        return scores * np.float32(1 + box.start[1] % 4)
+
+    blocks = BlockGrid.create(grid.shape, max_block=max_block, chunk=chunk)
+    got = np.zeros((3, *grid.shape), np.float32)
+    for index in blocks.indices():
+        region = blocks.block_box(index)
+        stitcher = Stitcher(grid, region, 3, depth=grid.tile[0] + blocks.chunk[0])
+        stitcher.whole_batches = True
+        ranges = grid.tiles_overlapping(region)
+        tiles = [grid.tile_box(i) for i in itertools.product(*ranges)]
+        for row in ranges[0]:
+            in_row = [t for t in tiles if t.start[0] == grid.origins[0][row]]
+            for k in range(0, len(in_row), batch):
+                part = in_row[k : k + batch]
+                stitcher.add_batch(part, torch.from_numpy(np.stack([padded(t) for t in part])))
+                stitcher.set_valid(part[0].union(part[-1]), torch.ones(part[0].union(part[-1]).shape, dtype=torch.bool))
+            until = (
+                region.stop[0]
+                if row == ranges[0][-1]
+                else grid.origins[0][row + 1] // blocks.chunk[0] * blocks.chunk[0]
+            )
+            if until > stitcher.start:
+                rows = stitcher.release(until, scores=True)
+                got[(slice(None), *rows.box.slices())] = rows.scores
+    _, expected = numpy_oracle(
+        grid, whole_region(grid), lambda b: padded(b)[(slice(None), *(slice(0, n) for n in b.shape))], 3
+    )
+    assert np.array_equal(got, expected)
+    del window

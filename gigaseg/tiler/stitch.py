@@ -159,6 +159,10 @@ class Stitcher:
         self.nodata = np.iinfo(self.label_dtype).max if nodata is None else nodata
         self.logits = logits
         self.softmax = softmax
+        # Weight whole batches and add evenly spaced tiles in strided calls (the device path);
+        # on the CPU each tile goes through softmax, weighting and add in cached pieces instead.
+        self.whole_batches = self.device.type != "cpu"
+        self._tile, self._stride = grid.tile, grid.stride
         profiles = blend_profiles(blend, grid.tile)
         window = reduce(np.multiply.outer, profiles).astype(np.float32)
         self.window = self._in_scene_order(self._to_device(window.transpose(self.order)), lead=0)
@@ -228,13 +232,74 @@ class Stitcher:
         weighting and add in pieces of about :data:`PIECE_BYTES`, so the
         intermediate values never leave the cache (2-3 x faster at 4-32 classes).
         """
-        on_cpu = self.device.type == "cpu"
-        if not on_cpu:
-            if self.softmax:
-                scores = torch.softmax(scores, 1, dtype=torch.float32)
-            scores = scores.mul_(self.window[tuple(slice(0, n) for n in scores.shape[2:])])
-        for tile, tile_scores in zip(tiles, scores, strict=False):
-            self._add_tile(tile, tile_scores, weigh=on_cpu)
+        if self.device.type == "cpu" and not self.whole_batches:
+            for tile, tile_scores in zip(tiles, scores, strict=False):
+                self._add_tile(tile, tile_scores, weigh=True)
+            return
+        if self.softmax:
+            scores = torch.softmax(scores, 1, dtype=torch.float32)
+        scores = scores.mul_(self.window[tuple(slice(0, n) for n in scores.shape[2:])])
+        start = 0
+        for stop in range(1, len(tiles) + 1):  # runs of tiles of one tile row
+            if stop == len(tiles) or tiles[stop].start[0] != tiles[start].start[0]:
+                self._add_row(tiles[start:stop], scores[start:stop])
+                start = stop
+
+    def _add_row(self, tiles: list[Box], scores: torch.Tensor) -> None:
+        """Add weighted tiles of one tile row, in order: the evenly spaced ones in a few strided calls.
+
+        Kernel launches and Python, not arithmetic, bound tile-by-tile adds on a
+        GPU. Evenly spaced full tiles (stride apart, inside the region) are added
+        as strided windows of the band: first every tile's middle and right
+        overlap, then every tile's left overlap but the first's. A pixel in the
+        overlap of tiles ``j`` and ``j + 1`` still gets ``j``'s value, then
+        ``j + 1``'s: the same operations in the same order as adding tile by
+        tile, so the same bits. Tiles at the ends that are not evenly spaced (the
+        grid's last, shifted inward) or stick out of the region go one by one,
+        the left ones before, the right ones after.
+        """
+        first, last = self._even_run(tiles)
+        for i in range(first):
+            self._add_tile(tiles[i], scores[i], weigh=False)
+        if last - first >= 2:
+            self._add_even(tiles[first], scores[first:last])
+        else:
+            for i in range(first, last):
+                self._add_tile(tiles[i], scores[i], weigh=False)
+        for i in range(last, len(tiles)):
+            self._add_tile(tiles[i], scores[i], weigh=False)
+
+    def _even_run(self, tiles: list[Box]) -> tuple[int, int]:
+        """``[first, last)``: the longest run of full tiles, ``stride`` apart along the last axis, inside the region."""
+        if len(self.region.shape) != 2:
+            return 0, 0
+        stride, (lo, hi) = self._stride[1], (self.region.start[1], self.region.stop[1])
+        fits = [t.shape[1] == self._tile[1] and lo <= t.start[1] and t.stop[1] <= hi for t in tiles]
+        best, start = (0, 0), 0
+        for i in range(len(tiles) + 1):
+            ends = i == len(tiles) or not fits[i] or (i > start and tiles[i].start[1] - tiles[i - 1].start[1] != stride)
+            if ends:
+                best = max(best, (start, i), key=lambda r: r[1] - r[0])
+                start = i + 1 if i < len(tiles) and not fits[i] else i
+        return best
+
+    def _add_even(self, tile: Box, scores: torch.Tensor) -> None:
+        """Add ``scores`` (n weighted tiles of one row, ``stride`` apart from ``tile`` on) as strided windows."""
+        size, stride = self._tile[1], self._stride[1]
+        overlap, n = size - stride, len(scores)
+        part = tile.with_axis(1, tile.start[1], tile.stop[1] + (n - 1) * stride).intersection(self.region)
+        src = part.slices((tile.start[0], part.start[1]))
+        column = tile.start[1] - self.region.start[1]  # the first tile's column in the band
+        for rows, inside in self._band_rows(tile, (src[0], slice(0, size))):
+            band, values = self._scores[:, rows], scores[:, :, inside[0]]
+            # the first tile's left overlap: its left neighbour (if any) is in already
+            band[:, :, column : column + overlap] += values[0, :, :, :overlap]
+            # every tile's middle and right overlap, then the left overlaps of all but the first
+            for lo, hi, skip in ((overlap, size, 0), (0, overlap, 1)):
+                if hi > lo:
+                    start = column + skip * stride + lo
+                    window = band[:, :, start : start + (n - skip - 1) * stride + hi - lo].unfold(2, hi - lo, stride)
+                    window += values[skip:, :, :, lo:hi].permute(1, 2, 0, 3)
 
     def _add_tile(self, tile: Box, scores: torch.Tensor, *, weigh: bool) -> None:
         part = tile.intersection(self.region)
@@ -367,18 +432,26 @@ def _replace(slices: tuple[slice, ...], axis: int, value: slice) -> tuple[slice,
 
 
 def softmax(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the class axis (0) of float32 scores, a new tensor, fastest for their layout.
+    """Softmax over the class axis (0) of float32 scores: a new tensor, computed where the values lie.
 
-    On the CPU torch's softmax is fast along a contiguous axis of 16 or more
-    values; scores laid out classes-last with fewer classes are made planar
-    first (cheap for a piece that sits in the cache).
+    Scores laid out with the classes outermost (planar, or a 3-D network's order
+    seen in the scene's) are taken in their memory order, so torch reads and
+    writes them contiguously and the result keeps their layout (a softmax of a
+    transposed view would copy it to the scene's order first). Scores laid out
+    classes-last (a 2-D network's channels-last output): torch's softmax is
+    fast along a contiguous axis of 16 or more values; with fewer classes the
+    piece is made planar first (cheap for a piece that sits in the cache).
     """
-    if scores.stride(0) == 1 and scores.ndim > 1:
+    if scores.ndim == 1:
+        return torch.softmax(scores, 0)
+    if scores.stride(0) == 1:
         if scores.shape[0] >= 16:
             dims = (*range(1, scores.ndim), 0)
             return torch.softmax(scores.permute(*dims), -1).permute(scores.ndim - 1, *range(scores.ndim - 1))
-        scores = scores.contiguous()
-    return torch.softmax(scores, 0)
+        return torch.softmax(scores.contiguous(), 0)
+    axes = sorted(range(1, scores.ndim), key=lambda a: -scores.stride(a))  # the memory order
+    inverse = [axes.index(a) + 1 for a in range(1, scores.ndim)]
+    return torch.softmax(scores.permute(0, *axes), 0).permute(0, *inverse)
 
 
 def _join(parts: list[Any], axis: int) -> Any:
