@@ -44,23 +44,20 @@ def scene(side: int, *, bands: int = 3, seed: int = 0, data: Path = DATA) -> Pat
     return path
 
 
+def _checkpoint(path: Path, *, bands: int, classes: list[str], **card: Any) -> Path:
+    """A seeded (1), untrained checkpoint for the benchmark's uint8 scenes, written once."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        init_checkpoint(
+            path, in_channels=bands, classes=classes, mean=[MEAN] * bands, std=[STD] * bands, seed=1, **card
+        )
+    return path
+
+
 def model(name: str, *, tile: int = 512, overlap: int = 64, data: Path = DATA) -> Path:
     """A seeded, untrained 3-band, 4-class checkpoint of one of :data:`MODELS_2D`."""
     path = data / f"model_{name}_{tile}_{overlap}.pt"
-    if not path.exists():
-        data.mkdir(parents=True, exist_ok=True)
-        init_checkpoint(
-            path,
-            in_channels=3,
-            classes=CLASSES,
-            tile=tile,
-            overlap=overlap,
-            mean=[MEAN] * 3,
-            std=[STD] * 3,
-            seed=1,
-            **MODELS_2D[name],
-        )
-    return path
+    return _checkpoint(path, bands=3, classes=CLASSES, tile=tile, overlap=overlap, **MODELS_2D[name])
 
 
 def tiled_scene(side: int, *, bands: int = 4, seed: int = 0, data: Path = DATA) -> Path:
@@ -141,40 +138,15 @@ def gpu_model(name: str, *, data: Path = DATA) -> Path:
 
         return Path(str(bundled_model(BUNDLED_2D)))
     path = data / "model_unet_resnet34_8c.pt"
-    if not path.exists():
-        data.mkdir(parents=True, exist_ok=True)
-        init_checkpoint(
-            path,
-            arch="unet",
-            encoder="resnet34",
-            in_channels=4,
-            classes=[f"class{i}" for i in range(8)],
-            tile=512,
-            overlap=64,
-            mean=[MEAN] * 4,
-            std=[STD] * 4,
-            seed=1,
-        )
-    return path
+    classes = [f"class{i}" for i in range(8)]
+    return _checkpoint(path, bands=4, classes=classes, arch="unet", encoder="resnet34", tile=512, overlap=64)
 
 
 def conv_model(classes: int, *, tile: int = 512, overlap: int = 64, data: Path = DATA) -> Path:
     """A seeded one-convolution checkpoint, 4 bands, ``classes`` classes."""
     path = data / f"model_conv4b_{classes}c_{tile}_{overlap}.pt"
-    if not path.exists():
-        data.mkdir(parents=True, exist_ok=True)
-        init_checkpoint(
-            path,
-            arch="conv",
-            in_channels=4,
-            classes=[f"class{i}" for i in range(classes)],
-            tile=tile,
-            overlap=overlap,
-            mean=[MEAN] * 4,
-            std=[STD] * 4,
-            seed=1,
-        )
-    return path
+    names = [f"class{i}" for i in range(classes)]
+    return _checkpoint(path, bands=4, classes=names, arch="conv", tile=tile, overlap=overlap)
 
 
 def model3d(

@@ -14,7 +14,6 @@ from gigaseg.jobs.memory import Footprint, footprint, gpu_batch_size
 from gigaseg.jobs.segment import SceneSpec, default_readers, load_predictor, plan_scene
 from gigaseg.models.inference import resolve_device
 from gigaseg.tiler import halo_overhead
-from gigaseg.tiler.stitch import band_bytes
 
 
 def scene_footprint(spec: SceneSpec) -> tuple[str, Footprint]:
@@ -28,7 +27,7 @@ def scene_footprint(spec: SceneSpec) -> tuple[str, Footprint]:
     fed, plan = plan_scene(cpu)
     source, card = fed.source, fed.predictor.card
     gpu = device.type == "cuda"
-    band = band_bytes(plan.grid.tile[0] + plan.blocks.chunk[0], math.prod(plan.blocks.block[1:]), card.num_classes)
+    band = plan.band_bytes(card.num_classes)
     batch = spec.options.batch_size or fed.predictor.batch_size
     if gpu and not spec.options.batch_size:
         free, _ = torch.cuda.mem_get_info(device)

@@ -91,6 +91,10 @@ class Plan:
     merge: str
     tta: bool = False
 
+    def band_bytes(self, classes: int) -> int:
+        """The stitcher's band for a block of this plan (:func:`gigaseg.tiler.stitch.band_bytes`)."""
+        return band_bytes(self.grid.tile[0] + self.blocks.chunk[0], math.prod(self.blocks.block[1:]), classes)
+
     def describe(self) -> dict[str, Any]:
         return {
             "shape": list(self.grid.shape),
@@ -602,9 +606,12 @@ def plan_scene(spec: SceneSpec) -> tuple[ModelInput, Plan]:
     fed.predictor.check_tile(plan.grid.tile)
     if options.batch_size is None and predictor.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(predictor.device)
-        band = band_bytes(plan.grid.tile[0] + plan.blocks.chunk[0], math.prod(plan.blocks.block[1:]), card.num_classes)
         predictor.batch_size = gpu_batch_size(
-            free=free, tile=plan.grid.tile, channels=fed.source.channels, classes=card.num_classes, band=band
+            free=free,
+            tile=plan.grid.tile,
+            channels=fed.source.channels,
+            classes=card.num_classes,
+            band=plan.band_bytes(card.num_classes),
         )
     return fed, plan
 
