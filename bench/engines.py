@@ -103,7 +103,7 @@ def planned_tiles(input: str, model: str, **options: Any) -> int:
     from gigaseg.jobs.segment import SceneSpec, SegmentOptions, plan_scene
     from gigaseg.tiler.grid import halo_overhead
 
-    _, plan = plan_scene(SceneSpec(input, model, "", SegmentOptions(device="cpu", **options)))
+    _, plan = plan_scene(SceneSpec(input, model, "", SegmentOptions(device="cpu", **options)), dry=True)
     return round(halo_overhead(plan.grid, plan.blocks) * plan.grid.size)
 
 

@@ -117,9 +117,28 @@ def test_segment_dry_run_prints_the_plan_and_its_memory_and_writes_nothing(tmp_p
     out = tmp_path / "o.zarr"
     result = run("segment", tif, "--model", model, "--out", out, "--dry-run", "--band-memory", "1GiB")
     assert result.exit_code == 0, result.output
-    assert "tiles of [32, 32]" in result.output and "GiB host" in result.output and "new" in result.output
+    assert "tiles of [32, 32]" in result.output and " host (band " in result.output and "new" in result.output
     assert not out.exists()
     assert_one_line_error(run("segment", tif, "--model", model, "--out", out, "--band-memory", "lots"), "memory size")
+
+
+def test_a_dry_run_on_a_compressed_volume_decompresses_nothing(tmp_path):
+    from tests.conftest import conv3d_checkpoint
+
+    ct = organ_nifti(tmp_path / "ct.nii.gz", shape=(30, 26, 20))
+    model = conv3d_checkpoint(tmp_path / "m3.pt")
+    cache = tmp_path / "cache"
+    result = run("segment", ct, "--model", model, "--out", tmp_path / "o.zarr", "--dry-run", "--cache", cache)
+    assert result.exit_code == 0, result.output
+    assert "tiles of [16, 16, 16]" in result.output
+    assert not cache.exists() and not (tmp_path / "o.zarr").exists()
+
+
+def test_a_band_budget_smaller_than_one_chunk_warns_in_the_dry_run(tmp_path, inputs):
+    tif, model = inputs
+    result = run("segment", tif, "--model", model, "--out", tmp_path / "o.zarr", "--dry-run", "--band-memory", "1KB")
+    assert result.exit_code == 0, result.output
+    assert "gigaseg: warning: the stitcher's band takes" in result.stderr and "--band-memory" in result.stderr
 
 
 def test_existing_output_needs_overwrite(tmp_path, inputs):

@@ -69,6 +69,8 @@ def assert_outputs_equal(job_dir, masks):
         ("model: m.pt\n", "inputs: Field required"),
         ("- just\n- a list\n", "must hold a mapping"),
         ("inputs: [\n", "not valid YAML"),
+        ("inputs: [a.tif]\nmodel: m.pt\ntiling: {band_memory: lots}\n", "tiling.band_memory"),
+        ("inputs: [a.tif]\nmodel: m.pt\ntiling: {readers: 0}\n", "tiling.readers"),
     ],
 )
 def test_bad_job_files_name_the_problem(tmp_path, text, message):

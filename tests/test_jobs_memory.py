@@ -32,5 +32,6 @@ def test_on_a_gpu_the_band_and_batch_are_on_the_device_and_the_host_holds_little
     assert gpu.band == cpu.band == band_bytes(1024, 8192, 8)
     assert gpu.device > gpu.band and cpu.device == 0 and cpu.host > cpu.band
     assert gpu.host < cpu.host
+    assert footprint(**args, batch=4, gpu=False, readers=1, tta=True).host > cpu.host
     assert gpu_batch_size(free=80 * 2**30, tile=(512, 512), channels=4, classes=8, band=gpu.band) == 64
     assert gpu_batch_size(free=2**30, tile=(512, 512), channels=4, classes=8, band=2**29) == 1

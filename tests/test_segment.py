@@ -295,6 +295,24 @@ def test_on_a_gpu_deterministic_runs_give_identical_masks(tmp_path, make_tiff, u
     assert np.array_equal(a["probabilities"][:], b["probabilities"][:])
 
 
+@pytest.mark.parametrize("classes", [254, 255, 256, 257])
+def test_class_counts_around_the_uint8_limit_get_the_stores_label_type(tmp_path, rng, classes):
+    """255 and 256 classes: argmax fits uint8 but the store's nodata (65535) needs uint16."""
+    from gigaseg.models.checkpoint import init_checkpoint
+
+    model = tmp_path / "m.pt"
+    names = [f"c{i}" for i in range(classes)]
+    init_checkpoint(model, arch="conv", in_channels=3, classes=names, tile=32, overlap=8, seed=1)
+    data = rng.integers(1, 200, (3, 40, 50)).astype(np.uint8)
+    data[:, :3] = 0
+    tif = write_tiff(tmp_path / "s.tif", data, nodata=0)
+    segment(tif, model, tmp_path / "o.zarr", SegmentOptions(probabilities="uint8"))
+    mask = read_store(tmp_path / "o.zarr")["mask"][:]
+    nodata = 255 if classes < 255 else 65535
+    assert mask.dtype == (np.uint8 if classes < 255 else np.uint16)
+    assert (mask[:3] == nodata).all() and (mask[3:] < classes).all()
+
+
 @pytest.mark.parametrize(("classes", "nodata"), [(3, 255), (40, 255), (300, 65535)])
 def test_label_counts_agree_with_bincount(classes, nodata):
     from gigaseg.jobs.segment import label_counts

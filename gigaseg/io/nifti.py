@@ -68,8 +68,15 @@ class NiftiSource(ThreadLocalHandles):
     unit = "mm"
 
     def __init__(
-        self, path: str | Path, *, volume: int | str | None = None, cache_dir: str | Path | None = None
+        self,
+        path: str | Path,
+        *,
+        volume: int | str | None = None,
+        cache_dir: str | Path | None = None,
+        header_only: bool = False,
     ) -> None:
+        """``header_only``: for planning (a dry run), the header alone; a ``.nii.gz`` is not
+        decompressed into the cache, and reading voxels is refused."""
         self.path = str(path)
         header = read_header(self.path)
         self.ref = NiftiRef.from_header(header, name=self.path)
@@ -88,7 +95,8 @@ class NiftiSource(ThreadLocalHandles):
         slope, inter = header.get_slope_inter()
         self.scaling = (1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter))
         self.cache: str | None = None
-        if self.path.lower().endswith(".gz"):
+        self.header_only = header_only
+        if self.path.lower().endswith(".gz") and not header_only:
             self.cache = str(build_cache(self, Path(cache_dir) if cache_dir else default_cache_dir()))
         self._local = threading.local()
 
@@ -114,6 +122,8 @@ class NiftiSource(ThreadLocalHandles):
         return array
 
     def _open(self) -> Any:
+        if self.header_only:
+            raise SourceError(f"{self.path} was opened for planning only; its voxels are not read")
         if self.cache:
             return zarr.open_array(self.cache, mode="r")
         ni, nj, nk, nvol = self._file_shape

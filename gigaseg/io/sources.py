@@ -71,12 +71,16 @@ def open_source(
     bands: list[int] | None = None,
     volume: int | str | None = None,
     cache_dir: str | Path | None = None,
+    header_only: bool = False,
 ) -> Source:
-    """The source for ``path``: NIfTI for ``.nii``/``.nii.gz``, else any GDAL raster."""
+    """The source for ``path``: NIfTI for ``.nii``/``.nii.gz``, else any GDAL raster.
+
+    ``header_only`` opens it for planning: no ``.nii.gz`` is decompressed into the cache.
+    """
     if is_nifti(path):
         if bands:
             raise InputError("--bands selects raster bands; choose NIfTI volumes with --volume")
-        return NiftiSource(path, volume=volume, cache_dir=cache_dir)
+        return NiftiSource(path, volume=volume, cache_dir=cache_dir, header_only=header_only)
     if volume is not None:
         raise InputError(f"--volume selects volumes of a NIfTI file, and {path} is not one")
     return GeoTiffSource(path, bands=bands)

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gigaseg.errors import InputError
+from gigaseg.jobs.memory import parse_bytes
 from gigaseg.jobs.segment import SceneSpec, SegmentOptions
 
 
@@ -34,8 +35,14 @@ class Tiling(Strict):
     block: int = Field(16384, gt=0)
     chunk: int = Field(512, gt=0)
     batch_size: int | None = Field(None, gt=0)
-    readers: int | None = Field(None, gt=0)
+    readers: int | None = Field(None, gt=0, strict=True)
     band_memory: int | str | None = None
+
+    @field_validator("band_memory")
+    @classmethod
+    def _memory_size(cls, value: int | str | None) -> int | str | None:
+        parse_bytes(value)  # a bad size is named when the job file is read, not per scene
+        return value
 
 
 class Output(Strict):

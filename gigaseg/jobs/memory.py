@@ -48,6 +48,14 @@ def parse_bytes(value: int | str | None, *, default: int = DEFAULT_BAND_MEMORY) 
     return found
 
 
+def format_bytes(n: int) -> str:
+    """``3.91 GiB``, ``512.0 MiB`` or ``12.0 KiB``: the largest binary unit that keeps the number >= 1."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{n} B"
+
+
 def fit_block_side(*, depth: int, classes: int, ndim: int, budget: int, chunk: int, limit: int) -> int:
     """The largest block side (a multiple of ``chunk``, at most ``limit``) whose band fits ``budget``.
 
@@ -69,11 +77,10 @@ class Footprint:
     band: int  # the stitcher's band, wherever it lives
 
     def describe(self) -> str:
-        gib = 2**30
-        where = f"~{self.host / gib:.2f} GiB host"
+        where = f"~{format_bytes(self.host)} host"
         if self.device:
-            where += f", ~{self.device / gib:.2f} GiB GPU"
-        return f"{where} (band {self.band / gib:.2f} GiB)"
+            where += f", ~{format_bytes(self.device)} GPU"
+        return f"{where} (band {format_bytes(self.band)})"
 
 
 def footprint(
@@ -89,16 +96,20 @@ def footprint(
     readers: int,
     pixel_bytes: int = 4,
     probability_bytes: int = 0,
+    tta: bool = False,
 ) -> Footprint:
-    """Peak bytes per worker for one block at a time, term by term as the data path holds them."""
+    """Peak bytes per worker for one block at a time, term by term as the data path holds them.
+
+    With ``tta`` a batch's flipped copy and its scores are held beside the running sum.
+    """
     pixels = math.prod(tile)
     width = math.prod(block[1:])
     depth = min(tile[0] + chunk, block[0])
     band = band_bytes(depth, width, classes)
     strip = tile[0] * math.prod(t + b for t, b in zip(tile[1:], block[1:], strict=True)) * (channels * pixel_bytes + 1)
     strips = (readers + 2) * strip  # being read, ready, in use
-    batch_in = batch * pixels * (channels * 4 + 1)
-    scores = batch * pixels * classes * (GPU_SCORE_BYTES if gpu else 4)
+    batch_in = batch * pixels * (channels * 4 * (1 + tta) + 1)
+    scores = batch * pixels * classes * (GPU_SCORE_BYTES if gpu else 4) * (1 + 2 * tta)
     activations = batch * pixels * ACTIVATION_BYTES_PER_PIXEL
     rows = chunk * width
     released = rows * (2 + classes * probability_bytes)  # labels (uint8/uint16), probabilities as stored

@@ -24,7 +24,7 @@ def scene_footprint(spec: SceneSpec) -> tuple[str, Footprint]:
     """
     device = resolve_device(spec.options.device)
     cpu = replace(spec, options=replace(spec.options, device="cpu"))
-    fed, plan = plan_scene(cpu)
+    fed, plan = plan_scene(cpu, dry=True)  # headers only: nothing decompressed, nothing read
     source, card = fed.source, fed.predictor.card
     gpu = device.type == "cuda"
     band = plan.band_bytes(card.num_classes)
@@ -48,6 +48,7 @@ def scene_footprint(spec: SceneSpec) -> tuple[str, Footprint]:
         readers=spec.options.readers or default_readers(device),
         pixel_bytes=strip_pixel_bytes(source),
         probability_bytes=PROBABILITY_DTYPES[stored]().itemsize if stored else 0,
+        tta=spec.options.tta,
     )
     overhead = halo_overhead(plan.grid, plan.blocks)
     work = plan.grid.size * overhead * math.prod(plan.grid.tile) / 1e6

@@ -16,6 +16,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -30,9 +31,10 @@ from tqdm import tqdm
 import gigaseg
 from gigaseg.errors import InputError
 from gigaseg.faults import maybe_fail_write
+from gigaseg.io.geotiff import GigasegWarning
 from gigaseg.io.sources import ReadsNative, Source, open_source
 from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store, remove_partials
-from gigaseg.jobs.memory import fit_block_side, gpu_batch_size, parse_bytes
+from gigaseg.jobs.memory import fit_block_side, format_bytes, gpu_batch_size, parse_bytes
 from gigaseg.jobs.strips import Strip, prefetch, read_strips
 from gigaseg.jobs.volume import ModelInput, Normalize, model_input
 from gigaseg.models import ModelCard, Predictor, load_checkpoint
@@ -187,18 +189,23 @@ def make_plan(
     grid = TileGrid.create(shape, tile, overlap)
     block = options.block or DEFAULT_BLOCK.get(ndim, DEFAULT_BLOCK[3])
     chunk = options.chunk or DEFAULT_CHUNK.get(ndim, DEFAULT_CHUNK[3])
+    budget = parse_bytes(options.band_memory)
     side = fit_block_side(
-        depth=grid.tile[0] + chunk,
-        classes=card.num_classes,
-        ndim=ndim,
-        budget=parse_bytes(options.band_memory),
-        chunk=chunk,
-        limit=block,
+        depth=grid.tile[0] + chunk, classes=card.num_classes, ndim=ndim, budget=budget, chunk=chunk, limit=block
     )
     # Blocks stream along axis 0, so only their cross-section sets the band's size.
     blocks = BlockGrid.create(shape, max_block=(block, *(side,) * (ndim - 1)), chunk=chunk)
     blend_window(options.blend, (1,))  # validates the name early
-    return Plan(grid, blocks, options.blend, options.merge, options.tta)
+    plan = Plan(grid, blocks, options.blend, options.merge, options.tta)
+    if plan.band_bytes(card.num_classes) > budget:
+        warnings.warn(
+            f"the stitcher's band takes {format_bytes(plan.band_bytes(card.num_classes))} with blocks of one "
+            f"chunk ({list(blocks.block)}), more than the band memory budget of {format_bytes(budget)}; "
+            "a smaller --chunk or a larger --band-memory",
+            GigasegWarning,
+            stacklevel=2,
+        )
+    return plan
 
 
 class BlockRunner:
@@ -580,7 +587,7 @@ def open_runner(spec: SceneSpec, *, create: bool = False) -> BlockRunner:
     return BlockRunner(plan, fed.source, fed.predictor, store, normalize=fed.normalize, readers=spec.options.readers)
 
 
-def plan_scene(spec: SceneSpec) -> tuple[ModelInput, Plan]:
+def plan_scene(spec: SceneSpec, *, dry: bool = False) -> tuple[ModelInput, Plan]:
     """Open the model and the input, check they fit, and tile the scene.
 
     The model comes first: a bad model is reported before a ``.nii.gz`` is
@@ -589,9 +596,16 @@ def plan_scene(spec: SceneSpec) -> tuple[ModelInput, Plan]:
     options = spec.options
     predictor = load_predictor(spec)
     card = predictor.card
-    source = open_source(spec.input, bands=options.bands, volume=options.volume, cache_dir=options.cache_dir)
+    source = open_source(
+        spec.input, bands=options.bands, volume=options.volume, cache_dir=options.cache_dir, header_only=dry
+    )
     fed = model_input(
-        source, predictor, slice_axis=options.slice_axis, context=options.context, canonical=options.canonical
+        source,
+        predictor,
+        slice_axis=options.slice_axis,
+        context=options.context,
+        canonical=options.canonical,
+        fit=not dry,
     )
     check_channels(card, fed.source.channels, spec.input)
     plan = make_plan(

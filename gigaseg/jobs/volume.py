@@ -45,8 +45,13 @@ def model_input(
     slice_axis: int | None = None,
     context: int = 0,
     canonical: bool = False,
+    fit: bool = True,
 ) -> ModelInput:
-    """Wrap ``source`` and ``predictor`` so the network sees what it was trained on."""
+    """Wrap ``source`` and ``predictor`` so the network sees what it was trained on.
+
+    Without ``fit`` (planning) an intensity spec that needs the scene's statistics
+    is not fitted: no voxel is read, and the card's plain normaliser stands in.
+    """
     card = predictor.card
     check_dims(source, card, slice_axis=slice_axis, context=context, canonical=canonical)
     view = axis_view(source, canonical=canonical)
@@ -59,7 +64,7 @@ def model_input(
     wrapped = predictor
     if flat is not None or not view.is_identity:
         wrapped = ViewPredictor(predictor, view, slice_axis=slice_axis)
-    normalize = normalizer(card, source)
+    normalize = normalizer(card, source) if fit else card.normalizer()
     record = {"axis_order": list(view.order), "axis_flip": list(view.flip), "canonical": canonical}
     record |= {"slice_axis": slice_axis, "context": context, "intensity": _describe(normalize)}
     return ModelInput(fed, wrapped, normalize, flat, record)

@@ -394,8 +394,9 @@ class Stitcher:
             return self._in_scene_order(labels.to(dtype), lead=0).contiguous()
         # the CPU kernel: numpy labels, laid out in memory order
         labels = contiguous(labels.transpose([self.order.index(a) for a in range(len(self.order))]))
+        labels = labels.astype(self.label_dtype, copy=False)  # 255 and 256 classes: uint16, nodata 65535
         labels[~valid.numpy()] = self.nodata
-        return labels.astype(self.label_dtype, copy=False)
+        return labels
 
     def _probabilities(
         self, band: torch.Tensor, valid: torch.Tensor, rows: slice, kind: str
