@@ -182,14 +182,6 @@ def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
     return [c for k in range(spatial_dims + 1) for c in itertools.combinations(axes, k)]
 
 
-def pad_to_multiple(tiles: np.ndarray, multiple: int) -> np.ndarray:
-    """Mirror-pad the spatial sides of ``(N, C, *spatial)`` up to multiples of ``multiple``."""
-    pad = [(0, 0), (0, 0)] + [(0, -n % multiple) for n in tiles.shape[2:]]
-    if not any(p for _, p in pad):
-        return tiles
-    return np.pad(tiles, pad, mode="symmetric")
-
-
 def default_batch_size(device: torch.device) -> int:
     """Four tiles on a CPU; on a GPU as many as a quarter of its free memory allows."""
     if device.type != "cuda":
