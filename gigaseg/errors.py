@@ -31,3 +31,11 @@ class OutputExistsError(OutputError, FileExistsError):
 
 class IncompleteStoreError(GigasegError, ValueError):
     """A store was opened for reading but its run never finished."""
+
+
+class StoreLockedError(OutputError):
+    """Another live process is writing the store."""
+
+
+class DamagedStoreError(GigasegError, ValueError):
+    """Chunks of a store do not hold what was written: damaged or deleted since."""

@@ -20,6 +20,22 @@ from gigaseg.models.checkpoint import init_checkpoint
 from tests.conftest import write_tiff
 
 
+class Arbitrary:
+    """Any class: unpickling one may run code, so checkpoints holding one are refused."""
+
+
+# output.name of a job file: each escapes output.dir or is not a plain {stem} template
+OUTPUT_NAMES = {
+    "parent": "../../escaped_{stem}.zarr",
+    "absolute": "/tmp/escaped_{stem}.zarr",
+    "unknown": "{foo}.zarr",
+    "unclosed": "{stem",
+    "attribute": "{stem.__class__.__mro__}",
+    "index": "{stem[0]}.zarr",
+    "conversion": "{stem!r}.zarr",
+}
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
@@ -35,6 +51,8 @@ def corpus(tmp_path_factory):
     (d / "truncated.tif").write_bytes(data[: len(data) // 3])
     (d / "folder.tif").mkdir()
     (d / "notes.pt").write_text("not a checkpoint")
+    torch.save({"format": "gigaseg-checkpoint/1", "card": Arbitrary()}, d / "pickled.pt")
+    (d / "...tif").write_bytes(good.read_bytes())  # its stem is '..'
     card = ModelCard(arch="conv", in_channels=3, classes=["a", "b"])
     torch.save(create_model(ModelCard(arch="unet", in_channels=3, classes=["a", "b"])).state_dict(), d / "unet.pt")
     torch.save(
@@ -60,6 +78,14 @@ def corpus(tmp_path_factory):
         "unknown.yaml": "inputs: [good.tif]\nmodel: m.pt\ntiling: {tile: 32, colour: red}\n",
         "wrongtype.yaml": "inputs: [good.tif]\nmodel: m.pt\ncluster: {workers: many}\n",
         "noglob.yaml": "inputs: ['nowhere/*.tif']\nmodel: m.pt\n",
+        **{
+            f"name-{case}.yaml": f"inputs: [good.tif]\nmodel: m.pt\noutput: {{dir: out, name: '{name}'}}\n"
+            for case, name in OUTPUT_NAMES.items()
+        },
+        "dots.yaml": "inputs: ['...tif']\nmodel: m.pt\noutput: {dir: out, name: '{stem}'}\n",
+        "samename.yaml": "inputs: [good.tif, truncated.tif]\nmodel: m.pt\noutput: {name: mask.zarr}\n",
+        "failing.yaml": "inputs: [good.tif, empty.tif]\nmodel: m.pt\n",
+        "badrule.yaml": "inputs: [good.tif]\nmodel: m.pt\nnodata_rule: gdal\n",
     }.items():
         (d / name).write_text(text)
     return d
@@ -97,10 +123,34 @@ FAILURES = [
     (["segment", "{d}/vol5d.nii", "--model", "{d}/m3d.pt"], "holds 4 volumes"),
     (["segment", "{d}/corrupt.nii.gz", "--model", "{d}/m3d.pt"], "corrupt or truncated"),
     (["segment", "{d}/huge.nii", "--model", "{d}/m3d.pt"], "truncated"),
+    (["segment", "{d}/ok.nii.gz", "--model", "{d}/m3d.pt", "--cache-max", "-1"], "--cache-max must be a positive"),
+    (["segment", "{d}/ok.nii.gz", "--model", "{d}/m3d.pt", "--cache-max", "lots"], "--cache-max must be a positive"),
+    # sizes that cannot be, refused before the store exists
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--tile", "100000"], "of memory, more than"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--batch-size", "-3"], "batch_size must be"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--batch-size", "0"], "batch_size must be"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--block", "0"], "block must be"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--chunk", "-64"], "chunk must be"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--tile", "0"], "tile must be at least"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--overlap", "-8"], "overlap must be at least"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--tile", "-320m"], "tile must be at least"),
     (["run", "{d}/unknown.yaml"], "unknown key 'tiling.colour'"),
     (["run", "{d}/wrongtype.yaml"], "cluster.workers"),
     (["run", "{d}/noglob.yaml"], "matches no file"),
+    (["run", "{d}/badrule.yaml"], "nodata_rule: Input should be 'all-bands' or 'any-band'"),
     (["run", "{d}/missing.yaml"], "does not exist"),
+    (["run", "{d}/name-parent.yaml"], "must be a file name inside output.dir, not a path"),
+    (["run", "{d}/name-parent.yaml", "--dry-run"], "must be a file name inside output.dir, not a path"),
+    (["run", "{d}/name-absolute.yaml"], "must be a file name inside output.dir, not a path"),
+    (["run", "{d}/name-unknown.yaml"], "uses {foo}; the only field allowed is {stem}"),
+    (["run", "{d}/name-unclosed.yaml"], "is not a name template"),
+    (["run", "{d}/name-attribute.yaml", "--dry-run"], "uses {stem.__class__.__mro__}; the only field allowed"),
+    (["run", "{d}/name-index.yaml"], "uses {stem[0]}; the only field allowed is {stem}"),
+    (["run", "{d}/name-conversion.yaml"], "uses {stem!r}; the only field allowed is {stem}"),
+    (["run", "{d}/dots.yaml", "--dry-run"], "is not inside output.dir"),
+    (["run", "{d}/samename.yaml", "--dry-run"], "both map to output"),
+    (["run", "{d}/failing.yaml", "--dry-run"], "1 of 2 scenes would fail"),
+    (["segment", "{d}/good.tif", "--model", "{d}/pickled.pt"], "holds a pickled Python object (tests."),
     (["info", "{d}/good.tif"], "not a gigaseg Zarr store"),
     (["export", "{d}/missing.zarr", "{d}/x.tif"], "not a gigaseg Zarr store"),
 ]
@@ -120,8 +170,9 @@ def test_bad_input_is_one_clear_line(corpus, tmp_path, args, message):
     assert errors[0].startswith("gigaseg: error:")
     assert message in errors[0], errors[0]
     assert "Traceback" not in result.output
-    if out.exists():
-        assert zarr.open_group(str(out), mode="r").attrs["gigaseg"]["complete"] is False
+    assert "weights_only" not in result.output  # torch's advice to load untrusted pickles
+    # nothing left that looks complete, nor anything that blocks the rerun
+    assert not out.exists() and not (tmp_path / "out.zarr.lock").exists()
 
 
 def test_existing_output_without_overwrite(corpus, tmp_path):
@@ -216,3 +267,35 @@ def test_incomplete_store_is_refused_by_export_and_flagged_by_info(corpus, tmp_p
     result = CliRunner().invoke(cli, ["export", str(out), str(tmp_path / "o.tif"), "--allow-incomplete"])
     assert result.exit_code == 0
     assert "INCOMPLETE" in result.stderr
+
+
+def test_metres_on_a_geographic_scene_are_measured_at_its_latitude(tmp_path):
+    """The issue's 84.8 TiB: --tile 5120m read as 5120 degrees on EPSG:4326."""
+    rng = np.random.default_rng(3)
+    # ~10 m pixels at 50 N: 1e-4 degrees of longitude (7.2 m) by 9e-5 of latitude (10 m)
+    transform = Affine(1e-4, 0, 10.0, 0, -9e-5, 50.0)
+    tif = write_tiff(
+        tmp_path / "geo.tif", rng.integers(0, 200, (3, 200, 260)).astype(np.uint8), crs="EPSG:4326", transform=transform
+    )
+    init_checkpoint(tmp_path / "m.pt", arch="conv", in_channels=3, classes=["a", "b"], tile=32, overlap=8)
+    out = tmp_path / "o.zarr"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "segment",
+            str(tif),
+            "--model",
+            str(tmp_path / "m.pt"),
+            "--out",
+            str(out),
+            "--tile",
+            "640m",
+            "--overlap",
+            "160m",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "in degrees: 640m, 160m measured at its centre latitude" in result.stderr
+    plan = zarr.open_group(str(out), mode="r").attrs["gigaseg"]["plan"]
+    # 640 m is ~64 rows of 10 m and ~89 columns of 7.2 m (to the model's stride of 1)
+    assert plan["tile"] == [64, 89] and plan["overlap"] == [16, 22]

@@ -141,6 +141,31 @@ def test_a_band_budget_smaller_than_one_chunk_warns_in_the_dry_run(tmp_path, inp
     assert "gigaseg: warning: the stitcher's band takes" in result.stderr and "--band-memory" in result.stderr
 
 
+def test_a_pixel_with_one_saturated_band_is_segmented_not_nodata(tmp_path, rng, inputs):
+    import zarr
+
+    _, model = inputs
+    data = rng.integers(0, 250, (3, 40, 50)).astype(np.uint8)
+    data[0, 20, 25] = 255  # bright snow: red saturated, the nodata value
+    data[:, :4] = 255  # nodata rows
+    tif = write_tiff(tmp_path / "snow.tif", data, nodata=255)
+    runs = {"all-bands": ("--out", tmp_path / "gdal.zarr"), "any-band": ("--out", tmp_path / "any.zarr")}
+    for rule, out in runs.items():
+        flags = () if rule == "all-bands" else ("--nodata-rule", rule)
+        result = run("segment", tif, "--model", model, *out, *flags)
+        assert result.exit_code == 0, result.output
+    gdal = zarr.open_group(str(tmp_path / "gdal.zarr"), mode="r")
+    assert gdal["mask"][20, 25] < 4  # a class
+    assert (gdal["mask"][:4] == 255).all()
+    assert gdal.attrs["gigaseg"]["nodata_rule"] == "all-bands"
+    old = zarr.open_group(str(tmp_path / "any.zarr"), mode="r")
+    assert old["mask"][20, 25] == 255
+    assert old.attrs["gigaseg"]["nodata_rule"] == "any-band"
+    assert np.array_equal(old["mask"][:] == 255, (data == 255).any(axis=0))
+    result = run("segment", tif, "--model", model, "--out", tmp_path / "x.zarr", "--nodata-rule", "gdal")
+    assert result.exit_code == 2 and "'gdal' is not one of 'all-bands', 'any-band'" in result.stderr
+
+
 def test_existing_output_needs_overwrite(tmp_path, inputs):
     tif, model = inputs
     out = tmp_path / "o.zarr"

@@ -2,7 +2,14 @@
 
 import gzip
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -95,6 +102,73 @@ def test_gz_is_decompressed_once_into_a_chunked_cache(tmp_path):
     array = zarr.open_array(first.cache, mode="r")
     assert array.shape == (1, 70, 30, 40) and array.chunks[1] < 70
     assert array.dtype == np.int16  # raw voxels; scaling is applied on reading
+
+
+def copies(cache, name="*"):
+    return sorted(p.name for p in cache.glob(f"{name}.*.zarr"))
+
+
+def disk_bytes(path):
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def test_a_changed_input_replaces_its_copy_unless_the_copy_is_in_use(tmp_path):
+    path = organ_nifti(tmp_path / "ct.nii.gz", shape=(20, 20, 20))
+    (tmp_path / "other").mkdir()
+    other = organ_nifti(tmp_path / "other" / "ct.nii.gz", shape=(20, 20, 20), seed=1)  # same name, kept
+    cache = tmp_path / "cache"
+    NiftiSource(other, cache_dir=cache)
+    stamp = os.stat(path).st_mtime_ns
+    for touch in range(1, 11):
+        os.utime(path, ns=(stamp + touch * 10**9,) * 2)
+        NiftiSource(path, cache_dir=cache)
+    assert len(copies(cache, "ct.nii.gz")) == 2  # the last copy of each input
+    held = NiftiSource(path, cache_dir=cache)
+    os.utime(path, ns=(stamp + 20 * 10**9,) * 2)
+    newest = NiftiSource(path, cache_dir=cache)
+    assert os.path.exists(held.cache) and len(copies(cache, "ct.nii.gz")) == 3  # held is still read
+    np.testing.assert_array_equal(whole(held), whole(newest))
+    del held, newest
+    os.utime(path, ns=(stamp + 30 * 10**9,) * 2)
+    NiftiSource(path, cache_dir=cache)
+    assert len(copies(cache, "ct.nii.gz")) == 2
+
+
+def test_the_leftovers_of_a_killed_decompression_are_removed(tmp_path, rng):
+    big = write_nifti(tmp_path / "big.nii.gz", rng.integers(-1000, 1000, (160, 160, 200)).astype(np.int16))
+    cache = tmp_path / "cache"
+    code = f"from gigaseg.io.nifti import NiftiSource; NiftiSource({str(big)!r}, cache_dir={str(cache)!r})"
+    builder = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while builder.poll() is None and not list(cache.glob(".big.nii.gz.*/data.zarr/zarr.json")):
+        assert time.monotonic() < deadline, "the decompression did not start"
+        time.sleep(0.005)
+    builder.send_signal(signal.SIGKILL)
+    assert builder.wait() == -signal.SIGKILL, "the decompression finished before it could be killed"
+    assert len(list(cache.glob(".big.nii.gz.*"))) == 1
+    live = cache / ".live.nii.gz.0123456789abcdef0123.zarr.x"  # a decompression still running here
+    shutil.copytree(next(cache.glob(".big.nii.gz.*")), live)
+    (live / "builder").write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    NiftiSource(organ_nifti(tmp_path / "small.nii.gz"), cache_dir=cache)
+    assert sorted(p.name for p in cache.glob(".*")) == [live.name]
+    assert copies(cache) == copies(cache, "small.nii.gz")
+
+
+def test_the_size_bound_evicts_the_least_recently_used_copies_not_in_use(tmp_path):
+    first = organ_nifti(tmp_path / "a.nii.gz", shape=(30, 30, 30))
+    for name in "bcde":
+        shutil.copy(first, tmp_path / f"{name}.nii.gz")
+    cache = tmp_path / "cache"
+    held = NiftiSource(first, cache_dir=cache)  # the oldest copy, in use throughout
+    size = disk_bytes(held.cache)
+    for name in "bcb":  # b is used again: c is the least recently used copy not in use
+        NiftiSource(tmp_path / f"{name}.nii.gz", cache_dir=cache)
+    NiftiSource(tmp_path / "d.nii.gz", cache_dir=cache, cache_max=int(3.5 * size))
+    assert [n.split(".")[0] for n in copies(cache)] == ["a", "b", "d"]
+    NiftiSource(tmp_path / "e.nii.gz", cache_dir=cache, cache_max=1)  # never the copy just made, nor one in use
+    assert [n.split(".")[0] for n in copies(cache)] == ["a", "e"]
+    assert disk_bytes(cache) == 2 * size
+    np.testing.assert_array_equal(whole(held)[0], nib.load(first).get_fdata().T)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "not-gzip"])

@@ -110,6 +110,11 @@ def test_open_source_dispatches_on_the_suffix(tmp_path, make_tiff):
         open_source(make_tiff((1, 8, 8), name="b.tif"), volume=0)
 
 
+def test_open_source_hands_the_nodata_rule_to_a_raster(make_tiff):
+    assert open_source(make_tiff((3, 8, 8)), nodata_rule="any-band").describe()["nodata_rule"] == "any-band"
+    assert open_source(make_tiff((3, 8, 8), name="b.tif")).describe()["nodata_rule"] == "all-bands"
+
+
 def test_sample_is_a_strided_subset_of_the_valid_voxels(tmp_path, rng):
     data = rng.normal(size=(31, 29, 27)).astype(np.float32)
     data[:3] = np.nan

@@ -85,6 +85,14 @@ def test_empty_globs_are_refused(tmp_path):
         load_job(tmp_path / "job.yaml").scenes(base=tmp_path)
 
 
+def test_the_nodata_rule_of_a_job_file_reaches_every_scene(tmp_path):
+    write_tiff(tmp_path / "a.tif", np.ones((3, 8, 8), np.uint8))
+    (tmp_path / "job.yaml").write_text("inputs: [a.tif]\nmodel: m.pt\nnodata_rule: any-band\n")
+    assert [s.options.nodata_rule for s in load_job(tmp_path / "job.yaml").scenes(base=tmp_path)] == ["any-band"]
+    (tmp_path / "job.yaml").write_text("inputs: [a.tif]\nmodel: m.pt\n")
+    assert load_job(tmp_path / "job.yaml").scenes(base=tmp_path)[0].options.nodata_rule == "all-bands"
+
+
 def test_job_on_two_workers_equals_the_single_process_run(job_dir):
     (job_dir / "scenes" / "broken.tif").write_bytes(b"II*\x00garbage")
     job = load_job(job_dir / "job.yaml")

@@ -1,5 +1,7 @@
 """Faults: killed processes, torn writes, injected I/O errors, read-only and full disks."""
 
+import contextlib
+import json
 import random
 import signal
 import subprocess
@@ -7,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 import zarr
 from click.testing import CliRunner
@@ -69,6 +72,47 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, scene, 
         assert not list(out.rglob("*.partial"))
 
 
+def gone(process):
+    """Exited: no such process, or a zombie its new parent has not reaped yet."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def command(process):
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def test_sigkill_during_refinement_leaves_no_process_behind(tmp_path, scene):
+    """The refinement pool's workers and multiprocessing's resource tracker die with their parent."""
+    tif, model = scene
+    out = tmp_path / "o.zarr"
+    refine = ["--refine", "crf", "--refine-block", "64", "--refine-workers", "2"]
+    proc = gigaseg("segment", tif, "--model", model, "--out", out, *ARGS, *refine)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    workers = []
+    while proc.poll() is None and len(workers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        workers = [p for p in parent.children() if "spawn_main" in command(p)]
+    assert proc.poll() is None and len(workers) >= 2, "the refinement pool did not start"
+    descendants = parent.children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while not all(map(gone, descendants)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [command(p)[:100] for p in descendants if not gone(p)]
+    for p in descendants:
+        if not gone(p):
+            p.kill()
+    assert not left, f"still running after their parent was killed: {left}"
+
+
 def test_stray_partial_files_are_ignored_and_cleaned_on_resume(tmp_path, scene):
     tif, model = scene
     options = SegmentOptions(block=64, chunk=64, batch_size=2)
@@ -111,7 +155,8 @@ def test_an_injected_write_error_without_retries_is_one_clear_line(tmp_path, sce
     result = CliRunner().invoke(cli, ["segment", str(tif), "--model", str(model), "--out", str(tmp_path / "o.zarr")])
     assert result.exit_code == 2
     assert result.stderr.strip().startswith("gigaseg: error: cannot write to")
-    assert zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["gigaseg"]["complete"] is False
+    # it failed before any block was written: no store and no lock are left to block the rerun
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.lock").exists()
 
 
 def mount_tmpfs(path, options):
@@ -167,6 +212,84 @@ def test_full_disk_fails_clearly_and_leaves_an_incomplete_store(tmp_path, scene,
         assert zarr.open_group(str(out), mode="r").attrs["gigaseg"]["complete"] is False
 
 
+def fill(directory):
+    """Write zeros into ``directory`` until its file system is full."""
+    with contextlib.suppress(OSError), open(directory / "filler", "wb", buffering=0) as f:
+        while True:
+            f.write(b"\0" * 4096)
+
+
+@pytest.fixture
+def store(tmp_path, rng):
+    """A small finished mask store."""
+    tif = write_tiff(tmp_path / "small.tif", rng.integers(0, 200, (3, 96, 80)).astype(np.uint8))
+    init_checkpoint(tmp_path / "conv.pt", arch="conv", in_channels=3, classes=["a", "b"], tile=32, overlap=8)
+    segment(tif, tmp_path / "conv.pt", tmp_path / "o.zarr", SegmentOptions(block=64, chunk=32))
+    return tmp_path / "o.zarr"
+
+
+def test_export_into_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, store, mounts):
+    mount_tmpfs(tmp_path / "full", "size=64k")
+    mounts.append(tmp_path / "full")
+    fill(tmp_path / "full")
+    out = tmp_path / "full" / "mask.tif"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gigaseg", "export", str(store), str(out)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"gigaseg: error: cannot write {out}: No space left on device\n"  # libtiff's lines too
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["filler"]  # no output, no temporaries
+    (tmp_path / "full" / "filler").unlink()
+    assert CliRunner().invoke(cli, ["export", str(store), str(out)]).exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["mask.tif"]
+
+
+def test_user_errors_on_workers_are_one_line_per_scene_without_tracebacks(tmp_path, scene):
+    """A truncated scene fails on the workers (its header reads fine), an empty one on the driver."""
+    tif, model = scene
+    (tmp_path / "scenes").mkdir()
+    data = tif.read_bytes()
+    (tmp_path / "scenes" / "truncated.tif").write_bytes(data[: len(data) // 3])
+    (tmp_path / "scenes" / "empty.tif").write_bytes(b"")
+    (tmp_path / "scenes" / "good.tif").write_bytes(data)
+    (tmp_path / "job.yaml").write_text(
+        f"inputs: ['scenes/*.tif']\nmodel: {model}\noutput: {{dir: out}}\n"
+        "tiling: {block: 128, chunk: 64, batch_size: 2}\ncluster: {workers: 2, retries: 3}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "gigaseg", "run", str(tmp_path / "job.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Compute Failed" not in proc.stderr
+    errors = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("error:")]
+    assert len(errors) == 2, proc.stdout
+    assert errors[0].startswith(f"error: cannot read {tmp_path / 'scenes' / 'empty.tif'} as a raster")
+    assert errors[1].startswith("error: cannot read Box(")  # at once, not "block failed after retries"
+    report = json.loads((tmp_path / "out" / "gigaseg-run-report.json").read_text())
+    assert [s["status"] for s in report["scenes"]] == ["failed", "done", "failed"]
+
+
+@pytest.mark.parametrize("reader", ["head -1", "gone"])
+def test_a_closed_stdout_pipe_ends_quietly(store, reader):
+    """``gigaseg info S | head -1``; "gone": the reader closed the pipe before anything was written."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gigaseg", "info", str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    if reader == "gone":
+        proc.stdout.close()
+    else:
+        head = subprocess.run(reader.split(), stdin=proc.stdout, capture_output=True, text=True, check=True)
+        proc.stdout.close()
+        assert head.stdout == f"path: {store}\n"
+    rc, stderr = proc.wait(timeout=120), proc.stderr.read().decode()
+    assert stderr == ""
+    assert rc == 141 if reader == "gone" else rc in (0, 141)  # 141 when head left before the last line
+
+
 def test_fifty_scenes_on_two_workers_without_memory_growth(tmp_path, rng):
     from gigaseg.jobs.jobfile import load_job
     from gigaseg.jobs.runner import run_job
@@ -186,3 +309,222 @@ def test_fifty_scenes_on_two_workers_without_memory_growth(tmp_path, rng):
     first = np.mean([s.worker_rss_mb for s in report.scenes[:10]])
     last = np.mean([s.worker_rss_mb for s in report.scenes[-10:]])
     assert last <= first * 1.10 + 20, f"worker memory grew from {first:.0f} MB to {last:.0f} MB"
+
+
+# --- integrity: fingerprints, locks, checksums ---------------------------------------------
+
+
+def segment_cli(tif, model, out, *extra):
+    return CliRunner().invoke(cli, ["segment", str(tif), "--model", str(model), "--out", str(out), *ARGS, *extra])
+
+
+def one_error(result, *words):
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.stderr.strip().splitlines() if not ln.startswith("gigaseg: warning:")]
+    assert len(errors) == 1 and errors[0].startswith("gigaseg: error:"), result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+def half_done(tif, model, out, *extra):
+    """A store as a run killed half way leaves it: blocks done up to half, incomplete."""
+    assert segment_cli(tif, model, out, *extra).exit_code == 0
+    store = zarr.open_group(str(out), mode="r+")
+    flags = store["blocks_done"][...]
+    flags.reshape(-1)[flags.size // 2 :] = 0
+    store["blocks_done"][...] = flags
+    store.attrs["gigaseg"] = {**store.attrs["gigaseg"], "complete": False}
+
+
+@pytest.mark.parametrize("change", ["pixels", "weights", "bands", "tile", "blend"])
+def test_resume_refuses_what_changed_and_names_it(tmp_path, rng, change):
+    image = rng.integers(0, 200, (5, 256, 192)).astype(np.uint8)
+    tif = write_tiff(tmp_path / "s.tif", image)
+    model = small_unet(tmp_path / "m.pt", seed=2)
+    out = tmp_path / "o.zarr"
+    half_done(tif, model, out, "--bands", "1,2,3")
+    extra = ["--bands", "1,2,3"]
+    if change == "pixels":  # the same file name, other pixels
+        time.sleep(0.01)
+        write_tiff(tif, rng.integers(0, 200, image.shape).astype(np.uint8))
+        named = "input."
+    elif change == "weights":  # the same card, other weights
+        small_unet(model, seed=3)
+        named = "weights.sha256"
+    elif change == "bands":
+        extra = ["--bands", "3,4,5"]
+        named = "options.source.bands"
+    elif change == "tile":
+        extra += ["--tile", "96"]
+        named = "options.plan.tile"
+    else:
+        extra += ["--blend", "constant"]
+        named = "options.plan.blend"
+    before = zarr.open_group(str(out), mode="r")["mask"][...]
+    one_error(segment_cli(tif, model, out, "--resume", *extra), "cannot resume", named)
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["gigaseg"]["complete"] is False
+    assert np.array_equal(group["mask"][...], before)
+
+
+def test_resume_with_the_same_input_finishes_and_counts_every_block(tmp_path, scene):
+    tif, model = scene
+    out, clean = tmp_path / "o.zarr", tmp_path / "clean.zarr"
+    assert segment_cli(tif, model, clean).exit_code == 0
+    half_done(tif, model, out)
+    os_touch_later(tif, 0)  # an identical file: same size, time and bytes
+    assert segment_cli(tif, model, out, "--resume").exit_code == 0
+    summary = zarr.open_group(str(out), mode="r").attrs["gigaseg"]["summary"]
+    expected = zarr.open_group(str(clean), mode="r").attrs["gigaseg"]["summary"]
+    assert summary["pixels"] == 384 * 320 and summary["counts"] == expected["counts"]
+    assert summary["blocks_skipped"] > 0
+
+
+def os_touch_later(path, seconds):
+    import os
+
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + int(seconds * 1e9)))
+
+
+def test_resume_refuses_a_touched_input(tmp_path, scene):
+    tif, model = scene
+    out = tmp_path / "o.zarr"
+    half_done(tif, model, out)
+    os_touch_later(tif, 5)
+    one_error(segment_cli(tif, model, out, "--resume"), "input.mtime_ns")
+
+
+def test_resume_refuses_a_store_without_a_fingerprint(tmp_path, scene):
+    tif, model = scene
+    out = tmp_path / "o.zarr"
+    half_done(tif, model, out)
+    group = zarr.open_group(str(out), mode="r+")
+    group.attrs["gigaseg"] = {k: v for k, v in group.attrs["gigaseg"].items() if k != "fingerprint"}
+    one_error(segment_cli(tif, model, out, "--resume"), "without a fingerprint")
+
+
+HOLD = "from gigaseg.io.lock import StoreLock; import sys, time; StoreLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Another live process that holds the lock of tmp_path/o.zarr."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "o.zarr")], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"held"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_store_a_live_writer_holds_is_refused_even_with_overwrite(tmp_path, scene, holder):
+    tif, model = scene
+    out = tmp_path / "o.zarr"
+    line = one_error(segment_cli(tif, model, out, "--overwrite"), "is being written by", f"PID {holder.pid}")
+    assert "o.zarr.lock" in line
+    one_error(segment_cli(tif, model, out, "--resume"), "is being written by")
+    holder.kill()
+    holder.wait()
+    result = segment_cli(tif, model, out, "--overwrite")  # the holder is gone: its lock is stale
+    assert result.exit_code == 0, result.output
+    assert "took over the stale lock" in result.stderr and f"PID {holder.pid}" in result.stderr
+    assert not (tmp_path / "o.zarr.lock").exists()
+
+
+def test_two_writers_at_once_one_is_refused(tmp_path, scene):
+    """The race of the issue: a second --overwrite while the first is still writing."""
+    tif, model = scene
+    out = tmp_path / "o.zarr"
+    first = gigaseg("segment", tif, "--model", model, "--out", out, *ARGS)
+    while first.poll() is None and blocks_written(out) < 2:
+        time.sleep(0.005)
+    assert first.poll() is None, "the first run finished before the second started"
+    second = segment_cli(tif, small_unet(tmp_path / "other.pt", seed=5), out, "--overwrite")
+    one_error(second, "is being written by", f"PID {first.pid}")
+    assert first.wait() == 0
+    attrs = zarr.open_group(str(out), mode="r").attrs["gigaseg"]
+    assert attrs["complete"] is True and attrs["model"].endswith("m.pt")
+
+
+def test_a_lock_from_another_host_is_stale_only_without_heartbeat(tmp_path, scene):
+    import os
+
+    from gigaseg.io.lock import STALE_S, lock_path
+
+    tif, model = scene
+    out = tmp_path / "o.zarr"
+    lock = lock_path(out)
+    lock.write_text(json.dumps({"host": "node-17", "pid": 4242, "since": "2026-11-30T00:00:00+00:00", "token": "x"}))
+    one_error(segment_cli(tif, model, out), "PID 4242 on node-17")
+    old = time.time() - STALE_S - 5
+    os.utime(lock, (old, old))
+    result = segment_cli(tif, model, out)
+    assert result.exit_code == 0 and "no heartbeat for" in result.stderr
+
+
+def test_a_job_driver_holds_the_locks_of_its_scenes(tmp_path, scene, holder):
+    from gigaseg.jobs.jobfile import load_job
+    from gigaseg.jobs.runner import run_job
+
+    tif, model = scene
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(
+        f"inputs: [{tif}]\nmodel: {model}\noutput: {{dir: {tmp_path}, name: 'o.zarr'}}\n"
+        "tiling: {block: 64, chunk: 64}\ncluster: {workers: 1}\n"
+    )
+    report = run_job(load_job(job_file), base=tmp_path)
+    assert report.scenes[0].status == "failed" and "is being written by" in report.scenes[0].error
+
+
+def truncate_a_chunk(store, name="mask", key="0.0"):
+    chunk = store / name / key
+    chunk.write_bytes(chunk.read_bytes()[:10])
+
+
+@pytest.fixture
+def finished(tmp_path, scene):
+    tif, model = scene
+    out = tmp_path / "o.zarr"
+    assert segment_cli(tif, model, out).exit_code == 0
+    return tif, model, out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "flipped", "probabilities", "checksum deleted"])
+def test_damaged_chunks_are_found_refused_by_export_and_rewritten_by_resume(tmp_path, finished, damage):
+    tif, model, out = finished
+    clean = read(out)
+    if damage == "truncated":
+        truncate_a_chunk(out, key="1.2")
+    elif damage == "deleted":
+        (out / "mask" / "1.2").unlink()
+    elif damage == "flipped":  # still decodes: other labels in the chunk
+        group = zarr.open_group(str(out), mode="r+")
+        group["mask"][64:128, 128:192] = np.where(group["mask"][64:128, 128:192] == 0, 1, 0)
+    elif damage == "probabilities":
+        truncate_a_chunk(out, "probabilities", "0.1.2")
+    else:
+        (out / "mask_crc32" / "1.2").unlink()
+    runner = CliRunner()
+    assert "chunk [1, 2]" in one_error(runner.invoke(cli, ["verify", str(out)]), "do not hold what was written")
+    one_error(runner.invoke(cli, ["info", str(out), "--verify"]), "chunk [1, 2]")
+    if damage != "probabilities":  # export reads the mask only
+        one_error(runner.invoke(cli, ["export", str(out), str(tmp_path / "x.tif")]), "mask chunk [1, 2]")
+        assert not list(tmp_path.glob("*x.tif*"))
+    resumed = segment_cli(tif, model, out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "writing blocks [(1, 2)] again" in resumed.stderr
+    ok = runner.invoke(cli, ["verify", str(out)])
+    assert ok.exit_code == 0 and "60 chunks match" in ok.stdout
+    mask, probs, complete = read(out)
+    assert complete and np.array_equal(mask, clean[0]) and np.array_equal(probs, clean[1])
+
+
+def test_verify_passes_a_sound_store_and_tells_apart_unwritten_blocks(tmp_path, finished):
+    tif, model, out = finished
+    result = CliRunner().invoke(cli, ["verify", str(out)])
+    assert result.exit_code == 0 and result.stdout.strip().endswith("60 chunks match their checksums")
+    half = tmp_path / "half.zarr"
+    half_done(tif, model, half)
+    result = CliRunner().invoke(cli, ["verify", str(half)])
+    assert result.exit_code == 0 and "INCOMPLETE: 15 of 30 blocks written" in result.stdout

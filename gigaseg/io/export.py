@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio does not export the base class
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from gigaseg.errors import InputError, OutputError, OutputExistsError
+from gigaseg.errors import GigasegError, InputError, OutputError, OutputExistsError
 from gigaseg.io.export_nifti import write_nifti
 from gigaseg.io.geotiff import GigasegWarning
 from gigaseg.io.store import MaskStore, open_store
+from gigaseg.tiler import Box
 
 # Distinct colours for classes without colours of their own (tab10).
 PALETTE = [
@@ -55,20 +61,68 @@ def export_mask(
     if nifti:
         write_nifti(store, output)
         return
+    # both temporaries sit beside the output (same disk: the rename is atomic) and go on any failure
     staging = output.with_name(f".{output.name}.staging.tif")
     partial = output.with_name(f".{output.name}.partial")
+    messages: list[str] = []
     try:
-        _write_tiled(store, staging)
-        rasterio.shutil.copy(
-            staging, partial, driver="COG", compress="DEFLATE", blocksize=512, overview_resampling="NEAREST"
-        )
+        with _libtiff_messages(messages):
+            _write_tiled(store, staging)
+            rasterio.shutil.copy(
+                staging, partial, driver="COG", compress="DEFLATE", blocksize=512, overview_resampling="NEAREST"
+            )
         os.replace(partial, output)
-    except RasterioError as e:
-        raise OutputError(f"cannot write {output}: {e}") from None
+    except GigasegError:
+        raise
+    except (RasterioError, CPLE_BaseError, OSError) as e:  # a full disk ends as a CPLE_AppDefinedError
+        cause = _root_cause(messages) or (e.strerror if isinstance(e, OSError) else None) or _first_line(e)
+        raise OutputError(f"cannot write {output}: {cause}") from None
     finally:
         for path in (staging, partial):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+@contextlib.contextmanager
+def _libtiff_messages(messages: list[str]) -> Iterator[None]:
+    """Collect into ``messages`` what is printed to file descriptor 2 meanwhile; print it on success.
+
+    libtiff inside GDAL prints some I/O errors straight there (``_tiffSeekProc: No
+    space left on device.``, once per attempt), while GDAL raises a vaguer error;
+    the first of those lines is the cause a user can act on.
+    """
+    try:
+        sink = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    except OSError:  # no room for it either: let the lines through
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        sink.seek(0)
+        messages += sink.read().decode(errors="replace").splitlines()
+        sink.close()
+        if not failed and messages:
+            print("\n".join(messages), file=sys.stderr)
+
+
+def _root_cause(messages: list[str]) -> str | None:
+    """``No space left on device`` from ``_tiffSeekProc: No space left on device.``"""
+    for line in messages:
+        if line.strip():
+            return re.sub(r"^\w+: ", "", line.strip()).rstrip(".")
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _write_tiled(store: MaskStore, path: Path) -> None:
@@ -96,7 +150,8 @@ def _write_tiled(store: MaskStore, path: Path) -> None:
     with rasterio.open(path, "w", **profile) as dst:
         for start in range(0, height, rows):
             stop = min(start + rows, height)
-            dst.write(mask[start:stop], 1, window=Window(0, start, width, stop - start))
+            rows_box = Box((start, 0), (stop, width))
+            dst.write(store.read(rows_box), 1, window=Window(0, start, width, stop - start))
         if mask.dtype == np.uint8:
             dst.write_colormap(1, colormap(store))
         dst.update_tags(1, CLASSES=",".join(store.classes))

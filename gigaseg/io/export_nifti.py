@@ -19,6 +19,7 @@ import numpy as np
 
 from gigaseg.errors import InputError, OutputError
 from gigaseg.io.store import MaskStore
+from gigaseg.tiler import Box
 
 
 def write_nifti(store: MaskStore, output: Path) -> None:
@@ -57,5 +58,6 @@ def _write_voxels(store: MaskStore, f: BinaryIO) -> None:
     mask = store.mask
     rows = mask.chunks[0]
     for start in range(0, mask.shape[0], rows):
-        slab = np.ascontiguousarray(mask[start : start + rows])
+        stop = min(start + rows, mask.shape[0])
+        slab = np.ascontiguousarray(store.read(Box((start, 0, 0), (stop, *mask.shape[1:]))))
         f.write(slab.astype(slab.dtype.newbyteorder("=")).tobytes())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,11 @@ from gigaseg.tiler import Box
 # environment variable): 64 would be a 64-byte cache, every read decoding its
 # blocks again and every mask read decoding them once more.
 CACHE_BYTES = 64 * 2**20
+
+# When a pixel is nodata, from its selected bands' masks (README, "Nodata"):
+# "all-bands" is GDAL's dataset mask (the union of the band masks: valid where
+# any band is), "any-band" marks it nodata where one band is.
+NODATA_RULES = ("all-bands", "any-band")
 
 
 def _read_options() -> dict[str, Any]:
@@ -58,11 +65,14 @@ class GeoTiffSource(ThreadLocalHandles):
     """A raster read window by window; never the whole scene.
 
     rasterio handles are neither thread-safe nor picklable, so each thread opens
-    its own from the path, and pickling keeps only the path and the band choice.
+    its own from the path, and pickling keeps only the path and the reading options.
     """
 
-    def __init__(self, path: str | Path, *, bands: list[int] | None = None) -> None:
+    def __init__(self, path: str | Path, *, bands: list[int] | None = None, nodata_rule: str = "all-bands") -> None:
+        if nodata_rule not in NODATA_RULES:
+            raise InputError(f"--nodata-rule must be all-bands (GDAL's mask) or any-band, got {nodata_rule!r}")
         self.path = str(path)
+        self.nodata_rule = nodata_rule
         with open_dataset(self.path) as ds:
             self.bands = _check_bands(bands, ds.count, self.path)
             self.shape: tuple[int, int] = (ds.height, ds.width)
@@ -71,7 +81,7 @@ class GeoTiffSource(ThreadLocalHandles):
             self.block_shape: tuple[int, int] = tuple(ds.block_shapes[self.bands[0] - 1])
             self.band_names = [ds.descriptions[b - 1] or f"band{b}" for b in self.bands]
             self.georef = _georef(ds)
-            self._all_valid = all(ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in self.bands)
+            self._masks = BandMasks.of(ds, self.bands)
         self._local = threading.local()
         if self.georef.crs_wkt is None:
             warnings.warn(
@@ -92,7 +102,7 @@ class GeoTiffSource(ThreadLocalHandles):
         return self.georef.pixel_size
 
     def describe(self) -> dict[str, Any]:
-        return {"bands": self.bands}
+        return {"bands": self.bands, "nodata_rule": self.nodata_rule}
 
     def _dataset(self) -> rasterio.DatasetReader:
         ds = getattr(self._local, "dataset", None)
@@ -109,8 +119,11 @@ class GeoTiffSource(ThreadLocalHandles):
     def read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         """Pixels of ``box`` as float32 ``(bands, h, w)`` and validity ``(h, w)``.
 
-        A pixel is invalid where any selected band is nodata, masked by an
-        internal mask or alpha band, or not finite (NaN, inf). The pixels lie
+        A pixel is invalid where the dataset's mask band (an internal or
+        ``.msk`` mask, an alpha band) says so; else, by ``nodata_rule``, where
+        all selected bands ("all-bands", GDAL's rule) or any of them
+        ("any-band") hold their nodata value; and always where any band is not
+        finite (NaN, inf), which no network can take. The pixels lie
         pixel-interleaved in memory (an ``(h, w, bands)`` array seen as ``(bands,
         h, w)``), the channels-last layout 2-D networks take without a copy.
         """
@@ -138,13 +151,87 @@ class GeoTiffSource(ThreadLocalHandles):
         return data, valid
 
     def _valid(self, ds: rasterio.DatasetReader, window: Window, data: np.ndarray) -> np.ndarray:
-        valid = np.ones(data.shape[1:], bool)
-        if not self._all_valid:
-            for band in self.bands:  # one band's mask at a time: no (bands, h, w) temporaries
-                np.logical_and(valid, ds.read_masks(band, window=window), out=valid)
+        masks, union = self._masks, self.nodata_rule == "all-bands"
+        if masks.dataset is not None:
+            valid = ds.read_masks(masks.dataset, window=window) != 0
+        elif union and masks.unmasked:
+            valid = np.ones(data.shape[1:], bool)  # an unmasked band is valid everywhere
+        else:
+            valid = _combine(self._band_masks(ds, window, data), data.shape[1:], union=union)
         if self.dtype.kind == "f":
-            valid &= np.isfinite(data).all(axis=0)
+            for channel in data:  # one band at a time: no (bands, h, w) temporaries
+                valid &= np.isfinite(channel)
         return valid
+
+    def _band_masks(self, ds: rasterio.DatasetReader, window: Window, data: np.ndarray) -> list[np.ndarray]:
+        """Each masked band's validity: nodata compared with the pixels read where they hold it exactly."""
+        exact = np.can_cast(self.dtype, data.dtype, "safe")
+        found = [
+            _not_nodata(data[channel], value) if exact else ds.read_masks(band, window=window) != 0
+            for channel, band, value in self._masks.nodata
+        ]
+        return found + [ds.read_masks(band, window=window) != 0 for band in self._masks.own]
+
+
+@dataclass(frozen=True, slots=True)
+class BandMasks:
+    """Where a read's validity comes from, decided once from GDAL's mask flags.
+
+    A per-dataset mask (internal or ``.msk`` mask, alpha band) is the validity
+    of every band: ``dataset`` is a selected band whose mask it is. Otherwise
+    each selected band is unmasked, has a ``nodata`` value (``(channel, band,
+    value)``: compared with the pixels already read, so its mask costs no
+    second decode), or has a mask band of its ``own`` that is read.
+    """
+
+    dataset: int | None = None
+    nodata: tuple[tuple[int, int, float], ...] = ()
+    own: tuple[int, ...] = ()
+    unmasked: bool = False
+
+    @classmethod
+    def of(cls, ds: rasterio.DatasetReader, bands: list[int]) -> BandMasks:
+        flags = [ds.mask_flag_enums[b - 1] for b in bands]
+        per_dataset = [b for b, f in zip(bands, flags, strict=True) if MaskFlags.per_dataset in f]
+        if per_dataset:
+            return cls(dataset=per_dataset[0])
+        dtype = np.dtype(ds.dtypes[bands[0] - 1])
+        nodata: list[tuple[int, int, float]] = []
+        own: list[int] = []
+        for channel, (band, f) in enumerate(zip(bands, flags, strict=True)):
+            value = ds.nodatavals[band - 1]
+            if f == [MaskFlags.nodata] and value is not None and _holds(dtype, value):
+                nodata.append((channel, band, float(value)))
+            elif f != [MaskFlags.all_valid]:
+                own.append(band)  # GDAL's own test: a mask band, or a nodata value the pixels cannot hold
+        return cls(None, tuple(nodata), tuple(own), len(nodata) + len(own) < len(bands))
+
+
+def _holds(dtype: np.dtype, value: float) -> bool:
+    """Whether ``value`` is one of ``dtype``'s values (NaN only for floats)."""
+    if math.isnan(value):
+        return dtype.kind == "f"
+    try:
+        with np.errstate(over="ignore"):
+            return bool(dtype.type(value) == value)
+    except (OverflowError, ValueError):
+        return False
+
+
+def _not_nodata(values: np.ndarray, nodata: float) -> np.ndarray:
+    if math.isnan(nodata):
+        return ~np.isnan(values)
+    return values != values.dtype.type(nodata)
+
+
+def _combine(found: list[np.ndarray], shape: tuple[int, ...], *, union: bool) -> np.ndarray:
+    """The bands' validities joined: their union (GDAL's dataset mask) or their intersection."""
+    if not found:
+        return np.ones(shape, bool)
+    valid, join = found[0], np.logical_or if union else np.logical_and
+    for band_valid in found[1:]:
+        join(valid, band_valid, out=valid)
+    return valid
 
 
 def _pixel_interleaved(bands: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

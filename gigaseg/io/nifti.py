@@ -11,6 +11,15 @@ access, so it is decompressed once, slab by slab through nibabel, into a
 chunked Zarr cache that later reads (and other processes) stream from. Voxels
 are scaled by ``scl_slope``/``scl_inter`` on the way out, as float32.
 
+The cache. One copy per input file and choice of volumes, named
+``<file name>.<8 hex: path and volumes><12 hex: size, mtime, header>.zarr``. A
+source holds a shared ``flock`` on its copy's ``zarr.json`` while it lives (in
+each process that reads it) and marks the copy's last use (the file's mtime).
+Each time a copy is written: build directories whose builder is dead (or silent
+for ``DEBRIS_AGE_S``) go, older copies of the same input go, then the least
+recently used copies until the cache is under its bound. A copy is removed only
+under an exclusive lock, so never while a source reads it.
+
 4-D files (and higher: dimensions past the third are flattened, in file order,
 into one list of volumes) give either one volume (``volume=N``) or all of them
 as channels (``volume="channels"``).
@@ -19,12 +28,17 @@ as channels (``volume="channels"``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 import threading
+import time
+import weakref
 import zlib
 from pathlib import Path
 from typing import Any
@@ -47,6 +61,11 @@ SUFFIXES = (".nii", ".nii.gz")
 CHANNELS = "channels"
 SLAB_BYTES = 2**25  # decompress at most this much at a time
 READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError)
+DEFAULT_CACHE_MAX = 50 * 2**30  # bytes of decompressed copies kept; least recently used go first
+DEBRIS_AGE_S = 3600  # a build directory whose builder has not written for this long is debris
+BUILDER = "builder"  # in a build directory: "host pid", touched after every slab written
+COPY = re.compile(r"(?P<name>.+)\.(?P<input>[0-9a-f]{8})[0-9a-f]{12}\.zarr")
+BUILD = re.compile(r"\..+\.[0-9a-f]{20}\.zarr\..+")
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -73,10 +92,12 @@ class NiftiSource(ThreadLocalHandles):
         *,
         volume: int | str | None = None,
         cache_dir: str | Path | None = None,
+        cache_max: int | None = None,
         header_only: bool = False,
     ) -> None:
         """``header_only``: for planning (a dry run), the header alone; a ``.nii.gz`` is not
-        decompressed into the cache, and reading voxels is refused."""
+        decompressed into the cache, and reading voxels is refused. ``cache_max``: bytes the
+        cache may hold (:data:`DEFAULT_CACHE_MAX`), enforced when this source adds a copy."""
         self.path = str(path)
         header = read_header(self.path)
         self.ref = NiftiRef.from_header(header, name=self.path)
@@ -96,9 +117,17 @@ class NiftiSource(ThreadLocalHandles):
         self.scaling = (1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter))
         self.cache: str | None = None
         self.header_only = header_only
+        self._lease: Lease | None = None
         if self.path.lower().endswith(".gz") and not header_only:
-            self.cache = str(build_cache(self, Path(cache_dir) if cache_dir else default_cache_dir()))
+            directory = Path(cache_dir) if cache_dir else default_cache_dir()
+            target, self._lease = build_cache(self, directory, max_bytes=cache_max or DEFAULT_CACHE_MAX)
+            self.cache = str(target)
         self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_lease"] = None  # a lock belongs to its process; the first read takes one again
+        return state
 
     def describe(self) -> dict[str, Any]:
         return {"volumes": list(self.volumes), "cache": self.cache}
@@ -125,6 +154,10 @@ class NiftiSource(ThreadLocalHandles):
         if self.header_only:
             raise SourceError(f"{self.path} was opened for planning only; its voxels are not read")
         if self.cache:
+            if self._lease is None:
+                self._lease = Lease.take(Path(self.cache))
+            if self._lease is None:
+                raise SourceError(f"the decompressed copy of {self.path} is gone from the cache ({self.cache})")
             return zarr.open_array(self.cache, mode="r")
         ni, nj, nk, nvol = self._file_shape
         try:
@@ -215,31 +248,169 @@ def choose_volumes(count: int, volume: int | str | None, path: str) -> tuple[int
 
 
 def cache_key(source: NiftiSource) -> str:
+    """20 hex digits: 8 name the input (absolute path, volumes), 12 its version (size, mtime, header)."""
     stat = os.stat(source.path)
-    text = f"{os.path.abspath(source.path)}|{stat.st_size}|{stat.st_mtime_ns}|{source.volumes}"
-    return hashlib.sha256(text.encode() + source.ref.header).hexdigest()[:20]
+    identity = f"{os.path.abspath(source.path)}|{source.volumes}".encode()
+    version = f"{stat.st_size}|{stat.st_mtime_ns}".encode() + source.ref.header
+    return hashlib.sha256(identity).hexdigest()[:8] + hashlib.sha256(version).hexdigest()[:12]
 
 
-def build_cache(source: NiftiSource, directory: Path) -> Path:
-    """Decompress the selected volumes once into a chunked Zarr array; reuse it if complete."""
+class Lease:
+    """A shared lock on a cached copy's ``zarr.json``: the copy is not removed while it is held.
+
+    Released when the lease is garbage-collected (with its source) or its process dies.
+    """
+
+    def __init__(self, fd: int) -> None:
+        weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def take(cls, copy: Path) -> Lease | None:
+        """Lock ``copy`` and mark its last use; ``None`` if it does not exist (or was just removed)."""
+        meta = copy / "zarr.json"
+        try:
+            fd = os.open(meta, os.O_RDONLY)
+        except OSError:
+            return None
+        lease = cls(fd)
+        with contextlib.suppress(OSError):  # a filesystem without locks: remove_copy removes nothing there
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            if os.stat(meta).st_ino != os.fstat(fd).st_ino:  # removed before the lock was ours
+                return None
+            now = time.time_ns()  # not utime's default: the kernel's coarse clock ties uses a few ms apart
+            os.utime(meta, ns=(now, now))
+        except FileNotFoundError:
+            return None
+        except OSError:
+            pass  # a read-only cache: the copy is used, its last use is not recorded
+        return lease
+
+
+def build_cache(source: NiftiSource, directory: Path, *, max_bytes: int = DEFAULT_CACHE_MAX) -> tuple[Path, Lease]:
+    """The copy of the selected volumes in ``directory`` and a lease on it; decompressed if missing.
+
+    After writing a copy, the cache is tidied (:func:`tidy_cache`) down to ``max_bytes``.
+    """
     target = directory / f"{Path(source.path).name}.{cache_key(source)}.zarr"
-    if (target / "zarr.json").exists():
-        return target
+    lease = Lease.take(target)
+    if lease is not None:
+        return target, lease
+    _build(source, target)
+    lease = Lease.take(target)
+    if lease is None:
+        raise SourceError(f"the decompressed copy of {source.path} was removed from {directory} as it was written")
+    tidy_cache(directory, keep=target, max_bytes=max_bytes)
+    return target, lease
+
+
+def _build(source: NiftiSource, target: Path) -> None:
+    directory = target.parent
     try:
         directory.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=directory))
+        (partial / BUILDER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     except OSError as e:
         raise SourceError(f"cannot create the decompression cache in {directory}: {e}") from None
     try:
-        _decompress(source, partial / "data.zarr")
+        _decompress(source, partial / "data.zarr", heartbeat=partial / BUILDER)
         with contextlib.suppress(OSError):  # another process may have won the race: use its copy
             os.replace(partial / "data.zarr", target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return target
 
 
-def _decompress(source: NiftiSource, path: Path) -> None:
+def tidy_cache(directory: Path, *, keep: Path, max_bytes: int) -> None:
+    """Remove dead builds, older copies of ``keep``'s input, then least recently used copies
+    until the cache holds at most ``max_bytes`` (or only ``keep`` and copies in use)."""
+    now = time.time()
+    copies = []
+    for path in directory.iterdir():
+        if BUILD.fullmatch(path.name) and is_debris(path, now):
+            shutil.rmtree(path, ignore_errors=True)
+        elif COPY.fullmatch(path.name) and path != keep:
+            copies.append(path)
+    for path in [p for p in copies if _input(p) == _input(keep)]:  # older versions of the same input
+        if remove_copy(path):
+            copies.remove(path)
+    sizes = {p: tree_bytes(p) for p in copies}
+    total = tree_bytes(keep) + sum(sizes.values())
+    for path in sorted(copies, key=_last_use):
+        if total <= max_bytes:
+            break
+        if remove_copy(path):
+            total -= sizes[path]
+
+
+def _input(copy: Path) -> tuple[str, str]:
+    match = COPY.fullmatch(copy.name)
+    return (match["name"], match["input"]) if match else ("", "")
+
+
+def _last_use(copy: Path) -> float:
+    try:
+        return (copy / "zarr.json").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def tree_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name)).st_size
+    return total
+
+
+def is_debris(build: Path, now: float) -> bool:
+    """A build directory nobody will finish: its builder (on this host) is dead, or silent too long."""
+    if ".removed-" in build.name:  # a copy remove_copy renamed and did not finish deleting
+        return True
+    record = build / BUILDER
+    try:
+        host, pid = record.read_text().split()
+        pid_number, beat = int(pid), record.stat().st_mtime
+    except (OSError, ValueError):  # not written yet, or an older gigaseg's
+        host, pid_number = "", 0
+        try:
+            beat = build.stat().st_mtime
+        except OSError:
+            return False
+    if now - beat > DEBRIS_AGE_S:
+        return True
+    return host == socket.gethostname() and not _alive(pid_number)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def remove_copy(copy: Path) -> bool:
+    """Remove a cached copy unless a source holds it; whether it was removed."""
+    try:
+        fd = os.open(copy / "zarr.json", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        trash = copy.with_name(f".{copy.name}.removed-{os.getpid()}")
+        os.rename(copy, trash)  # under the lock: a reader that locks next finds it gone
+    except OSError:  # in use (BlockingIOError), or removed by another process
+        return False
+    finally:
+        os.close(fd)
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def _decompress(source: NiftiSource, path: Path, *, heartbeat: Path) -> None:
     ni, nj, nk, nvol = source._file_shape
     plane = ni * nj * source.dtype.itemsize
     slab = max(1, min(nk, 32, SLAB_BYTES // max(plane, 1)))
@@ -259,9 +430,16 @@ def _decompress(source: NiftiSource, path: Path) -> None:
                     index = (slice(None), slice(None), slice(k0, k1), v)
                     raw = fileslice(f, index, (ni, nj, nk, nvol), source._disk_dtype, source._offset, "F")
                     array[c, k0:k1] = raw.T
+                    _beat(heartbeat)
             while f.read(SLAB_BYTES):  # read to the end so gzip checks its CRC and length
-                pass
+                _beat(heartbeat)
     except READ_ERRORS + (gzip.BadGzipFile,) as e:
         raise SourceError(
             f"cannot decompress {source.path}: {_first_line(e)} (the file is corrupt or truncated)"
         ) from None
+
+
+def _beat(heartbeat: Path) -> None:
+    """Mark a build alive, so that :func:`tidy_cache` in another process leaves it alone."""
+    with contextlib.suppress(OSError):
+        os.utime(heartbeat)

@@ -69,21 +69,26 @@ def open_source(
     path: str | Path,
     *,
     bands: list[int] | None = None,
+    nodata_rule: str = "all-bands",
     volume: int | str | None = None,
     cache_dir: str | Path | None = None,
+    cache_max: int | None = None,
     header_only: bool = False,
 ) -> Source:
     """The source for ``path``: NIfTI for ``.nii``/``.nii.gz``, else any GDAL raster.
 
-    ``header_only`` opens it for planning: no ``.nii.gz`` is decompressed into the cache.
+    ``nodata_rule`` says when a raster's pixel is nodata
+    (:data:`~gigaseg.io.geotiff.NODATA_RULES`); a NIfTI volume has no nodata
+    value, only non-finite voxels. ``header_only`` opens it for planning: no
+    ``.nii.gz`` is decompressed into the cache.
     """
     if is_nifti(path):
         if bands:
             raise InputError("--bands selects raster bands; choose NIfTI volumes with --volume")
-        return NiftiSource(path, volume=volume, cache_dir=cache_dir, header_only=header_only)
+        return NiftiSource(path, volume=volume, cache_dir=cache_dir, cache_max=cache_max, header_only=header_only)
     if volume is not None:
         raise InputError(f"--volume selects volumes of a NIfTI file, and {path} is not one")
-    return GeoTiffSource(path, bands=bands)
+    return GeoTiffSource(path, bands=bands, nodata_rule=nodata_rule)
 
 
 @dataclass

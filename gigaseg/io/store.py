@@ -8,11 +8,15 @@ Layout (zarr format 2 by default, which the GDAL inside rasterio's wheels reads)
       x, y                    pixel-centre coordinates (rectilinear grids only)
       spatial_ref             CF grid mapping: crs_wkt and GeoTransform
       blocks_done             one element per block, each its own chunk
+      block_counts            per block: pixels per class, then nodata (the run's summary)
+      mask_crc32              one CRC-32 per mask chunk (gigaseg.io.checksums)
+      probabilities_crc32     one per probabilities chunk
 
 Completion protocol: a block writes its chunks, then its own ``blocks_done``
 element; :meth:`MaskStore.finish` sets ``complete`` only when every element is
 set. A store killed half way therefore says how far it got and never claims to
-be complete.
+be complete. Each chunk's checksum is recorded as it is written, so
+:meth:`MaskStore.verify` finds chunks damaged or deleted since.
 """
 
 from __future__ import annotations
@@ -29,7 +33,16 @@ import numpy as np
 import zarr
 from numcodecs import Blosc
 
-from gigaseg.errors import IncompleteStoreError, OutputError, OutputExistsError, SourceError
+from gigaseg.errors import DamagedStoreError, IncompleteStoreError, OutputError, OutputExistsError, SourceError
+from gigaseg.io.checksums import (
+    SUFFIX,
+    Verification,
+    checksum_array,
+    chunk_counts,
+    read_checked,
+    verify_array,
+    write_checked,
+)
 from gigaseg.io.georef import Georef
 from gigaseg.io.niftiref import NiftiRef
 from gigaseg.tiler import Box
@@ -82,7 +95,12 @@ def prepare_output(path: str | Path, *, overwrite: bool) -> None:
         if not is_store(path):
             raise OutputError(f"refusing to overwrite {path}: it is not a gigaseg Zarr store")
         shutil.rmtree(path)
-    parent = path.absolute().parent
+    check_output_dir(path)
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Refuse an output whose directory is missing or not writable."""
+    parent = Path(path).absolute().parent
     if not parent.is_dir():
         raise OutputError(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -122,8 +140,22 @@ def _create(path: str | Path, layout: StoreLayout) -> MaskStore:
         _write_coordinates(group, layout.georef, layout.shape)
     done = _array(group, "blocks_done", layout.block_counts, (1,) * len(layout.block_counts), np.uint8, 0, fmt)
     done.attrs["_ARRAY_DIMENSIONS"] = [f"block_{d}" for d in dims]
+    _bookkeeping(group, layout, dims)
     group.attrs["gigaseg"] = {**layout.attrs, "complete": False}
     return MaskStore(group)
+
+
+def _bookkeeping(group: zarr.Group, layout: StoreLayout, dims: list[str]) -> None:
+    """Per-block counts and per-chunk checksums: each element its own chunk, written by its own task."""
+    fmt, blocks = layout.zarr_format, layout.block_counts
+    width = len(layout.classes) + 1
+    counts = _array(group, "block_counts", (*blocks, width), (*(1,) * len(blocks), width), np.int64, 0, fmt)
+    counts.attrs["_ARRAY_DIMENSIONS"] = [*(f"block_{d}" for d in dims), "class_or_nodata"]
+    for name in ("mask", "probabilities"):
+        if name in group:
+            grid = chunk_counts(group[name])
+            crcs = _array(group, name + SUFFIX, grid, (1,) * len(grid), np.uint64, 0, fmt)
+            crcs.attrs["_ARRAY_DIMENSIONS"] = [f"chunk_{d}" for d in dims]
 
 
 def _array(
@@ -248,6 +280,10 @@ class MaskStore:
         self.mask: zarr.Array = group["mask"]
         self.probabilities: zarr.Array | None = group.get("probabilities")
         self.blocks_done: zarr.Array = group["blocks_done"]
+        self.block_counts: zarr.Array | None = group.get("block_counts")
+        self.mask_crc = checksum_array(group, "mask")
+        self.probabilities_crc = checksum_array(group, "probabilities")
+        self._written: np.ndarray | None = None  # chunks that must have checksums, for read()
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -285,15 +321,57 @@ class MaskStore:
         killed mid-write leaves the old chunk or the new one, never half of one.
         """
         with self.io_errors():
-            self.mask[box.slices()] = labels
+            write_checked(self.mask, self.mask_crc, box, labels)
             if self.probabilities is not None and probabilities is not None:
                 if self.probabilities.dtype == np.uint8 and probabilities.dtype.kind == "f":
                     probabilities = np.rint(probabilities * 255)  # p in [0, 1] to p x 255
-                self.probabilities[(slice(None), *box.slices())] = probabilities.astype(self.probabilities.dtype)
+                values = probabilities.astype(self.probabilities.dtype)
+                write_checked(self.probabilities, self.probabilities_crc, box, values)
 
-    def mark_done(self, index: tuple[int, ...]) -> None:
+    def read(self, box: Box) -> np.ndarray:
+        """Labels of a chunk-aligned ``box``, each chunk checked against its checksum."""
+        if self._written is None:
+            self._written = self.written_chunks()
+        return read_checked(self.mask, self.mask_crc, box, "mask", written=self._written)
+
+    def mark_done(self, index: tuple[int, ...], counts: np.ndarray | None = None) -> None:
+        """Record block ``index`` done, with its pixels per class (nodata last) when given."""
         with self.io_errors():
+            if counts is not None and self.block_counts is not None:
+                self.block_counts[index] = counts
             self.blocks_done[index] = 1
+
+    def counts(self) -> np.ndarray | None:
+        """Pixels per class, nodata last, over every block done (None for stores without counts)."""
+        if self.block_counts is None:
+            return None
+        done = self.done()
+        return self.block_counts[...][done].sum(axis=0)
+
+    def verify(self) -> Verification:
+        """Decode every chunk whose checksum is recorded and compare (see :mod:`gigaseg.io.checksums`)."""
+        found, written = Verification(), self.written_chunks()
+        for name, array, crcs in (
+            ("mask", self.mask, self.mask_crc),
+            ("probabilities", self.probabilities, self.probabilities_crc),
+        ):
+            if array is not None and crcs is not None:
+                found += verify_array(array, crcs, name, written=written)
+        return found
+
+    def written_chunks(self) -> np.ndarray | None:
+        """Per chunk: whether a block recorded done wrote it (its checksum must be there)."""
+        plan = self.attrs.get("plan")
+        if not plan:
+            return None
+        written = self.done()
+        for axis, (block, chunk) in enumerate(zip(plan["block"], plan["chunk"], strict=True)):
+            written = np.repeat(written, block // chunk, axis=axis)
+        return written[tuple(slice(0, n) for n in chunk_counts(self.mask))]
+
+    @property
+    def has_checksums(self) -> bool:
+        return self.mask_crc is not None
 
     @contextlib.contextmanager
     def io_errors(self) -> Iterator[None]:
@@ -326,23 +404,37 @@ class MaskStore:
         self.set_attrs(**values, complete=False)
         zarr.consolidate_metadata(self.group.store)
 
-    def progress_array(self, name: str, counts: tuple[int, ...], *, reset: bool = False) -> zarr.Array:
-        """A per-block progress array of a later stage (``refine_done``), one chunk per element."""
+    def progress_array(
+        self, name: str, counts: tuple[int, ...], *, reset: bool = False, width: int | None = None
+    ) -> zarr.Array:
+        """A per-block array of a later stage, one chunk per block.
+
+        ``refine_done`` (uint8 flags), or with ``width`` a row of that many
+        int64 values per block (``refine_done_counts``: pixels per class, nodata last).
+        """
+        shape = (*counts, width) if width else tuple(counts)
         existing = self.group.get(name)
-        if existing is not None and tuple(existing.shape) == tuple(counts) and not reset:
+        if existing is not None and tuple(existing.shape) == shape and not reset:
             return existing
         fmt = self.group.metadata.zarr_format
+        dtype = np.int64 if width else np.uint8
         array = self.group.create_array(
             name,
-            shape=counts,
-            chunks=(1,) * len(counts),
-            dtype=np.uint8,
+            shape=shape,
+            chunks=(*(1,) * len(counts), *((width,) if width else ())),
+            dtype=dtype,
             fill_value=0,
-            compressors=[_compressor(fmt, np.uint8)],
+            compressors=[_compressor(fmt, dtype)],
             overwrite=True,
         )
-        array.attrs["_ARRAY_DIMENSIONS"] = [f"{name}_{i}" for i in range(len(counts))]
+        array.attrs["_ARRAY_DIMENSIONS"] = [f"{name}_{i}" for i in range(len(shape))]
         return array
+
+
+def store_path(store: MaskStore) -> str:
+    """Where a store lives: its directory, or its URL."""
+    root = getattr(store.group.store, "root", None)
+    return str(root) if root is not None else str(store.group.store)
 
 
 def remove_partials(path: str | Path) -> int:
@@ -368,3 +460,25 @@ def open_store(path: str | Path, *, mode: str = "r", require_complete: bool = Fa
             "finish it with --resume, or pass --allow-incomplete"
         )
     return store
+
+
+def verify_store(path: str | Path) -> Verification:
+    """Check every chunk of the store at ``path`` against its recorded checksum.
+
+    Raises :class:`DamagedStoreError` naming the damage, or when the store
+    predates checksums; returns what was checked otherwise.
+    """
+    store = open_store(path)
+    if not store.has_checksums:
+        raise DamagedStoreError(
+            f"{path} was written by an older gigaseg without chunk checksums; it cannot be verified"
+        )
+    found = store.verify()
+    if found.damaged:
+        first = found.damaged[0].line()
+        raise DamagedStoreError(
+            f"{path}: {len(found.damaged)} of {found.checked + found.unrecorded} chunks do not hold what was "
+            f"written ({first}{', ...' if len(found.damaged) > 1 else ''}); rerun the segment command "
+            "with --resume to write them again"
+        )
+    return found

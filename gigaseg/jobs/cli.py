@@ -6,7 +6,9 @@ exit code 2; warnings about odd but valid input print as one line each.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -14,15 +16,22 @@ from typing import Any
 
 import click
 
-from gigaseg.errors import GigasegError
+from gigaseg.errors import GigasegError, InputError
 from gigaseg.jobs.cli_refine import METHODS, refine, refine_from, refine_options
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 70
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     click.echo(f"gigaseg: warning: {message}", err=True)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit cannot fail again (Python's note on SIGPIPE)."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: no descriptor (a test runner's buffer)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class GigasegGroup(click.Group):
@@ -38,6 +47,9 @@ class GigasegGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("gigaseg: interrupted; rerun with --resume to finish", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # stdout's reader left (`gigaseg info S | head -1`): end quietly
+            _silence_stdout()
+            sys.exit(EXIT_BROKEN_PIPE)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as e:
@@ -98,6 +110,13 @@ def _volume(value: str | None) -> int | str | None:
     help="Blend softmax probabilities or raw logits.",
 )
 @click.option("--bands", default=None, help="Input bands to use, 1-based: 4,3,2.")
+@click.option(
+    "--nodata-rule",
+    type=click.Choice(["all-bands", "any-band"]),
+    default="all-bands",
+    show_default=True,
+    help="A pixel is nodata where all selected bands hold the nodata value (GDAL's mask), or any one.",
+)
 @click.option("--block", type=int, default=None, help="Largest output block side [16384; volumes 512].")
 @click.option("--chunk", type=int, default=None, help="Output chunk side [512; volumes 64].")
 @click.option("--batch-size", type=int, default=None, help="Tiles per forward pass.")
@@ -127,6 +146,11 @@ def _volume(value: str | None) -> int | str | None:
     default=None,
     type=click.Path(path_type=str),
     help="Where .nii.gz volumes are decompressed [$GIGASEG_CACHE or the temp dir].",
+)
+@click.option(
+    "--cache-max",
+    default=None,
+    help="Bound of that cache (e.g. 20GiB) [50GiB]; the least recently used copies go first.",
 )
 @click.option("--refine", "refine_method", type=METHODS, default=None, help="Refine the labels (see gigaseg refine).")
 @refine_options
@@ -209,11 +233,16 @@ def init_model(output: Path, **kw: Any) -> None:
 @cli.command()
 @click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
-def info(store_path: Path, as_json: bool) -> None:
+@click.option("--verify", is_flag=True, help="Also check every chunk against its checksum (as gigaseg verify).")
+def info(store_path: Path, as_json: bool, verify: bool) -> None:
     """Describe a mask store: shape, classes, georeferencing, progress."""
     from gigaseg.io.inspect import describe_store
+    from gigaseg.io.store import verify_store
 
     record = describe_store(store_path)
+    if verify:
+        found = verify_store(store_path)
+        record["verified"] = f"{found.checked} chunks match their checksums"
     if as_json:
         click.echo(json.dumps(record, indent=2, default=str))
         return
@@ -222,6 +251,22 @@ def info(store_path: Path, as_json: bool) -> None:
             click.echo(f"{key}: {value}")
     if not record["complete"]:
         click.echo(f"gigaseg: warning: {store_path} is INCOMPLETE", err=True)
+
+
+@cli.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
+def verify(store_path: Path) -> None:
+    """Check every chunk of a mask store against the checksum recorded when it was written.
+
+    Exit 0 when all match; otherwise one line naming the damage, exit 2
+    (``gigaseg segment ... --resume`` writes damaged blocks again).
+    """
+    from gigaseg.io.store import open_store, verify_store
+
+    found = verify_store(store_path)
+    done = open_store(store_path).done()
+    pending = "" if done.all() else f"; INCOMPLETE: {int(done.sum())} of {done.size} blocks written"
+    click.echo(f"{store_path}: {found.checked} chunks match their checksums{pending}")
 
 
 @cli.command()
@@ -297,8 +342,11 @@ def _run_job(job_path: Path, resume: bool, dry_run: bool, *, report: Path | None
     job = load_job(job_path)
     base = job_path.absolute().parent
     if dry_run:
-        for line in plan_lines(job, base=base, resume=resume):
+        lines, failing = plan_lines(job, base=base, resume=resume)
+        for line in lines:
             click.echo(line)
+        if failing:
+            raise InputError(f"{failing} of {len(lines)} scenes would fail (FAILS above); fix or drop those inputs")
         return
     result = run_job(
         job,

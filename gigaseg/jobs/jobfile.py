@@ -12,7 +12,9 @@ Example::
 from __future__ import annotations
 
 import glob
-from pathlib import Path
+import os
+import string
+from pathlib import Path, PurePath
 from typing import Literal
 
 import yaml
@@ -45,12 +47,21 @@ class Tiling(Strict):
         return value
 
 
+NAME_FIELDS = {"stem": "the input's file name without .tif, .tiff, .nii or .nii.gz"}
+
+
 class Output(Strict):
     dir: Path = Path(".")
     name: str = "{stem}_mask.zarr"
     probabilities: Literal["float32", "float16", "uint8"] | None = None
     zarr_format: Literal[2, 3] = 2
     overwrite: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name_template(cls, value: str) -> str:
+        check_output_name(value)  # named when the job file is read, so --dry-run reports it too
+        return value
 
 
 class Slurm(Strict):
@@ -77,6 +88,7 @@ class Job(Strict):
     inputs: list[str] = Field(min_length=1)
     model: Path
     bands: list[int] | None = None
+    nodata_rule: Literal["all-bands", "any-band"] = "all-bands"
     device: str = "auto"
     deterministic: bool = False
     tiling: Tiling = Tiling()
@@ -87,12 +99,17 @@ class Job(Strict):
         """One spec per input file, in a stable order; each glob must match something."""
         base = base or Path(".")
         specs = []
+        seen: dict[str, Path] = {}
         for path in expand_inputs(self.inputs, base):
-            output = base / self.output.dir / self.output.name.format(stem=_stem(path))
+            output = base / self.output.dir / render_name(self.output.name, stem=_stem(path))
+            where = _inside(output, base / self.output.dir, self.output.name)
+            if where in seen:
+                raise InputError(
+                    f"inputs {seen[where]} and {path} both map to output {output}; "
+                    f"make output.name ({self.output.name!r}) tell them apart, e.g. with {{stem}}"
+                )
+            seen[where] = path
             specs.append(SceneSpec(str(path), str(base / self.model), str(output), self.options(resume)))
-        names = [s.output for s in specs]
-        if len(set(names)) != len(names):
-            raise InputError(f"two inputs map to the same output name; change output.name ({self.output.name})")
         return specs
 
     def absolute(self, base: Path) -> Job:
@@ -109,6 +126,7 @@ class Job(Strict):
             blend=t.blend,
             merge=t.merge,
             bands=tuple(self.bands) if self.bands else None,
+            nodata_rule=self.nodata_rule,
             block=t.block,
             chunk=t.chunk,
             batch_size=t.batch_size,
@@ -121,6 +139,47 @@ class Job(Strict):
             overwrite=o.overwrite and not resume,
             resume=resume,
         )
+
+
+def check_output_name(name: str) -> None:
+    """Refuse a name template other than one file name of literal text and plain NAME_FIELDS.
+
+    Raises :class:`InputError` (a ``ValueError``: pydantic names the key): the template is parsed, never
+    passed to ``str.format``, so ``{stem.__class__}`` or ``{stem[0]}`` cannot reach
+    into objects, and ``{stem!r}`` or ``{stem:>9}`` are refused rather than guessed at.
+    """
+    allowed = ", ".join(f"{{{field}}} ({about})" for field, about in NAME_FIELDS.items())
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in _parse(name) if f is not None]
+    except ValueError as e:
+        raise InputError(f"{name!r} is not a name template ({e}); the only field allowed is {allowed}") from None
+    for field, spec, conversion in fields:
+        if field not in NAME_FIELDS or spec or conversion:
+            written = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise InputError(
+                f"{name!r} uses {written}; the only field allowed is {allowed}, "
+                "written plainly (no '.', '[]', '!' or ':')"
+            )
+    sample = render_name(name, stem="x")
+    if PurePath(sample).name != sample or sample in ("", ".", ".."):
+        raise InputError(f"{name!r} must be a file name inside output.dir, not a path (no '/' or '..')")
+
+
+def render_name(name: str, **fields: str) -> str:
+    """The output name for these field values; ``name`` passed :func:`check_output_name`."""
+    return "".join(text + (fields[field] if field is not None else "") for text, field, _, _ in _parse(name))
+
+
+def _parse(name: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    return list(string.Formatter().parse(name))
+
+
+def _inside(output: Path, directory: Path, name: str) -> str:
+    """The resolved ``output``, refused unless it lies strictly inside ``directory``."""
+    where, root = os.path.realpath(output), os.path.realpath(directory)
+    if not where.startswith(root.rstrip(os.sep) + os.sep):
+        raise InputError(f"output {output} (output.name {name!r}) is not inside output.dir {directory}")
+    return where
 
 
 def _stem(path: Path) -> str:
@@ -164,4 +223,4 @@ def _first_error(error: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"unknown key {where!r}"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"

@@ -6,12 +6,15 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import torch
 
+from gigaseg.errors import InputError
 from gigaseg.io.sources import ReadsNative, Source
 from gigaseg.io.store import PROBABILITY_DTYPES, is_store, open_store
-from gigaseg.jobs.memory import Footprint, footprint, gpu_batch_size
-from gigaseg.jobs.segment import SceneSpec, default_readers, load_predictor, plan_scene
+from gigaseg.jobs.memory import Footprint, footprint, format_bytes, gpu_batch_size
+from gigaseg.jobs.segment import Plan, SceneSpec, default_readers, plan_scene
+from gigaseg.jobs.volume import ModelInput
 from gigaseg.models.inference import resolve_device
 from gigaseg.tiler import halo_overhead
 
@@ -25,6 +28,11 @@ def scene_footprint(spec: SceneSpec) -> tuple[str, Footprint]:
     device = resolve_device(spec.options.device)
     cpu = replace(spec, options=replace(spec.options, device="cpu"))
     fed, plan = plan_scene(cpu, dry=True)  # headers only: nothing decompressed, nothing read
+    return predict_footprint(spec, fed, plan, device)
+
+
+def predict_footprint(spec: SceneSpec, fed: ModelInput, plan: Plan, device: torch.device) -> tuple[str, Footprint]:
+    """:func:`scene_footprint` of a scene already planned."""
     source, card = fed.source, fed.predictor.card
     gpu = device.type == "cuda"
     band = plan.band_bytes(card.num_classes)
@@ -43,7 +51,7 @@ def scene_footprint(spec: SceneSpec) -> tuple[str, Footprint]:
         channels=source.channels,
         classes=card.num_classes,
         batch=batch,
-        params=sum(p.numel() for p in load_predictor(cpu).model.parameters()),
+        params=sum(p.numel() for p in getattr(fed.predictor, "predictor", fed.predictor).model.parameters()),
         gpu=gpu,
         readers=spec.options.readers or default_readers(device),
         pixel_bytes=strip_pixel_bytes(source),
@@ -58,6 +66,28 @@ def scene_footprint(spec: SceneSpec) -> tuple[str, Footprint]:
         f"{work:.1f} Mpix of model work), batch {batch} on {device.type}; peak per worker {memory.describe()}"
     )
     return summary, memory
+
+
+def check_fits(spec: SceneSpec, fed: ModelInput, plan: Plan) -> None:
+    """Refuse, before anything is written, a run whose predicted peak exceeds the memory there is.
+
+    A tile of 100000^2 pixels, or metres read as degrees, would otherwise end
+    in a MemoryError after the store exists.
+    """
+    device = fed.predictor.device
+    _, memory = predict_footprint(spec, fed, plan, device)
+    have = psutil.virtual_memory().total
+    if memory.host > have:
+        raise InputError(
+            f"{spec.input}: a run with tiles of {list(plan.grid.tile)} and blocks of {list(plan.blocks.block)} "
+            f"would need ~{format_bytes(memory.host)} of memory, more than the {format_bytes(have)} here; "
+            "a smaller tile, block or batch size"
+        )
+    if device.type == "cuda" and memory.device > torch.cuda.get_device_properties(device).total_memory:
+        raise InputError(
+            f"{spec.input}: a run with tiles of {list(plan.grid.tile)} would need ~{format_bytes(memory.device)} "
+            f"of GPU memory, more than {device} has; a smaller tile, block or batch size"
+        )
 
 
 def strip_pixel_bytes(source: Source) -> int:

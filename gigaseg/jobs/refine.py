@@ -31,7 +31,10 @@ import zarr
 from tqdm import tqdm
 
 from gigaseg.errors import IncompleteStoreError, InputError
-from gigaseg.io.store import MaskStore, open_store
+from gigaseg.io.checksums import write_checked
+from gigaseg.io.lock import StoreLock
+from gigaseg.io.store import MaskStore, open_store, store_path
+from gigaseg.jobs.lifeline import die_with_parent
 from gigaseg.refine import (
     RefineOptions,
     get_refiner,
@@ -45,6 +48,7 @@ from gigaseg.refine.features import Stretch, feature_bands, sample_stretch
 from gigaseg.tiler import BlockGrid, Box
 
 PROGRESS = "refine_done"
+COUNTS = PROGRESS + "_counts"  # per refinement block: pixels per class, nodata last
 DEFAULT_BLOCK = {2: 2048, 3: 128}
 BYTES_PER_PIXEL = 400  # pydensecrf's lattice and our copies, measured: ~300 B per pixel
 
@@ -132,15 +136,9 @@ def plan_refine(store: MaskStore, source: Source, options: RefineOptions, *, ban
     )
 
 
-def store_path(store: MaskStore) -> str:
-    root = getattr(store.group.store, "root", None)
-    return str(root) if root is not None else str(store.group.store)
-
-
-def _arrays(path: str) -> tuple[zarr.Array, zarr.Array, zarr.Array, int]:
-    """mask, probabilities, refine_done and the nodata label of a store (a few ms to open)."""
-    group = zarr.open_group(path, mode="r+", use_consolidated=False)
-    return group["mask"], group["probabilities"], group[PROGRESS], int(group["mask"].attrs["nodata"])
+def _arrays(path: str) -> MaskStore:
+    """The store at ``path`` opened for writing (a few ms), in a refinement worker."""
+    return MaskStore(zarr.open_group(path, mode="r+", use_consolidated=False))
 
 
 def refine_block(job: RefineJob, index: tuple[int, ...]) -> np.ndarray:
@@ -148,10 +146,11 @@ def refine_block(job: RefineJob, index: tuple[int, ...]) -> np.ndarray:
 
     The last count is the nodata pixels. Module-level so a process pool can pickle it.
     """
-    mask, probabilities, done, nodata = _arrays(job.store)
+    store = _arrays(job.store)
+    mask, nodata = store.mask, store.nodata
     box = job.blocks.block_box(index)
     window = window_box(box, job.halo, job.blocks.shape)
-    probs = read_probabilities(probabilities, window)
+    probs = read_probabilities(store.probabilities, window)
     valid = mask[window.slices()] != nodata
     data, _ = job.source.read(window)
     refined = get_refiner(job.method)(
@@ -159,10 +158,12 @@ def refine_block(job: RefineJob, index: tuple[int, ...]) -> np.ndarray:
     )
     inner = (slice(None), *box.slices(window.start))
     labels = labels_from(refined[inner], valid[inner[1:]], nodata=nodata, dtype=mask.dtype)
-    mask[box.slices()] = labels
-    done[index] = 1
+    write_checked(mask, store.mask_crc, box, labels)
     classes = probs.shape[0]
-    return np.bincount(np.where(valid[inner[1:]], labels, classes).ravel(), minlength=classes + 1)
+    counts = np.bincount(np.where(valid[inner[1:]], labels, classes).ravel(), minlength=classes + 1)
+    store.group[COUNTS][index] = counts
+    store.group[PROGRESS][index] = 1
+    return counts
 
 
 def read_probabilities(array: zarr.Array, box: Box) -> np.ndarray:
@@ -189,7 +190,9 @@ def make_executor(job: RefineJob, workers: int | None) -> Executor:
     if job.method == "crf-torch":
         return ThreadPoolExecutor(1, thread_name_prefix="gigaseg-refine")
     context = multiprocessing.get_context("spawn")  # never fork a process that runs torch
-    return ProcessPoolExecutor(workers or default_workers(job), mp_context=context)
+    return ProcessPoolExecutor(
+        workers or default_workers(job), mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+    )  # workers end with this process, even when it is killed (gigaseg.jobs.lifeline)
 
 
 class RefineStage:
@@ -242,19 +245,19 @@ class RefineStage:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def finish(self) -> np.ndarray:
-        """Wait for every block; return the label counts (last: nodata) of the blocks refined."""
+        """Wait for every block; return the label counts (last: nodata) of the whole refined store."""
         self.mark_all_written()
-        counts = np.zeros(len(self.store.classes) + 1, np.int64)
         total = sum(self.job.blocks.block_box(i).size for i in self.futures.values())
         try:
             with tqdm(
                 total=total, disable=not self.progress, unit="px", unit_scale=True, desc="refine", leave=False
             ) as bar:
                 for future in as_completed(self.futures):
-                    counts += future.result()
+                    future.result()
                     bar.update(self.job.blocks.block_box(self.futures[future]).size)
         finally:
             self.executor.shutdown(cancel_futures=True)
+        counts = self.store.group[COUNTS][...].reshape(-1, len(self.store.classes) + 1).sum(axis=0)
         names = dict(zip([*self.store.classes, "nodata"], map(int, counts), strict=True))
         self.store.set_attrs(refine={**self.store.attrs.get("refine", {}), "complete": True, "counts": names})
         return counts
@@ -279,6 +282,7 @@ def start_refine(store: MaskStore, input_path: str | Path, options: RefineOption
             f"not {_comparable(record)}; use --overwrite (or gigaseg refine) to start again"
         )
     done = store.progress_array(PROGRESS, job.blocks.counts, reset=not options.resume)
+    store.progress_array(COUNTS, job.blocks.counts, reset=not options.resume, width=len(store.classes) + 1)
     if options.resume:
         _forget_stale(job, store, done)
     store.reopen(refine={**record, "complete": False})
@@ -336,12 +340,13 @@ def refine(
     options = options or RefineOptions()
     started = time.perf_counter()
     open_store(store_path_)  # says clearly when it is not a gigaseg store
-    store = MaskStore(zarr.open_group(str(store_path_), mode="r+", use_consolidated=False))
-    check_refinable(store, store_path_)
-    bands = store.attrs.get("bands") or list(range(1, 4))
-    stage = start_refine(store, image, options, bands=bands)
-    counts = stage.finish()
-    store.finish()
+    with StoreLock(store_path_):
+        store = MaskStore(zarr.open_group(str(store_path_), mode="r+", use_consolidated=False))
+        check_refinable(store, store_path_)
+        bands = store.attrs.get("bands") or list(range(1, 4))
+        stage = start_refine(store, image, options, bands=bands)
+        counts = stage.finish()
+        store.finish()
     return store, counts, time.perf_counter() - started
 
 

@@ -11,6 +11,7 @@ reported and the other scenes go on.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import resource
@@ -26,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gigaseg.errors import GigasegError
+from gigaseg.io.lock import StoreLock
 from gigaseg.jobs.jobfile import Job, Slurm
 from gigaseg.jobs.segment import (
     BlockRunner,
@@ -34,6 +36,7 @@ from gigaseg.jobs.segment import (
     finish_scene,
     open_runner,
     pending_blocks,
+    plan_checked,
 )
 
 REPORT_NAME = "gigaseg-run-report.json"
@@ -88,13 +91,66 @@ _RUNNERS: dict[str, BlockRunner] = {}
 MAX_OPEN_SCENES = 4
 
 
-def block_task(spec: SceneSpec, index: tuple[int, ...], torch_threads: int) -> np.ndarray:
-    """Compute and write one block; the worker keeps the scene's source, model and store."""
+@dataclass(frozen=True)
+class BlockFailed:
+    """What a block task returns for a user error that a retry cannot fix (a truncated input)."""
+
+    message: str
+
+
+def block_task(spec: SceneSpec, index: tuple[int, ...], torch_threads: int) -> np.ndarray | BlockFailed:
+    """Compute and write one block; the worker keeps the scene's source, model and store.
+
+    A user error comes back as :class:`BlockFailed`: no retry, no worker traceback.
+    One the operating system reported (a full or failing disk) is raised for Dask
+    to retry, without a worker log entry: the run report names it if it persists.
+    Any other error is raised, retried and logged as Dask does.
+    """
     import torch
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    return worker_runner(spec).run(index)
+    try:
+        return worker_runner(spec).run(index)
+    except GigasegError as e:
+        if not _from_the_system(e):
+            return BlockFailed(str(e))
+        _unlogged()
+        raise
+
+
+def _from_the_system(error: BaseException) -> bool:
+    """True for an error that wraps an ``OSError`` with an errno (EIO, ENOSPC, ESTALE...)."""
+    cause = error.__cause__ or error.__context__
+    return isinstance(cause, OSError) and cause.errno is not None
+
+
+_UNLOGGED: set[str] = set()  # keys of this worker's tasks that failed with a GigasegError
+
+
+class _NoGigasegTracebacks(logging.Filter):
+    """Drop ``distributed.worker``'s "Compute Failed" entry (with traceback) for those tasks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if str(record.msg).startswith("Compute Failed") and args and args[0] in _UNLOGGED:
+            _UNLOGGED.discard(args[0])
+            return False
+        return True
+
+
+def _unlogged() -> None:
+    """Keep the current task's failure out of this worker's log."""
+    from distributed import get_worker
+
+    try:
+        key = get_worker().get_current_task()
+    except ValueError:  # not on a Dask worker
+        return
+    log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _NoGigasegTracebacks) for f in log.filters):
+        log.addFilter(_NoGigasegTracebacks())
+    _UNLOGGED.add(key)
 
 
 def worker_runner(spec: SceneSpec) -> BlockRunner:
@@ -150,7 +206,7 @@ class SceneState:
     result: SceneResult
     summary: Summary | None = None
     runner: BlockRunner | None = None
-    counts: np.ndarray | None = None
+    lock: StoreLock | None = None  # held by the driver for its block tasks, from creation to the end
     futures: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -161,6 +217,10 @@ class SceneState:
 
     left: int = 0
     started: float = field(default_factory=time.perf_counter)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 def run_job(
@@ -176,15 +236,21 @@ def run_job(
     """Run every scene of ``job`` and write the run report next to the outputs."""
     started = time.perf_counter()
     (base / job.output.dir).mkdir(parents=True, exist_ok=True)
-    scenes = [prepare_scene(spec) for spec in job.scenes(resume=resume, base=base)]
-    report = RunReport([s.result for s in scenes])
-    with dask_client(job, scheduler=scheduler, slurm=slurm, workers=workers) as (client, nworkers):
-        report.workers = nworkers
-        report.dashboard = client.dashboard_link
-        if progress:
-            print(f"gigaseg: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
-        _run_scenes(client, scenes, job, torch_threads(nworkers, scheduler=scheduler, slurm=slurm), progress)
-        report.peak_worker_rss_mb = {str(k): v for k, v in client.run(_peak_rss_mb).items()}
+    scenes: list[SceneState] = []
+    try:
+        for spec in job.scenes(resume=resume, base=base):
+            scenes.append(prepare_scene(spec))
+        report = RunReport([s.result for s in scenes])
+        with dask_client(job, scheduler=scheduler, slurm=slurm, workers=workers) as (client, nworkers):
+            report.workers = nworkers
+            report.dashboard = client.dashboard_link
+            if progress:
+                print(f"gigaseg: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
+            _run_scenes(client, scenes, job, torch_threads(nworkers, scheduler=scheduler, slurm=slurm), progress)
+            report.peak_worker_rss_mb = {str(k): v for k, v in client.run(_peak_rss_mb).items()}
+    finally:
+        for state in scenes:
+            state.release()
     report.seconds = time.perf_counter() - started
     write_report(report, base / job.output.dir / REPORT_NAME)
     return report
@@ -204,13 +270,15 @@ def prepare_scene(spec: SceneSpec) -> SceneState:
     state = SceneState(spec, SceneResult(spec.input, spec.output))
     try:
         cpu = replace(spec, options=replace(spec.options, device="cpu"))
-        state.runner = open_runner(cpu, create=True)
+        planned = plan_checked(cpu)  # every check before the output is touched
+        state.lock = StoreLock(spec.output).acquire()
+        state.runner = open_runner(cpu, create=True, planned=planned)
     except GigasegError as e:
         state.result.status, state.result.error = "failed", str(e)
+        state.release()
         return state
     runner = state.runner
     state.summary = Summary(spec.output, list(runner.predictor.card.classes), blocks=runner.plan.blocks.size)
-    state.counts = np.zeros(runner.classes + 1, np.int64)
     state.result.blocks = runner.plan.blocks.size
     return state
 
@@ -257,7 +325,10 @@ def _run_scenes(client: Any, scenes: list[SceneState], job: Job, threads: int, p
             if future.status == "error":
                 _fail(client, state, future)
                 continue
-            state.counts += future.result()
+            value = future.result()
+            if isinstance(value, BlockFailed):
+                _fail(client, state, future, value.message)
+                continue
             state.left -= 1
             if state.left == 0:
                 keys = list(state.futures)
@@ -266,18 +337,21 @@ def _run_scenes(client: Any, scenes: list[SceneState], job: Job, threads: int, p
                 _finish(state)
 
 
-def _fail(client: Any, state: SceneState, future: Any) -> None:
-    error = future.exception()
-    message = str(error) if isinstance(error, GigasegError) else f"{type(error).__name__}: {error}"
-    state.result.status, state.result.error = "failed", f"block failed after retries: {message}"
+def _fail(client: Any, state: SceneState, future: Any, message: str | None = None) -> None:
+    """Fail the scene with ``message`` (a user error) or the error its block kept raising."""
+    if message is None:
+        error = future.exception()
+        detail = str(error) if isinstance(error, GigasegError) else f"{type(error).__name__}: {error}"
+        message = f"block failed after retries: {detail}"
+    state.result.status, state.result.error = "failed", message
     client.cancel([f for key, f in state.futures.items() if key != future.key])
 
 
 def _finish(state: SceneState) -> None:
-    assert state.runner is not None and state.summary is not None and state.counts is not None
+    assert state.runner is not None and state.summary is not None
     state.summary.blocks_skipped = state.result.blocks_skipped
     seconds = time.perf_counter() - state.started
-    summary = finish_scene(state.runner.store, state.summary, state.counts, seconds)
+    summary = finish_scene(state.runner.store, state.summary, seconds)
     state.runner.source.close()
     state.result.status = "done"
     state.result.seconds = seconds
@@ -370,14 +444,18 @@ def slurm_cluster(settings: Slurm) -> Any:
     return cluster
 
 
-def plan_lines(job: Job, *, base: Path, resume: bool) -> list[str]:
-    """What ``gigaseg run --dry-run`` prints: per scene, the plan and what exists already."""
+def plan_lines(job: Job, *, base: Path, resume: bool) -> tuple[list[str], int]:
+    """What ``gigaseg run --dry-run`` prints: per scene, the plan and what exists already.
+
+    Also returns how many scenes would fail.
+    """
     from gigaseg.jobs.plan import describe_scene
 
-    lines = []
+    lines, failing = [], 0
     for spec in job.scenes(resume=resume, base=base):
         try:
             lines.append(describe_scene(spec))
         except GigasegError as e:
             lines.append(f"{spec.input}: FAILS: {e}")
-    return lines
+            failing += 1
+    return lines, failing

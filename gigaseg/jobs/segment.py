@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import threading
 import time
 import warnings
@@ -31,9 +32,22 @@ from tqdm import tqdm
 import gigaseg
 from gigaseg.errors import InputError
 from gigaseg.faults import maybe_fail_write
+from gigaseg.io.checksums import chunk_box
+from gigaseg.io.georef import Georef
 from gigaseg.io.geotiff import GigasegWarning
+from gigaseg.io.lock import StoreLock
+from gigaseg.io.nifti import DEFAULT_CACHE_MAX
 from gigaseg.io.sources import ReadsNative, Source, open_source
-from gigaseg.io.store import MaskStore, StoreLayout, create_store, open_store, remove_partials
+from gigaseg.io.store import (
+    MaskStore,
+    StoreLayout,
+    check_output_dir,
+    create_store,
+    open_store,
+    remove_partials,
+    store_path,
+)
+from gigaseg.jobs.fingerprint import check_fingerprint, fingerprint
 from gigaseg.jobs.memory import fit_block_side, format_bytes, gpu_batch_size, parse_bytes
 from gigaseg.jobs.strips import Strip, prefetch, read_strips
 from gigaseg.jobs.volume import ModelInput, Normalize, model_input
@@ -76,11 +90,13 @@ class SegmentOptions:
     context: int = 0  # 2.5-D: neighbouring slices on each side as channels
     canonical: bool = False  # show the model the volume reoriented to RAS
     cache_dir: str | None = None  # where .nii.gz volumes are decompressed
+    cache_max: int | str | None = None  # the cache's bound ("20GiB"; 50 GiB): least recently used copies go
     refine: RefineOptions | None = None  # a refinement stage over the probabilities (gigaseg.jobs.refine)
     tta: bool = False  # average the scores of every flip of each tile
     deterministic: bool = False  # CUDA: deterministic kernels (bit-identical GPU runs)
     readers: int | None = None  # reader threads: 1 on a CPU, up to 8 for a GPU
     band_memory: int | str | None = None  # the stitcher band's budget ("4GiB"); blocks narrow to fit
+    nodata_rule: str = "all-bands"  # rasters: nodata where all selected bands are (GDAL), or "any-band"
 
 
 @dataclass(frozen=True)
@@ -301,7 +317,7 @@ class BlockRunner:
                         writer.submit(stitcher.release(until, scores=keep))
         with self.store.io_errors():
             maybe_fail_write(index)
-        self.store.mark_done(index)
+        self.store.mark_done(index, writer.counts)
         return writer.counts
 
     def _strips(self, ranges: tuple[range, ...]) -> Iterator[Strip]:
@@ -573,18 +589,29 @@ class SceneSpec:
         return json.dumps(asdict(self), sort_keys=True, default=str)
 
 
-def open_runner(spec: SceneSpec, *, create: bool = False) -> BlockRunner:
-    """Source, model and store of ``spec`` ready to run blocks.
+def open_runner(
+    spec: SceneSpec, *, create: bool = False, planned: tuple[ModelInput, Plan] | None = None
+) -> BlockRunner:
+    """Source, model and store of ``spec`` ready to run blocks (``planned``: by :func:`plan_scene`).
 
     With ``create`` the store is created (or, with resume, checked and reopened):
-    that is the driver's job, once per scene. Block tasks open it for writing.
+    that is the driver's job, once per scene, holding the store's lock. Block
+    tasks open it for writing.
     """
-    fed, plan = plan_scene(spec)
+    fed, plan = planned or plan_scene(spec)
     if create:
-        store = _open_output(spec.output, plan, fed.predictor.card, fed, spec.options, spec.model)
+        store = _open_output(spec, plan, fed)
     else:
         store = open_store(spec.output, mode="r+")
     return BlockRunner(plan, fed.source, fed.predictor, store, normalize=fed.normalize, readers=spec.options.readers)
+
+
+def cache_bytes(value: int | str | None) -> int:
+    """The NIfTI cache's bound in bytes: ``"20GiB"``, a number of bytes, or ``None`` for 50 GiB."""
+    try:
+        return parse_bytes(value, default=DEFAULT_CACHE_MAX)
+    except InputError:
+        raise InputError(f"--cache-max must be a positive size such as 20GiB or 500MB, got {value!r}") from None
 
 
 def plan_scene(spec: SceneSpec, *, dry: bool = False) -> tuple[ModelInput, Plan]:
@@ -594,10 +621,17 @@ def plan_scene(spec: SceneSpec, *, dry: bool = False) -> tuple[ModelInput, Plan]
     decompressed into its cache.
     """
     options = spec.options
+    check_options(options)
     predictor = load_predictor(spec)
     card = predictor.card
     source = open_source(
-        spec.input, bands=options.bands, volume=options.volume, cache_dir=options.cache_dir, header_only=dry
+        spec.input,
+        bands=options.bands,
+        nodata_rule=options.nodata_rule,
+        volume=options.volume,
+        cache_dir=options.cache_dir,
+        cache_max=cache_bytes(options.cache_max),
+        header_only=dry,
     )
     fed = model_input(
         source,
@@ -612,7 +646,7 @@ def plan_scene(spec: SceneSpec, *, dry: bool = False) -> tuple[ModelInput, Plan]
         source.shape,
         card,
         options,
-        pixel_size=source.spacing,
+        pixel_size=length_spacing(source, options),
         unit=source.unit,
         stride=predictor.stride,
         flat_axis=fed.flat_axis,
@@ -628,6 +662,49 @@ def plan_scene(spec: SceneSpec, *, dry: bool = False) -> tuple[ModelInput, Plan]
             band=plan.band_bytes(card.num_classes),
         )
     return fed, plan
+
+
+def check_options(options: SegmentOptions) -> None:
+    """Refuse sizes that cannot be: zero or negative counts and lengths."""
+    for name in ("block", "chunk", "batch_size", "readers"):
+        value = getattr(options, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if options.context < 0:
+        raise InputError(f"context must be 0 or more slices, got {options.context}")
+    for name in ("tile", "overlap"):
+        value = getattr(options, name)
+        number = str(value).strip().lower().removesuffix("mm").removesuffix("m")
+        try:
+            negative = value is not None and float(number) < (1 if name == "tile" else 0)
+        except ValueError:
+            continue  # parse_length names the bad unit
+        if negative:
+            least = "1 pixel" if name == "tile" else "0"
+            raise InputError(f"{name} must be at least {least}, got {value!r}")
+
+
+def length_spacing(source: Source, options: SegmentOptions) -> tuple[float, ...]:
+    """Pixel size per axis in the unit lengths are given in: metres for rasters, mm for volumes.
+
+    A raster in degrees (EPSG:4326) is measured at its centre latitude, with a
+    warning when a length in metres is given.
+    """
+    georef = getattr(source, "georef", None)
+    if source.unit != "m" or not isinstance(georef, Georef):
+        return tuple(source.spacing)
+    metres = georef.metres_per_pixel(tuple(source.shape))
+    if metres is None:
+        return tuple(source.spacing)
+    lengths = [v for v in (options.tile, options.overlap) if isinstance(v, str) and v.strip().lower().endswith("m")]
+    if lengths and georef.is_geographic:
+        warnings.warn(
+            f"{source.path} is in degrees: {', '.join(lengths)} measured at its centre latitude "
+            f"({metres[1]:.2f} m x {metres[0]:.2f} m per pixel)",
+            GigasegWarning,
+            stacklevel=3,
+        )
+    return metres
 
 
 _PREDICTORS: dict[str, Predictor] = {}
@@ -666,9 +743,42 @@ def segment(
     if options.refine and not options.probabilities:
         options = replace(options, probabilities="uint8")  # the refinement's unary; kept afterwards
     spec = SceneSpec(str(input_path), str(model_path), str(output), options, card.to_dict() if card else None)
-    runner = open_runner(spec, create=True)
-    refine = _start_refine(runner, input_path, options)
-    return run_blocks(runner, output, options.progress, refine=refine)
+    existed = Path(output).exists()
+    planned = plan_checked(spec)
+    with StoreLock(output):
+        try:
+            runner = open_runner(spec, create=True, planned=planned)
+            refine = _start_refine(runner, input_path, options)
+            return run_blocks(runner, output, options.progress, refine=refine)
+        except BaseException:
+            if not existed or options.overwrite:
+                discard_if_empty(output)
+            raise
+
+
+def plan_checked(spec: SceneSpec) -> tuple[ModelInput, Plan]:
+    """:func:`plan_scene`, then every check that needs no output: memory and the output's directory.
+
+    Everything a run can refuse is refused here, before a store exists.
+    """
+    from gigaseg.jobs.plan import check_fits  # the dry run's memory model builds on this module
+
+    planned = plan_scene(spec)
+    check_fits(spec, *planned)
+    check_output_dir(spec.output)
+    return planned
+
+
+def discard_if_empty(output: str | Path) -> None:
+    """Remove a store this run created when it failed before any block was written.
+
+    Such a store holds nothing, and left behind it would only make the rerun
+    ask for --overwrite or --resume.
+    """
+    with contextlib.suppress(Exception):
+        store = open_store(output)
+        if not store.done().any():
+            shutil.rmtree(output)
 
 
 def _start_refine(runner: BlockRunner, input_path: str | Path, options: SegmentOptions) -> Any:
@@ -693,23 +803,15 @@ def check_channels(card: ModelCard, channels: int, path: str) -> None:
         )
 
 
-def _open_output(
-    output: str | Path,
-    plan: Plan,
-    card: ModelCard,
-    fed: ModelInput,
-    options: SegmentOptions,
-    model_path: str | Path,
-) -> MaskStore:
-    if options.resume and Path(output).exists():
-        remove_partials(output)
-        store = open_store(output, mode="r+")
-        stored = store.attrs.get("plan")
-        if stored != json.loads(json.dumps(plan.describe())):
-            raise InputError(
-                f"cannot resume {output}: it was written with plan {stored}, "
-                f"not {plan.describe()}; use --overwrite to start again"
-            )
+def _open_output(spec: SceneSpec, plan: Plan, fed: ModelInput) -> MaskStore:
+    """Create the store; with resume, reopen it if it was started with this very input, model and options."""
+    options, card = spec.options, fed.predictor.card
+    current = fingerprint(spec.input, spec.model, pixel_options(plan, fed, options))
+    if options.resume and Path(spec.output).exists():
+        remove_partials(spec.output)
+        store = open_store(spec.output, mode="r+")
+        check_fingerprint(spec.output, store.attrs.get("fingerprint"), current)
+        repair(store, plan)
         return store
     layout = StoreLayout(
         shape=plan.grid.shape,
@@ -719,9 +821,50 @@ def _open_output(
         georef=fed.source.georef,
         probabilities=options.probabilities,
         zarr_format=options.zarr_format,
-        attrs={**provenance(plan, card, fed.source, model_path), "model_input": fed.record},
+        attrs={
+            **provenance(plan, card, fed.source, spec.model),
+            "model_input": fed.record,
+            "fingerprint": current,
+        },
     )
-    return create_store(output, layout, overwrite=options.overwrite)
+    return create_store(spec.output, layout, overwrite=options.overwrite)
+
+
+def pixel_options(plan: Plan, fed: ModelInput, options: SegmentOptions) -> dict[str, Any]:
+    """Every option that changes a pixel of the output.
+
+    Left out: the batch size (a GPU's follows its free memory; the batch shape
+    is fixed per scene) and the probabilities' type (a resume writes what the
+    store holds).
+    """
+    return {
+        "plan": plan.describe(),
+        "source": {k: v for k, v in fed.source.describe().items() if k != "cache"},
+        "model_input": fed.record,
+        "model_card_sha256": fed.predictor.card.digest(),
+        "device": fed.predictor.device.type,
+        "precision": fed.predictor.precision,
+        "deterministic": options.deterministic,
+    }
+
+
+def repair(store: MaskStore, plan: Plan) -> None:
+    """Before a resume: blocks whose chunks are damaged, deleted or unrecorded run again."""
+    damaged = store.verify().damaged
+    if not damaged:
+        return
+    corners = [chunk_box(d.chunk, plan.blocks.chunk, plan.grid.shape).start for d in damaged]
+    blocks = sorted({tuple(a // b for a, b in zip(c, plan.blocks.block, strict=True)) for c in corners})
+    warnings.warn(
+        f"{len(damaged)} chunks of {store_path(store)} do not hold what was written ({damaged[0].line()}"
+        f"{', ...' if len(damaged) > 1 else ''}); writing blocks {blocks} again",
+        GigasegWarning,
+        stacklevel=2,
+    )
+    for index in blocks:
+        store.blocks_done[index] = 0
+    refined = store.attrs.get("refine")
+    store.reopen(**({"refine": {**refined, "complete": False}} if refined else {}))
 
 
 def provenance(plan: Plan, card: ModelCard, source: Source, model_path: str | Path) -> dict[str, Any]:
@@ -745,19 +888,17 @@ def run_blocks(runner: BlockRunner, output: str | Path, progress: bool, *, refin
     """
     started = time.perf_counter()
     todo = pending_blocks(runner.store, runner.plan)
-    counts = np.zeros(runner.classes + 1, np.int64)
     total = math.prod(runner.plan.grid.shape)
     with tqdm(total=total, disable=not progress, unit="px", unit_scale=True, desc="segment", leave=False) as bar:
         try:
             for index in todo:
-                counts += runner.run(index)
+                runner.run(index)
                 bar.update(runner.plan.blocks.block_box(index).size)
         except BaseException:
             if refine is not None:
                 refine.abort()
             raise
-    if refine is not None:
-        counts = refine.finish()
+    counts = refine.finish() if refine is not None else None
     runner.source.close()
     summary = Summary(
         str(output),
@@ -765,7 +906,7 @@ def run_blocks(runner: BlockRunner, output: str | Path, progress: bool, *, refin
         blocks=runner.plan.blocks.size,
         blocks_skipped=runner.plan.blocks.size - len(todo),
     )
-    return finish_scene(runner.store, summary, counts, time.perf_counter() - started)
+    return finish_scene(runner.store, summary, time.perf_counter() - started, counts)
 
 
 def pending_blocks(store: MaskStore, plan: Plan) -> list[tuple[int, ...]]:
@@ -774,8 +915,13 @@ def pending_blocks(store: MaskStore, plan: Plan) -> list[tuple[int, ...]]:
     return [i for i in plan.blocks.indices() if not done[i]]
 
 
-def finish_scene(store: MaskStore, summary: Summary, counts: np.ndarray, seconds: float) -> Summary:
-    """Fill the summary from the class counts, record it, and mark the store complete."""
+def finish_scene(store: MaskStore, summary: Summary, seconds: float, counts: np.ndarray | None = None) -> Summary:
+    """Fill the summary from the class counts, record it, and mark the store complete.
+
+    Without ``counts`` (those of a refinement) they come from the store's
+    per-block records, so a resumed run counts the blocks of earlier runs too.
+    """
+    counts = store.counts() if counts is None else counts
     summary.counts = {name: int(n) for name, n in zip(summary.classes, counts[:-1], strict=True)}
     summary.nodata_pixels = int(counts[-1])
     summary.pixels = int(counts.sum())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +50,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch's unpickler fails on garbage in many ways (KeyError, ...)
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        first = f"{type(e).__name__}: {first}" if first else type(e).__name__
-        raise ModelError(f"{path} is not a checkpoint torch can read: {first}") from None
+        raise ModelError(_unreadable(path, e)) from None
     if not isinstance(data, dict):
         raise ModelError(f"{path} holds a {type(data).__name__}, not a checkpoint")
     return data
+
+
+def _unreadable(path: str, error: Exception) -> str:
+    """One line of our own: never torch's advice to load with ``weights_only=False``."""
+    text = str(error).strip()
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if isinstance(error, pickle.UnpicklingError) and unsafe:
+        return (
+            f"{path} holds a pickled Python object ({unsafe.group(1)}), not only tensors and plain values: "
+            "loading it could run code, and gigaseg loads only safe checkpoints; to convert it, load it with "
+            "torch where you trust its source and save its model's state_dict (torch.save(model.state_dict(), path))"
+        )
+    if "WeightsUnpickler error:" in text:  # what the unpickler met, between paragraphs of advice
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    first = text.splitlines()[0][:200] if text else ""
+    first = f"{type(error).__name__}: {first}" if first and "weights_only" not in first else type(error).__name__
+    return f"{path} is not a checkpoint torch can read: {first}"
 
 
 def load_checkpoint(path: str | Path, *, card: ModelCard | None = None) -> tuple[nn.Module, ModelCard]:

@@ -84,6 +84,11 @@ class Predictor:
             )
 
     @property
+    def precision(self) -> str:
+        """The forward pass's number type: float32 on a CPU, autocast's on CUDA."""
+        return str(self._autocast_dtype()).removeprefix("torch.")
+
+    @property
     def defers_softmax(self) -> bool:
         """Whether :meth:`scores` can leave the softmax to its caller (``logits=True``).
 
@@ -160,8 +165,12 @@ class Predictor:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type != "cuda":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=self._autocast_dtype())
+
+    def _autocast_dtype(self) -> torch.dtype:
+        if self.device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def use_deterministic_kernels() -> None:

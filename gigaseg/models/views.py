@@ -34,6 +34,10 @@ class ViewPredictor:
         return self.predictor.stride
 
     @property
+    def precision(self) -> str:
+        return self.predictor.precision
+
+    @property
     def batch_size(self) -> int:
         return self.predictor.batch_size
 

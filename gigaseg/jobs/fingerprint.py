@@ -1,0 +1,74 @@
+"""A store's fingerprint: its input, its weights and every option that changes pixels.
+
+Written when the store is created. ``--resume`` compares it with what it is
+given now and refuses, naming each difference, when anything differs: a
+resumed store must hold the output of one input, one model and one set of
+options, never a mix.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from gigaseg.errors import InputError
+from gigaseg.io.identity import file_identity, file_sha256
+
+
+def fingerprint(input_path: str | Path, model_path: str | Path, options: dict[str, Any]) -> dict[str, Any]:
+    """``input`` (size, mtime, sampled bytes), ``weights`` (sha256) and the pixel-changing ``options``."""
+    return json.loads(
+        json.dumps(
+            {"input": input_identity(input_path), "weights": {"sha256": weights_sha256(model_path)}, "options": options}
+        )
+    )
+
+
+def input_identity(path: str | Path) -> dict[str, Any]:
+    return file_identity(path) if os.path.isfile(path) else {"path": str(path)}
+
+
+def weights_sha256(path: str | Path) -> str:
+    stat = os.stat(path)
+    return _sha256(str(Path(path).absolute()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per process and file version: a job's scenes share one model."""
+    return file_sha256(path)
+
+
+def differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: stored -> current`` for every leaf that differs, keys dotted."""
+    found = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {_short(a)} -> {_short(b)}")
+    return found
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text[:13] + "..." if len(text) > 40 and isinstance(value, str) else text
+
+
+def check_fingerprint(output: str | Path, stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    """Refuse to resume ``output`` unless it was started with exactly this input, model and options."""
+    if stored is None:
+        raise InputError(
+            f"cannot resume {output}: it was written by an older gigaseg without a fingerprint of its input, "
+            "model and options; use --overwrite to start again"
+        )
+    changed = differences(stored, current)
+    if changed:
+        raise InputError(
+            f"cannot resume {output}: changed since it was started: {'; '.join(changed)}; "
+            "resume with what it was started with, or use --overwrite to start again"
+        )
