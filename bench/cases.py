@@ -448,6 +448,37 @@ def many_classes(ctx: Context) -> list[Row]:
     ]
 
 
+# --- 9. verification ------------------------------------------------------------------------
+
+
+def verification(ctx: Context) -> list[Row]:
+    """``gigaseg verify`` against ``gigaseg export`` on the same 20000^2 store (each reads every chunk)."""
+    import time
+
+    from gigaseg.io.export import export_mask
+    from gigaseg.io.store import verify_store
+    from gigaseg.jobs.segment import SegmentOptions, segment
+
+    side = ctx.settings.side(20000, 2000)
+    store = ctx.output("c9.zarr")
+    options = SegmentOptions(overwrite=True, batch_size=ctx.settings.batch_size)
+    segment(ctx.scene(side), ctx.model("conv"), store, options)
+    seconds: dict[str, list[float]] = {"verify": [], "export": []}
+    for _ in range(ctx.settings.repeats):
+        started = time.perf_counter()
+        found = verify_store(store)
+        seconds["verify"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        export_mask(store, ctx.output("c9.tif"), overwrite=True)
+        seconds["export"].append(time.perf_counter() - started)
+    verify, export = min(seconds["verify"]), min(seconds["export"])
+    return [
+        Row("9", f"verify {side}^2 store", verify, "s", note=f"{found.checked} chunks"),
+        Row("9", f"export {side}^2 store to COG", export, "s"),
+        Row("9", "export time / verify time", export / verify, target=">= 1.0", met=export >= verify),
+    ]
+
+
 CASES: dict[int, Callable[[Context], list[Row]]] = {
     1: pipeline_efficiency,
     2: versus_peers,
@@ -457,4 +488,5 @@ CASES: dict[int, Callable[[Context], list[Row]]] = {
     6: scaling,
     7: classes,
     8: many_classes,
+    9: verification,
 }

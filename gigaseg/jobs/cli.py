@@ -99,8 +99,8 @@ def _volume(value: str | None) -> int | str | None:
     help="Checkpoint file (.pt) with its model card.",
 )
 @click.option("--out", "output", required=True, type=click.Path(path_type=Path), help="Output Zarr store.")
-@click.option("--tile", default=None, help="Tile side in pixels (512) or CRS units (5120m).")
-@click.option("--overlap", default=None, help="Tile overlap in pixels (64) or CRS units (640m).")
+@click.option("--tile", default=None, help="Tile side in pixels (512) or metres (5120m).")
+@click.option("--overlap", default=None, help="Tile overlap in pixels (64) or metres (640m).")
 @click.option("--blend", type=click.Choice(["gaussian", "cosine", "constant"]), default="gaussian", show_default=True)
 @click.option(
     "--merge",
