@@ -388,12 +388,34 @@ def os_touch_later(path, seconds):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + int(seconds * 1e9)))
 
 
-def test_resume_refuses_a_touched_input(tmp_path, scene):
+def test_a_touched_input_resumes_when_small_and_is_refused_when_sampled(tmp_path, scene, monkeypatch):
+    """Up to 64 MiB an input is hashed whole, so a copy without its times is the same file;
+    beyond, only samples are hashed and the time tells an edit between them."""
     tif, model = scene
     out = tmp_path / "o.zarr"
     half_done(tif, model, out)
     os_touch_later(tif, 5)
+    assert segment_cli(tif, model, out, "--resume").exit_code == 0
+    monkeypatch.setattr("gigaseg.io.identity.WHOLE", 0)
+    out = tmp_path / "sampled.zarr"
+    half_done(tif, model, out)
+    os_touch_later(tif, 5)
     one_error(segment_cli(tif, model, out, "--resume"), "input.mtime_ns")
+
+
+def test_an_edit_between_the_samples_of_a_small_file_is_found(tmp_path, scene):
+    """The red team's case: other bytes, the same size, the time put back."""
+    import os
+
+    tif, model = scene
+    out = tmp_path / "o.zarr"
+    half_done(tif, model, out)
+    stat = tif.stat()
+    data = bytearray(tif.read_bytes())
+    data[len(data) // 2 + 1234] ^= 0xFF
+    tif.write_bytes(bytes(data))
+    os.utime(tif, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    one_error(segment_cli(tif, model, out, "--resume"), "input.sha256")
 
 
 def test_resume_refuses_a_store_without_a_fingerprint(tmp_path, scene):
@@ -528,3 +550,111 @@ def test_verify_passes_a_sound_store_and_tells_apart_unwritten_blocks(tmp_path, 
     half_done(tif, model, half)
     result = CliRunner().invoke(cli, ["verify", str(half)])
     assert result.exit_code == 0 and "INCOMPLETE: 15 of 30 blocks written" in result.stdout
+
+
+def garble(path):
+    data = bytearray(path.read_bytes())
+    data[10:14] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["blocks_done garbled", "block_counts garbled", "mask_crc32 deleted", "probabilities_crc32 deleted", "done lost"],
+)
+def test_damaged_records_are_one_line_and_resume_repairs_them(tmp_path, finished, damage):
+    import shutil
+
+    tif, model, out = finished
+    clean = read(out)
+    if damage == "blocks_done garbled":
+        garble(out / "blocks_done" / "1.1")
+    elif damage == "block_counts garbled":
+        garble(out / "block_counts" / "1.1.0")
+    elif damage == "done lost":  # the store says complete, its records disagree
+        (out / "blocks_done" / "1.1").unlink()
+    else:
+        shutil.rmtree(out / damage.split()[0])
+    runner = CliRunner()
+    line = one_error(runner.invoke(cli, ["verify", str(out)]))
+    assert "is damaged" in line or "do not hold what was written" in line, line
+    resumed = segment_cli(tif, model, out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Traceback" not in resumed.output and "not recognized" not in resumed.output
+    ok = runner.invoke(cli, ["verify", str(out)])
+    assert ok.exit_code == 0 and "60 chunks match" in ok.stdout, ok.output
+    mask, probs, complete = read(out)
+    assert complete and np.array_equal(mask, clean[0]) and np.array_equal(probs, clean[1])
+    summary = zarr.open_group(str(out), mode="r").attrs["gigaseg"]["summary"]
+    assert summary["pixels"] == 384 * 320
+
+
+@pytest.mark.parametrize("name", [".zattrs", ".zmetadata"])
+def test_unreadable_store_metadata_is_one_line(finished, name):
+    _, _, out = finished
+    (out / name).write_text("{garbage")
+    for args in (["verify", str(out)], ["info", str(out)], ["export", str(out), str(out.parent / "x.tif")]):
+        one_error(CliRunner().invoke(cli, args), "metadata cannot be read")
+
+
+def test_refine_refuses_a_damaged_store_and_resume_refine_one_without_probabilities(tmp_path, scene):
+    tif, model = scene
+    with_probs = tmp_path / "p.zarr"
+    assert segment_cli(tif, model, with_probs).exit_code == 0
+    (with_probs / "mask" / "1.1").unlink()
+    refine = ["refine", str(with_probs), "--image", str(tif), "--method", "superpixel", "--refine-workers", "1"]
+    one_error(CliRunner().invoke(cli, refine), "mask chunk [1, 1]")
+    bare = tmp_path / "bare.zarr"
+    assert CliRunner().invoke(cli, ["segment", str(tif), "--model", str(model), "--out", str(bare)]).exit_code == 0
+    before = json.loads((bare / ".zattrs").read_text())
+    resumed = CliRunner().invoke(
+        cli, ["segment", str(tif), "--model", str(model), "--out", str(bare), "--resume", "--refine", "superpixel"]
+    )
+    one_error(resumed, "keeps no probabilities")
+    assert json.loads((bare / ".zattrs").read_text()) == before
+
+
+def test_a_symbolic_link_to_a_store_shares_its_lock_and_is_not_overwritten(tmp_path, finished):
+    tif, model, out = finished
+    link = tmp_path / "link.zarr"
+    link.symlink_to(out)
+    one_error(segment_cli(tif, model, link, "--overwrite"), "is a symbolic link")
+    from gigaseg.io.lock import lock_path
+
+    assert lock_path(link) == lock_path(out) == lock_path(f"{out}/")
+
+
+@pytest.mark.parametrize("content", ['{"host": "vm", "pid": "abc"}', "[1, 2]", "", "dir"])
+def test_a_lock_file_gigaseg_did_not_write_is_one_line_then_stale(tmp_path, scene, content):
+    import os
+
+    tif, model = scene
+    out = tmp_path / "o.zarr"
+    lock = tmp_path / "o.zarr.lock"
+    lock.mkdir() if content == "dir" else lock.write_text(content)
+    one_error(segment_cli(tif, model, out), "o.zarr.lock")
+    old = time.time() - 1000
+    os.utime(lock, (old, old))
+    result = segment_cli(tif, model, out)
+    if content == "dir":  # never removed on a guess
+        one_error(result, "not a lock file gigaseg wrote")
+    else:
+        assert result.exit_code == 0 and "took over the stale lock" in result.stderr
+    assert not list(tmp_path.glob("*.stale-*"))
+
+
+def test_a_dry_run_fails_what_the_run_would_refuse(tmp_path, finished):
+    tif, model, out = finished
+    runner = CliRunner()
+    dry = ["segment", str(tif), "--model", str(model), "--out", str(out), *ARGS, "--dry-run"]
+    one_error(runner.invoke(cli, dry), "exists; pass --overwrite")
+    assert runner.invoke(cli, [*dry, "--resume"]).exit_code == 0
+    one_error(runner.invoke(cli, [*dry, "--resume", "--blend", "cosine"]), "options.plan.blend")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"inputs: [{tif}]\nmodel: {model}\noutput: {{dir: {tmp_path}, name: 'o.zarr'}}\n"
+        "tiling: {block: 64, chunk: 64, blend: cosine}\n"
+    )
+    one_error(runner.invoke(cli, ["run", str(job), "--dry-run"]), "would fail")
+    result = runner.invoke(cli, ["run", str(job), "--dry-run", "--resume"])
+    assert result.exit_code == 2 and "options.plan.blend" in result.output

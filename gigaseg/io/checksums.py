@@ -65,6 +65,23 @@ def checksum_grid(box: Box, values: np.ndarray, chunks: tuple[int, ...]) -> np.n
     return grid
 
 
+def read_per_chunk(array: zarr.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A small bookkeeping array whole (``blocks_done``, ``block_counts``), and which of its
+    chunks cannot be decoded: those read as 0, so their blocks count as not done."""
+    grid = tuple(math.ceil(n / c) for n, c in zip(array.shape, array.chunks, strict=True))
+    try:
+        return array[...], np.zeros(grid, bool)
+    except Exception:  # noqa: BLE001 - a damaged chunk; found one by one below
+        values, bad = np.zeros(array.shape, array.dtype), np.zeros(grid, bool)
+        for index in np.ndindex(grid):
+            cells = chunk_box(index, tuple(array.chunks), tuple(array.shape)).slices()
+            try:
+                values[cells] = array[cells]
+            except Exception:  # noqa: BLE001
+                bad[index] = True
+        return values, bad
+
+
 def checksum_array(group: zarr.Group, name: str) -> zarr.Array | None:
     """The checksums of array ``name``, or None for a store written before they were kept."""
     found = group.get(name + SUFFIX)
@@ -96,13 +113,14 @@ def write_checked(array: zarr.Array, checksums: zarr.Array | None, box: Box, val
 def read_checked(
     array: zarr.Array, checksums: zarr.Array | None, box: Box, name: str, *, written: np.ndarray | None = None
 ) -> np.ndarray:
-    """Read a chunk-aligned ``box`` of ``array``, checking every chunk whose checksum is recorded.
+    """Read ``box`` of ``array``, checking every chunk it touches whose checksum is recorded.
 
     Raises :class:`DamagedStoreError` naming the first chunk that cannot be
     decoded, does not match, or lacks the checksum it must have (``written``,
     per chunk of the whole array: see :func:`verify_array`).
     """
     shape, chunks = spatial(array)
+    wanted, box = box, aligned(box, chunks, shape)
     lead = (slice(None),) * (array.ndim - len(shape))
     ranges = chunk_ranges(box, chunks)
     indices = list(itertools.product(*ranges))
@@ -113,8 +131,9 @@ def read_checked(
             if isinstance(actual, str):
                 raise DamagedStoreError(_damaged(array, Damage(name, index, actual))) from None
         raise
+    inner = (*lead, *wanted.slices(box.start))
     if checksums is None:
-        return values
+        return values[inner]
     cells = tuple(slice(r.start, r.stop) for r in ranges)
     recorded = checksums[cells]
     if written is not None and (missing := (recorded == 0) & written[cells]).any():
@@ -124,7 +143,14 @@ def read_checked(
     if bad.any():
         first = tuple(r[i] for r, i in zip(ranges, np.argwhere(bad)[0], strict=True))
         raise DamagedStoreError(_damaged(array, Damage(name, first, "checksum differs (damaged, or deleted)")))
-    return values
+    return values[inner]
+
+
+def aligned(box: Box, chunks: tuple[int, ...], shape: tuple[int, ...]) -> Box:
+    """The smallest box of whole chunks (cut at the array's edge) that holds ``box``."""
+    start = tuple(a // c * c for a, c in zip(box.start, chunks, strict=True))
+    stop = tuple(min(-(-b // c) * c, n) for b, c, n in zip(box.stop, chunks, shape, strict=True))
+    return Box(start, stop)
 
 
 def _damaged(array: zarr.Array, damage: Damage) -> str:

@@ -39,7 +39,9 @@ STALE_S = 120.0
 
 
 def lock_path(output: str | Path) -> Path:
-    return Path(str(output).rstrip("/") + ".lock")
+    """``out.zarr.lock`` beside the store's real path: every spelling of it (relative,
+    ``out.zarr/``, a symbolic link) finds the same lock."""
+    return Path(os.path.realpath(output) + ".lock")
 
 
 class StoreLock:
@@ -60,8 +62,12 @@ class StoreLock:
                 continue
             except OSError as e:
                 raise OutputError(f"cannot create the lock {self.path}: {e.strerror or e}") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._record(), f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(self._record(), f)
+            except OSError as e:  # a full disk: leave no empty lock behind
+                self.path.unlink(missing_ok=True)
+                raise OutputError(f"cannot write the lock {self.path}: {e.strerror or e}") from None
             self.held = True
             _HEARTBEAT.add(self)
             return self
@@ -99,11 +105,15 @@ class StoreLock:
                 f"{self.output} is being written by {describe(holder)} (lock {self.path}); "
                 "wait for that run to finish, or stop it"
             )
+        if not self.path.is_file():
+            raise StoreLockedError(f"{self.path} is not a lock file gigaseg wrote; remove it if no run is writing")
         aside = self.path.with_name(f"{self.path.name}.stale-{self.token}")
         try:
             os.rename(self.path, aside)  # one taker wins; the others find our new lock
         except FileNotFoundError:
             return
+        except OSError as e:
+            raise OutputError(f"cannot take over the stale lock {self.path}: {e.strerror or e}") from None
         if read_lock(aside) != holder:  # another writer's fresh lock: put it back
             with contextlib.suppress(OSError):
                 os.rename(aside, self.path)
@@ -113,10 +123,14 @@ class StoreLock:
 
 
 def read_lock(path: Path) -> dict[str, Any] | None:
+    """The lock's record, or None when it is not one (half written, or not ours)."""
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
+        return None
+    return record
 
 
 def stale_reason(path: Path, holder: dict[str, Any] | None) -> str | None:
@@ -144,7 +158,7 @@ def _alive(pid: int, started: float | None) -> bool:
 
 def describe(holder: dict[str, Any] | None) -> str:
     if not holder:
-        return "an unknown writer"
+        return "a writer that is starting, or a lock file that is not gigaseg's"
     return f"PID {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
 
 

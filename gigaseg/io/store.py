@@ -40,6 +40,7 @@ from gigaseg.io.checksums import (
     checksum_array,
     chunk_counts,
     read_checked,
+    read_per_chunk,
     verify_array,
     write_checked,
 )
@@ -89,6 +90,8 @@ def _compressor(zarr_format: int, dtype: Any) -> Any:
 def prepare_output(path: str | Path, *, overwrite: bool) -> None:
     """Refuse an existing output unless asked to overwrite, and an unwritable parent."""
     path = Path(path)
+    if path.is_symlink():
+        raise OutputError(f"{path} is a symbolic link to {path.resolve()}; give that path as the output")
     if path.exists():
         if not overwrite:
             raise OutputExistsError(f"output {path} exists; pass --overwrite to replace it or --resume to finish it")
@@ -140,22 +143,43 @@ def _create(path: str | Path, layout: StoreLayout) -> MaskStore:
         _write_coordinates(group, layout.georef, layout.shape)
     done = _array(group, "blocks_done", layout.block_counts, (1,) * len(layout.block_counts), np.uint8, 0, fmt)
     done.attrs["_ARRAY_DIMENSIONS"] = [f"block_{d}" for d in dims]
-    _bookkeeping(group, layout, dims)
+    _bookkeeping(group, layout.block_counts, len(layout.classes), dims)
     group.attrs["gigaseg"] = {**layout.attrs, "complete": False}
     return MaskStore(group)
 
 
-def _bookkeeping(group: zarr.Group, layout: StoreLayout, dims: list[str]) -> None:
-    """Per-block counts and per-chunk checksums: each element its own chunk, written by its own task."""
-    fmt, blocks = layout.zarr_format, layout.block_counts
-    width = len(layout.classes) + 1
-    counts = _array(group, "block_counts", (*blocks, width), (*(1,) * len(blocks), width), np.int64, 0, fmt)
-    counts.attrs["_ARRAY_DIMENSIONS"] = [*(f"block_{d}" for d in dims), "class_or_nodata"]
+def _bookkeeping(
+    group: zarr.Group, blocks: tuple[int, ...], classes: int, dims: list[str], *, missing_only: bool = False
+) -> list[str]:
+    """Per-block counts and per-chunk checksums: each element its own chunk, written by its own task.
+
+    With ``missing_only``, only the arrays that are gone are made again (empty);
+    returns the names made.
+    """
+    fmt, made = group.metadata.zarr_format, []
+    if not (missing_only and "block_counts" in group):
+        shape, chunks = (*blocks, classes + 1), (*(1,) * len(blocks), classes + 1)
+        counts = _array(group, "block_counts", shape, chunks, np.int64, 0, fmt)
+        counts.attrs["_ARRAY_DIMENSIONS"] = [*(f"block_{d}" for d in dims), "class_or_nodata"]
+        made.append("block_counts")
     for name in ("mask", "probabilities"):
-        if name in group:
+        if name in group and not (missing_only and name + SUFFIX in group):
             grid = chunk_counts(group[name])
             crcs = _array(group, name + SUFFIX, grid, (1,) * len(grid), np.uint64, 0, fmt)
             crcs.attrs["_ARRAY_DIMENSIONS"] = [f"chunk_{d}" for d in dims]
+            made.append(name + SUFFIX)
+    return made
+
+
+def restore_bookkeeping(path: str | Path) -> list[str]:
+    """Make again the counts and checksum arrays of a store that lost them (deleted by hand).
+
+    Their blocks then have no checksums, so a resume writes them again.
+    """
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    dims = list(group["mask"].attrs.get("_ARRAY_DIMENSIONS", ["z", "y", "x"][-group["mask"].ndim :]))
+    classes = len(group["mask"].attrs["classes"])
+    return _bookkeeping(group, tuple(group["blocks_done"].shape), classes, dims, missing_only=True)
 
 
 def _array(
@@ -174,6 +198,7 @@ def _array(
         dtype=dtype,
         fill_value=fill,
         compressors=[_compressor(fmt, dtype)],
+        overwrite=True,  # a store's arrays are made once; a lost one is made again over its debris
     )
 
 
@@ -345,8 +370,8 @@ class MaskStore:
         """Pixels per class, nodata last, over every block done (None for stores without counts)."""
         if self.block_counts is None:
             return None
-        done = self.done()
-        return self.block_counts[...][done].sum(axis=0)
+        values, _ = read_per_chunk(self.block_counts)
+        return values[self.done()].sum(axis=0)
 
     def verify(self) -> Verification:
         """Decode every chunk whose checksum is recorded and compare (see :mod:`gigaseg.io.checksums`)."""
@@ -382,7 +407,37 @@ class MaskStore:
             raise OutputError(f"cannot write to {where}: {e.strerror or e}") from None
 
     def done(self) -> np.ndarray:
-        return self.blocks_done[...] > 0
+        """Per block: recorded done (a record that cannot be decoded is not done)."""
+        values, _ = read_per_chunk(self.blocks_done)
+        return values > 0
+
+    def damaged_records(self) -> np.ndarray:
+        """Per block: whether its ``blocks_done`` or ``block_counts`` record cannot be decoded."""
+        _, bad = read_per_chunk(self.blocks_done)
+        if self.block_counts is not None:
+            bad = bad | read_per_chunk(self.block_counts)[1].reshape(bad.shape)
+        return bad
+
+    def records_problem(self) -> str | None:
+        """What is wrong with the store's own records, or None."""
+        bad = self.damaged_records()
+        if bad.any():
+            first = [int(i) for i in np.argwhere(bad)[0]]
+            return f"the records of {int(bad.sum())} blocks cannot be decoded (block {first})"
+        missing = [
+            name + SUFFIX
+            for name, array, crcs in (
+                ("mask", self.mask, self.mask_crc),
+                ("probabilities", self.probabilities, self.probabilities_crc),
+            )
+            if array is not None and crcs is None
+        ]
+        if missing:
+            return f"{', '.join(missing)} is missing"
+        done = self.done()
+        if self.complete and not done.all():
+            return f"it says complete but records only {int(done.sum())} of {done.size} blocks done"
+        return None
 
     def finish(self) -> None:
         """Mark the store complete; only valid once every block is done."""
@@ -447,10 +502,16 @@ def remove_partials(path: str | Path) -> int:
 
 def open_store(path: str | Path, *, mode: str = "r", require_complete: bool = False) -> MaskStore:
     """Open an existing store; with ``require_complete``, refuse one whose run never finished."""
+    if not Path(path).exists():
+        raise SourceError(f"{path} does not exist")
     if not is_store(path):
         raise SourceError(f"{path} is not a gigaseg Zarr store")
-    group = zarr.open_group(str(path), mode=mode)
-    if "gigaseg" not in group.attrs or "mask" not in group:
+    try:
+        group = zarr.open_group(str(path), mode=mode)
+        ours = "gigaseg" in group.attrs and "mask" in group
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise SourceError(f"{path}: its Zarr metadata cannot be read ({type(e).__name__}: {e})") from None
+    if not ours:
         raise SourceError(f"{path} is a Zarr store but not one gigaseg wrote")
     store = MaskStore(group)
     if require_complete and not store.complete:
@@ -469,10 +530,13 @@ def verify_store(path: str | Path) -> Verification:
     predates checksums; returns what was checked otherwise.
     """
     store = open_store(path)
-    if not store.has_checksums:
+    if not store.has_checksums and not store.attrs.get("fingerprint"):
         raise DamagedStoreError(
             f"{path} was written by an older gigaseg without chunk checksums; it cannot be verified"
         )
+    problem = store.records_problem()
+    if problem:
+        raise DamagedStoreError(f"{path} is damaged: {problem}; --resume writes such blocks again")
     found = store.verify()
     if found.damaged:
         first = found.damaged[0].line()

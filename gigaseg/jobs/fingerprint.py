@@ -59,14 +59,19 @@ def _short(value: Any) -> str:
     return text[:13] + "..." if len(text) > 40 and isinstance(value, str) else text
 
 
-def check_fingerprint(output: str | Path, stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
-    """Refuse to resume ``output`` unless it was started with exactly this input, model and options."""
+def check_fingerprint(
+    output: str | Path, stored: dict[str, Any] | None, current: dict[str, Any], *, ignore: tuple[str, ...] = ()
+) -> None:
+    """Refuse to resume ``output`` unless it was started with exactly this input, model and options.
+
+    ``ignore``: key prefixes left out of the comparison (what a dry run cannot know).
+    """
     if stored is None:
         raise InputError(
             f"cannot resume {output}: it was written by an older gigaseg without a fingerprint of its input, "
             "model and options; use --overwrite to start again"
         )
-    changed = differences(stored, current)
+    changed = [d for d in differences(stored, current) if not d.startswith(ignore)]
     if changed:
         raise InputError(
             f"cannot resume {output}: changed since it was started: {'; '.join(changed)}; "

@@ -9,11 +9,13 @@ from pathlib import Path
 import psutil
 import torch
 
-from gigaseg.errors import InputError
+from gigaseg.errors import InputError, OutputExistsError, StoreLockedError
+from gigaseg.io.lock import describe, lock_path, read_lock, stale_reason
 from gigaseg.io.sources import ReadsNative, Source
 from gigaseg.io.store import PROBABILITY_DTYPES, is_store, open_store
+from gigaseg.jobs.fingerprint import check_fingerprint, fingerprint
 from gigaseg.jobs.memory import Footprint, footprint, format_bytes, gpu_batch_size
-from gigaseg.jobs.segment import Plan, SceneSpec, default_readers, plan_scene
+from gigaseg.jobs.segment import Plan, SceneSpec, default_readers, pixel_options, plan_scene
 from gigaseg.jobs.volume import ModelInput
 from gigaseg.models.inference import resolve_device
 from gigaseg.tiler import halo_overhead
@@ -98,8 +100,34 @@ def strip_pixel_bytes(source: Source) -> int:
 
 
 def describe_scene(spec: SceneSpec) -> str:
-    summary, _ = scene_footprint(spec)
+    """The dry run's line for one scene; raises what the run would refuse, output included."""
+    device = resolve_device(spec.options.device)
+    cpu = replace(spec, options=replace(spec.options, device="cpu"))
+    fed, plan = plan_scene(cpu, dry=True)
+    summary, _ = predict_footprint(spec, fed, plan, device)
+    check_output(spec, fed, plan)
     return f"{summary}; output {spec.output}: {existing(spec.output)}"
+
+
+# What a dry run cannot know as the run will: the device it picks, and statistics the
+# run fits to the pixels (a dry run reads headers only).
+DRY_UNKNOWNS = ("options.device", "options.precision", "options.model_input")
+
+
+def check_output(spec: SceneSpec, fed: ModelInput, plan: Plan) -> None:
+    """What the run would refuse about its output: an existing store without --overwrite or
+    --resume, a resume of a store started otherwise, a store another process writes."""
+    output, options = spec.output, spec.options
+    if not Path(output).exists():
+        return
+    if not (options.overwrite or options.resume):
+        raise OutputExistsError(f"output {output} exists; pass --overwrite to replace it or --resume to finish it")
+    holder = read_lock(lock_path(output))
+    if holder is not None and stale_reason(lock_path(output), holder) is None:
+        raise StoreLockedError(f"{output} is being written by {describe(holder)}")
+    if options.resume and is_store(output):
+        current = fingerprint(spec.input, spec.model, pixel_options(plan, fed, options))
+        check_fingerprint(output, open_store(output).attrs.get("fingerprint"), current, ignore=DRY_UNKNOWNS)
 
 
 def existing(output: str | Path) -> str:

@@ -31,9 +31,9 @@ import zarr
 from tqdm import tqdm
 
 from gigaseg.errors import IncompleteStoreError, InputError
-from gigaseg.io.checksums import write_checked
+from gigaseg.io.checksums import read_checked, write_checked
 from gigaseg.io.lock import StoreLock
-from gigaseg.io.store import MaskStore, open_store, store_path
+from gigaseg.io.store import MaskStore, open_store, store_path, verify_store
 from gigaseg.jobs.lifeline import die_with_parent
 from gigaseg.refine import (
     RefineOptions,
@@ -150,8 +150,8 @@ def refine_block(job: RefineJob, index: tuple[int, ...]) -> np.ndarray:
     mask, nodata = store.mask, store.nodata
     box = job.blocks.block_box(index)
     window = window_box(box, job.halo, job.blocks.shape)
-    probs = read_probabilities(store.probabilities, window)
-    valid = mask[window.slices()] != nodata
+    probs = read_probabilities(store, window)
+    valid = store.read(window) != nodata  # both checked against their checksums
     data, _ = job.source.read(window)
     refined = get_refiner(job.method)(
         probs, job.stretch(data), valid, params=job.params, origin=window.start, spacing=job.spacing
@@ -166,9 +166,9 @@ def refine_block(job: RefineJob, index: tuple[int, ...]) -> np.ndarray:
     return counts
 
 
-def read_probabilities(array: zarr.Array, box: Box) -> np.ndarray:
-    """``(K, *box)`` float32 probabilities; uint8 stores hold ``p * 255``."""
-    values = array[(slice(None), *box.slices())]
+def read_probabilities(store: MaskStore, box: Box) -> np.ndarray:
+    """``(K, *box)`` float32 probabilities, checked; uint8 stores hold ``p * 255``."""
+    values = read_checked(store.probabilities, store.probabilities_crc, box, "probabilities")
     if values.dtype == np.uint8:
         return values.astype(np.float32) * np.float32(1 / 255)
     return values.astype(np.float32)
@@ -290,7 +290,13 @@ def start_refine(store: MaskStore, input_path: str | Path, options: RefineOption
 
 
 def check_resume(store: MaskStore, options: RefineOptions | None) -> None:
-    """Refuse to resume a store whose refinement is unfinished without refining it."""
+    """Refuse to resume a store whose refinement is unfinished without refining it,
+    or to refine on resume a store that keeps no probabilities."""
+    if options is not None and store.probabilities is None:
+        raise InputError(
+            f"{store_path(store)} keeps no probabilities, which --refine needs; "
+            "start again with --overwrite and --refine"
+        )
     stored = store.attrs.get("refine")
     if options is None and stored is not None and not stored.get("complete"):
         raise InputError(
@@ -339,8 +345,10 @@ def refine(
     """
     options = options or RefineOptions()
     started = time.perf_counter()
-    open_store(store_path_)  # says clearly when it is not a gigaseg store
+    checked = open_store(store_path_).has_checksums  # says clearly when it is not a gigaseg store
     with StoreLock(store_path_):
+        if checked:
+            verify_store(store_path_)  # refine only what was written as it was written
         store = MaskStore(zarr.open_group(str(store_path_), mode="r+", use_consolidated=False))
         check_refinable(store, store_path_)
         bands = store.attrs.get("bands") or list(range(1, 4))

@@ -45,6 +45,7 @@ from gigaseg.io.store import (
     create_store,
     open_store,
     remove_partials,
+    restore_bookkeeping,
     store_path,
 )
 from gigaseg.jobs.fingerprint import check_fingerprint, fingerprint
@@ -808,9 +809,15 @@ def _open_output(spec: SceneSpec, plan: Plan, fed: ModelInput) -> MaskStore:
     options, card = spec.options, fed.predictor.card
     current = fingerprint(spec.input, spec.model, pixel_options(plan, fed, options))
     if options.resume and Path(spec.output).exists():
+        from gigaseg.jobs.refine import check_resume  # refinement builds on this module
+
         remove_partials(spec.output)
         store = open_store(spec.output, mode="r+")
         check_fingerprint(spec.output, store.attrs.get("fingerprint"), current)
+        check_resume(store, options.refine)  # before anything in the store changes
+        warn_kept_layout(store, options)
+        if restore_bookkeeping(spec.output):
+            store = open_store(spec.output, mode="r+")
         repair(store, plan)
         return store
     layout = StoreLayout(
@@ -848,16 +855,34 @@ def pixel_options(plan: Plan, fed: ModelInput, options: SegmentOptions) -> dict[
     }
 
 
+def warn_kept_layout(store: MaskStore, options: SegmentOptions) -> None:
+    """A resume writes the arrays the store has: say so when other ones were asked for."""
+    kept = {"probabilities": probability_dtype(store), "zarr_format": store.group.metadata.zarr_format}
+    asked = {"probabilities": options.probabilities, "zarr_format": options.zarr_format}
+    for name, value in asked.items():
+        if value is not None and value != kept[name]:
+            warnings.warn(
+                f"{store_path(store)} keeps its {name} ({kept[name]}); {name}={value} applies to new stores only",
+                GigasegWarning,
+                stacklevel=3,
+            )
+
+
 def repair(store: MaskStore, plan: Plan) -> None:
-    """Before a resume: blocks whose chunks are damaged, deleted or unrecorded run again."""
+    """Before a resume: blocks whose chunks are damaged, deleted or unrecorded run again,
+    and so do blocks whose own records cannot be decoded."""
     damaged = store.verify().damaged
-    if not damaged:
+    unreadable = [tuple(map(int, i)) for i in np.argwhere(store.damaged_records())]
+    if not damaged and not unreadable:
         return
     corners = [chunk_box(d.chunk, plan.blocks.chunk, plan.grid.shape).start for d in damaged]
-    blocks = sorted({tuple(a // b for a, b in zip(c, plan.blocks.block, strict=True)) for c in corners})
+    blocks = {tuple(a // b for a, b in zip(c, plan.blocks.block, strict=True)) for c in corners}
+    blocks = sorted(blocks | set(unreadable))
+    what = damaged[0].line() if damaged else f"the record of block {list(unreadable[0])} cannot be decoded"
+    count = len(damaged) + len(unreadable)
     warnings.warn(
-        f"{len(damaged)} chunks of {store_path(store)} do not hold what was written ({damaged[0].line()}"
-        f"{', ...' if len(damaged) > 1 else ''}); writing blocks {blocks} again",
+        f"{count} chunks of {store_path(store)} do not hold what was written ({what}"
+        f"{', ...' if count > 1 else ''}); writing blocks {blocks} again",
         GigasegWarning,
         stacklevel=2,
     )
