@@ -88,6 +88,9 @@ def corpus(tmp_path_factory):
         "badrule.yaml": "inputs: [good.tif]\nmodel: m.pt\nnodata_rule: gdal\n",
     }.items():
         (d / name).write_text(text)
+    # a finished mask of good.tif, for gigaseg evaluate
+    CliRunner().invoke(cli, ["segment", str(good), "--model", str(d / "m.pt"), "--out", str(d / "mask.zarr")])
+    (d / "notes.geojson").write_text("not a vector file")
     return d
 
 
@@ -152,7 +155,13 @@ FAILURES = [
     (["run", "{d}/failing.yaml", "--dry-run"], "1 of 2 scenes would fail"),
     (["segment", "{d}/good.tif", "--model", "{d}/pickled.pt"], "holds a pickled Python object (tests."),
     (["info", "{d}/good.tif"], "not a gigaseg Zarr store"),
-    (["export", "{d}/missing.zarr", "{d}/x.tif"], "not a gigaseg Zarr store"),
+    (["export", "{d}/missing.zarr", "{d}/x.tif"], "missing.zarr does not exist"),
+    (["evaluate", "{d}/missing.zarr", "--labels", "{d}/good.tif"], "missing.zarr does not exist"),
+    (["evaluate", "{d}/mask.zarr", "--labels", "{d}/missing.tif"], "does not exist"),
+    (["evaluate", "{d}/mask.zarr", "--labels", "{d}/missing.gpkg"], "do not exist"),
+    (["evaluate", "{d}/mask.zarr", "--labels", "{d}/text.tif"], "cannot read"),
+    (["evaluate", "{d}/mask.zarr", "--labels", "{d}/notes.geojson"], "as vector labels"),
+    (["evaluate", "{d}/mask.zarr", "--labels", "{d}/good.tif"], "not a class of the mask"),
 ]
 
 

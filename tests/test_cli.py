@@ -199,7 +199,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
         check=False,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"gigaseg: error: {tmp_path / 'nope'} is not a gigaseg Zarr store"
+    assert proc.stderr.strip() == f"gigaseg: error: {tmp_path / 'nope'} does not exist"
 
 
 def test_volume_slice_wise_segment_info_export(tmp_path):

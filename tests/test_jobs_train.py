@@ -125,3 +125,65 @@ def test_segment_a_plain_state_dict_with_a_card_file(tmp_path):
         tmp_path / "volume.json",
     )
     assert_one_line_error(result, "is a 3-D model but")
+
+
+def test_train_on_sparse_one_based_labels_with_the_sparse_options(tmp_path):
+    from tests.conftest import write_tiff
+
+    image, truth = landcover_scene((128, 128), seed=8)
+    labels = np.zeros((1, 128, 128), np.uint8)  # 0: unlabelled, classes 1..4
+    rng = np.random.default_rng(8)
+    for _ in range(30):
+        y, x = rng.integers(0, 80, size=2)
+        labels[0, y : y + 3, x : x + 3] = truth[y : y + 3, x : x + 3] + 1
+    write_tiff(tmp_path / "s.tif", image)
+    write_tiff(tmp_path / "l.tif", labels)
+    model = tmp_path / "m.pt"
+    args = ["train", "--image", tmp_path / "s.tif", "--labels", tmp_path / "l.tif", "--classes", 4, "--out", model]
+    args += ["--arch", "conv", "--tile", 32, "--overlap", 8, "--epochs", 1, "--steps", 2, "--batch-size", 2]
+    args += ["--val-tiles", 4, "--device", "cpu", "--label-offset", 1]
+    assert_one_line_error(run(*args[:-2]), "hold value 4, which is no class index 0..3; mark unlabelled")
+    result = run(*args, "--class-weights", "balanced", "--sampling", "balanced")
+    assert result.exit_code == 0, result.output
+    assert "split (blocks): " in result.stdout and "sampling balanced" in result.stdout
+    _, card = load_checkpoint(model)
+    assert card.training["class_weights"] == "balanced" and card.training["labels"]["offset"] == 1
+    assert sum(card.training["split"]["labelled"]["val"].values()) > 0
+    assert_one_line_error(run(*args, "--overwrite", "--class-weights", "1,2"), "2 class weights for 4 classes")
+    assert_one_line_error(run(*args, "--overwrite", "--val-block", 128), "lie in 1 block(s) of 128 px")
+    assert_one_line_error(
+        run(*args, "--overwrite", "--encoder-weights", tmp_path / "l.tif"), "needs a 2-D network with"
+    )
+
+
+def test_train_on_vector_labels_in_another_crs(tmp_path):
+    from rasterio.warp import transform as warp
+
+    from tests.conftest import UTM, write_tiff
+
+    image, truth = landcover_scene((96, 96), seed=9)
+    write_tiff(tmp_path / "s.tif", image)  # 10 m pixels from (500000, 6000000), UTM 33N
+    rng = np.random.default_rng(9)
+    features, covered = [], np.zeros((96, 96), bool)
+    for _ in range(40):  # 2x2-pixel survey squares, classes 1..4, in longitude/latitude
+        row, col = (int(v) for v in rng.integers(0, 94, size=2))
+        xs = [500000 + 10 * c for c in (col, col + 2, col + 2, col)]
+        ys = [6000000 - 10 * r for r in (row, row, row + 2, row + 2)]
+        lon, lat = warp(UTM, "EPSG:4326", xs, ys)
+        ring = [[x, y] for x, y in zip(lon + lon[:1], lat + lat[:1], strict=True)]
+        value = int(truth[row : row + 2, col : col + 2].max()) + 1
+        covered[row : row + 2, col : col + 2] = True
+        features.append(
+            {"type": "Feature", "properties": {"klass": value}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+        )
+    (tmp_path / "l.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    model = tmp_path / "m.pt"
+    args = ["train", "--image", tmp_path / "s.tif", "--labels", tmp_path / "l.geojson", "--classes", 4]
+    args += ["--arch", "conv", "--tile", 32, "--overlap", 8, "--epochs", 1, "--steps", 2, "--batch-size", 2]
+    args += ["--device", "cpu", "--label-offset", 1, "--label-attribute", "klass", "--out", model]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    _, card = load_checkpoint(model)
+    split = card.training["split"]["labelled"]
+    total = sum(split["train"].values()) + sum(split["val"].values())
+    assert total == covered.sum() and sum(split["val"].values()) > 0  # each square burns its 4 pixels

@@ -427,7 +427,10 @@ def test_resume_refuses_a_store_without_a_fingerprint(tmp_path, scene):
     one_error(segment_cli(tif, model, out, "--resume"), "without a fingerprint")
 
 
-HOLD = "from gigaseg.io.lock import StoreLock; import sys, time; StoreLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+HOLD = (
+    "from gigaseg.io.lock import StoreLock; import sys, time; "
+    "StoreLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+)
 
 
 @pytest.fixture

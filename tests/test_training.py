@@ -1,6 +1,7 @@
 """Training: random tiles through sources, losses, validation metrics, checkpoints, resume."""
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,18 +17,26 @@ from gigaseg.models.training import (
     IGNORE,
     Pair,
     Region,
+    Sampler,
+    Split,
     TrainConfig,
     augment,
+    census,
     choose_box,
-    class_weights,
+    choose_validation,
     confusion,
     dice_loss,
+    inverse_frequency,
     last_path,
-    sample_box,
+    loss_weights,
     scores,
+    split_regions,
+    tile_around,
+    tile_over,
+    to_classes,
     train,
 )
-from gigaseg.synthetic import landcover_scene, organ_volume
+from gigaseg.synthetic import CLASSES, landcover_scene, organ_volume
 from gigaseg.tiler import Box
 
 # Water and land: a per-pixel (1x1 conv) model can learn it from the spectra in seconds.
@@ -62,14 +71,19 @@ def test_training_drives_validation_dice_above_0_9_within_seconds(tmp_path):
     result = train([spectral_pair(14)], tmp_path / "m.pt", quick_config(), log=lines.append)
     assert time.perf_counter() - started < 60  # ~5 s on an idle 2-core machine
     assert result.card.metrics["val_mean_dice"] > 0.9, lines
-    assert len(lines) == 3 and lines[0].startswith("epoch 1/3: loss ")
+    assert len(lines) == 4 and lines[0].startswith("split (blocks): 13 training blocks")
+    assert lines[1].startswith("epoch 1/3: loss ")
     assert set(result.card.metrics["val_dice"]) == set(SPECTRAL)
     # the best checkpoint is the best epoch's weights, with the card saying so
     best = max(result.history, key=lambda h: h["val_mean_dice"])
     assert result.card.metrics["epoch"] == best["epoch"]
     model, card = load_checkpoint(tmp_path / "m.pt")
     assert card.metrics == result.card.metrics and card.receptive_field == 1
-    assert card.training["val_split"].startswith("last 20%")
+    assert card.training["val_split"] == "random blocks holding 20% of the labelled pixels"
+    split = card.training["split"]
+    assert split["how"] == "blocks" and split["blocks"] == {"train": 13, "val": 3}  # 4 x 4 blocks of 40 px
+    held = sum(split["labelled"]["val"].values()) / (160 * 160)
+    assert 0.15 < held < 0.25 and card.training["sampling"] == "uniform"
     assert card.mean is not None and len(card.std) == 4
 
 
@@ -162,11 +176,11 @@ def test_resume_refuses_a_different_network(tmp_path):
         (
             [
                 Pair(
-                    ArraySource(np.zeros((2, 1, 50)), spatial_dims=2),
-                    ArraySource(np.zeros((1, 50)), spatial_dims=2),
+                    ArraySource(np.zeros((2, 50, 50)), spatial_dims=2),
+                    ArraySource(np.full((50, 50), 255, np.uint8), spatial_dims=2, nodata=255),
                 )
             ],
-            "too few to hold some out",
+            "the scenes' 0 labelled pixels lie in 0 block(s) of 13 px",
         ),
         (
             [
@@ -184,13 +198,15 @@ def test_bad_training_data_is_one_clear_error(tmp_path, pairs, message):
         train(pairs, tmp_path / "m.pt", quick_config(epochs=1, steps=1), log=lambda _: None)
 
 
-def test_tiles_stay_inside_their_region_and_shrink_to_small_regions():
+def test_tiles_hold_their_point_inside_the_scene_and_shrink_to_small_scenes():
     rng = np.random.default_rng(0)
-    region = Region(0, Box((100, 0), (140, 300)))
     for _ in range(50):
-        box = sample_box(region, 64, rng)
+        point = (int(rng.integers(0, 40)), int(rng.integers(0, 300)))
+        box = tile_around(point, (40, 300), 64, rng)
         assert box.shape == (40, 64)
-        assert region.box.intersection(box) == box
+        assert Box((0, 0), (40, 300)).intersection(box) == box
+        assert all(a <= p < b for p, a, b in zip(point, box.start, box.stop, strict=True))
+    assert tile_over(Box((0, 280), (20, 300)), (40, 300), 64) == Box((0, 236), (40, 300))
 
 
 def test_augment_moves_labels_with_pixels():
@@ -223,14 +239,15 @@ def test_candidates_oversample_tiles_with_rare_classes():
     labels = np.zeros((100, 100), np.uint8)
     labels[80:90, 80:90] = 1
     pair = Pair(ArraySource(np.zeros((1, 100, 100)), spatial_dims=2), ArraySource(labels, spatial_dims=2))
-    regions = [Region(0, Box((0, 0), (100, 100)))]
+    config = quick_config(classes=["a", "b"], tile=20, sampling="uniform")
+    blocks = census([pair], config)
+    weights = inverse_frequency(np.array([r.counts for r in blocks]).sum(0))
+    assert weights[1] == 1 and weights[0] == pytest.approx(100 / 9900)
     rng = np.random.default_rng(0)
-    weights = class_weights([pair], regions, quick_config(classes=["a", "b"], tile=20), rng, tiles=200)
-    assert weights[1] == 1 and weights[0] < 0.1
 
     def hits(candidates: int) -> int:
-        config = quick_config(classes=["a", "b"], tile=20, candidates=candidates)
-        boxes = [choose_box([pair], regions, config, weights, rng)[1] for _ in range(100)]
+        sampler = Sampler([pair], Split(blocks, [], "blocks"), replace(config, candidates=candidates))
+        boxes = [choose_box(sampler, weights, rng)[1] for _ in range(100)]
         return sum(bool(labels[box.slices()].any()) for box in boxes)
 
     assert hits(8) > 3 * max(hits(1), 1)
@@ -242,3 +259,101 @@ def test_clip_windows_intensities_before_normalising():
     np.testing.assert_allclose(card.normalize(tiles)[0, 0, 0], [-1.0, 0.5, 1.0])
     with pytest.raises(ModelError, match="clip must be"):
         ModelCard(arch="conv", in_channels=1, classes=["a"], clip=[5.0, 1.0])
+
+
+def sparse_pair(seed: int, shape=(160, 160), *, rows: int = 110, patches: int = 40) -> tuple[Pair, np.ndarray]:
+    """A land-cover scene labelled 1..4 in 3x3 survey patches of its top ``rows`` only (0: unlabelled)."""
+    image, truth = landcover_scene(shape, seed=seed)
+    labels = np.zeros(shape, np.uint8)
+    rng = np.random.default_rng(seed)
+    for _ in range(patches):
+        y, x = int(rng.integers(0, rows - 3)), int(rng.integers(0, shape[1] - 3))
+        labels[y : y + 3, x : x + 3] = truth[y : y + 3, x : x + 3] + 1
+    return Pair(ArraySource(image, spatial_dims=2), ArraySource(labels, spatial_dims=2)), labels
+
+
+def test_sparse_labels_get_a_labelled_validation_and_the_card_records_the_split(tmp_path):
+    pair, labels = sparse_pair(21)
+    assert not labels[128:].any()  # the old split, the last 20% of the rows, held no labelled pixel
+    assert (labels > 0).mean() < 0.015
+    config = quick_config(classes=list(CLASSES), label_offset=1, epochs=2, steps=6)
+    lines = []
+    result = train([pair], tmp_path / "m.pt", config, log=lines.append)
+    split = result.card.training["split"]
+    held = sum(split["labelled"]["val"].values())
+    assert held > 0 and sum(split["labelled"]["train"].values()) + held == (labels > 0).sum()
+    assert 0.1 < held / (labels > 0).sum() < 0.3
+    # every labelled pixel of the (few) validation blocks is scored, once
+    assert split["blocks"]["val"] <= config.val_tiles
+    assert sum(result.card.metrics["val_pixels"].values()) == held
+    assert all(h["val_mean_dice"] > 0 for h in result.history)
+    assert result.card.training["sampling"] == "balanced" and result.card.training["labels"]["offset"] == 1
+    assert lines[0].startswith("split (blocks): 13 training blocks") and "sampling balanced" in lines[0]
+    for _, start, stop in split["val_blocks"]:
+        assert labels[Box(tuple(start), tuple(stop)).slices()].any() or held == 0
+
+
+def test_training_tiles_ignore_validation_blocks_and_balance_classes():
+    labels = np.full((120, 120), 255, np.uint8)
+    labels[::4, ::4] = 0  # 900 labelled pixels of class 0
+    labels[100:103, 100:103] = labels[20:23, 60:63] = 1  # 18 of class 1, in two blocks
+    pair = Pair(ArraySource(np.zeros((1, 120, 120)), spatial_dims=2), ArraySource(labels, spatial_dims=2, nodata=255))
+    config = quick_config(classes=["a", "b"], tile=16)
+    split = split_regions([pair], None, config)
+    held = np.zeros(labels.shape, bool)
+    for region in split.val:
+        held[region.box.slices()] = True
+    assert held.any() and (labels[held] != 255).any() and (labels[~held] == 1).any()
+    rng = np.random.default_rng(1)
+    found = {}
+    for mode in ("labelled", "balanced"):
+        sampler = Sampler([pair], split, replace(config, sampling=mode))
+        rare = 0
+        for _ in range(200):
+            index, box = sampler.box(rng)
+            _, _, target = sampler.read(index, box)
+            assert (target[: box.shape[0], : box.shape[1]][held[box.slices()]] == IGNORE).all()
+            assert (target != IGNORE).any()
+            rare += bool((target == 1).any())
+        found[mode] = rare
+    assert found["balanced"] > 70 and found["labelled"] < 20, found
+
+
+def test_choose_validation_holds_about_the_share_never_everything():
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        counts = rng.integers(0, 50, size=int(rng.integers(2, 40)))
+        counts[0] = 1
+        blocks = [Region(0, Box((i, 0), (i + 1, 1)), (int(c),)) for i, c in enumerate(counts)]
+        held = choose_validation(blocks, 0.2, np.random.default_rng(seed))
+        assert held == choose_validation(blocks, 0.2, np.random.default_rng(seed))
+        labelled = {i for i, c in enumerate(counts) if c}
+        assert held and held < labelled and all(counts[i] for i in held)
+        share = sum(counts[i] for i in held) / counts.sum()
+        assert share <= 0.2 + counts.max() / 2 / counts.sum()
+
+
+def test_labels_in_one_block_are_one_clear_error(tmp_path):
+    labels = np.full((96, 96), 255, np.uint8)
+    labels[5:8, 5:8] = 1
+    pair = Pair(ArraySource(np.zeros((2, 96, 96)), spatial_dims=2), ArraySource(labels, spatial_dims=2, nodata=255))
+    message = r"validation holds no labelled pixel: the scenes' 9 labelled pixels lie in 1 block\(s\) of 24 px"
+    with pytest.raises(InputError, match=message + ".*--val-image/--val-labels or a smaller --val-block"):
+        train([pair], tmp_path / "m.pt", quick_config(), log=lambda _: None)
+    blocks = census([pair], quick_config(val_block=2))
+    assert sum(r.labelled for r in blocks) == 9 and sum(bool(r.labelled) for r in blocks) == 4
+
+
+def test_label_offset_ignore_index_and_class_weights():
+    config = quick_config(classes=["a", "b", "c"], label_offset=1, ignore_index=9)
+    values = np.array([0, 1, 2, 3, 9, 3], np.float32)
+    labelled = np.array([True, True, True, True, True, False])
+    np.testing.assert_array_equal(to_classes(values, labelled, config, where=""), [IGNORE, 0, 1, 2, IGNORE, IGNORE])
+    with pytest.raises(InputError, match="hold value 4, which is no class index 1..3"):
+        to_classes(np.array([4.0]), np.array([True]), config, where="")
+    counts = np.array([300.0, 100.0, 0.0])
+    assert loss_weights(config, counts) is None
+    np.testing.assert_allclose(loss_weights(replace(config, class_weights="balanced"), counts), [400 / 600, 2, 1])
+    np.testing.assert_allclose(loss_weights(replace(config, class_weights=[1, 2, 3]), counts), [1, 2, 3])
+    with pytest.raises(InputError, match="2 class weights for 3 classes"):
+        train([spectral_pair(1, (32, 32))], "/nonexistent/m.pt", replace(config, class_weights=[1.0, 2.0]))

@@ -283,6 +283,32 @@ def export(store_path: Path, output: Path, overwrite: bool, allow_incomplete: bo
 
 
 @cli.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
+@click.option(
+    "--labels",
+    "reference",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Reference: a raster of class labels, or points/polygons (.gpkg, .geojson, .shp, ...).",
+)
+@click.option(
+    "--label-offset", type=int, default=0, show_default=True, help="Reference value v is class v - N (1-based: 1)."
+)
+@click.option("--ignore-value", default=None, help="A reference value (or class name) to leave out, besides nodata.")
+@click.option("--attribute", default=None, help="Class column of vector labels [the one named class or label].")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Also draw the confusion matrix (PNG).")
+def evaluate(store_path: Path, reference: Path, as_json: bool, plot: Path | None, **kw: Any) -> None:
+    """Score a finished mask against reference labels: per-class precision, recall, F1, IoU; accuracy, kappa."""
+    from gigaseg.jobs.evaluate import evaluate_store, plot_confusion
+
+    result = evaluate_store(store_path, reference, **kw)
+    if plot is not None:
+        plot_confusion(result, plot)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
+
+
+@cli.command()
 @click.option(
     "--out",
     "output",
@@ -420,11 +446,21 @@ def _numbers(value: str, name: str, *, count: int) -> list[float]:
 
 @cli.command()
 @click.option("--image", "images", multiple=True, required=True, type=click.Path(path_type=Path))
-@click.option("--labels", multiple=True, required=True, type=click.Path(path_type=Path), help="One per --image.")
+@click.option(
+    "--labels",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="One per --image: a raster of class indices, or vectors (.gpkg, .geojson, .shp).",
+)
 @click.option("--val-image", "val_images", multiple=True, type=click.Path(path_type=Path))
 @click.option("--val-labels", multiple=True, type=click.Path(path_type=Path))
 @click.option("--out", "output", required=True, type=click.Path(path_type=Path), help="Best checkpoint (.pt).")
-@click.option("--classes", required=True, help="Comma-separated class names (label 0 first), or a number of classes.")
+@click.option(
+    "--classes",
+    required=True,
+    help="Comma-separated class names (label value --label-offset first), or a number of classes.",
+)
 @click.option("--colors", default=None, help="Comma-separated colours, one per class.")
 @click.option("--arch", default="unet", show_default=True, help="See `gigaseg models`.")
 @click.option("--encoder", default=None, help="smp encoder of 2-D archs (default resnet18).")
@@ -435,8 +471,30 @@ def _numbers(value: str, name: str, *, count: int) -> list[float]:
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--steps", type=int, default=100, show_default=True, help="Batches per epoch.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True)
-@click.option("--val-tiles", type=int, default=16, show_default=True)
+@click.option(
+    "--val-fraction", type=float, default=0.2, show_default=True, help="Share of the labelled pixels held out."
+)
+@click.option("--val-tiles", type=int, default=16, show_default=True, help="Validation blocks scored per epoch.")
+@click.option("--val-block", type=int, default=None, help="Side of the split's blocks, px [min(tile, side/4)].")
+@click.option(
+    "--sampling",
+    type=click.Choice(["auto", "uniform", "labelled", "balanced"]),
+    default="auto",
+    show_default=True,
+    help="Training tiles: random, around labelled pixels, or balanced over classes (auto: by labelled share).",
+)
+@click.option("--class-weights", default=None, help="Cross-entropy class weights: balanced, or one number per class.")
+@click.option("--label-offset", type=int, default=0, show_default=True, help="1 for labels 1..N (0 = unlabelled).")
+@click.option("--ignore-index", type=int, default=None, help="Label value of unlabelled pixels, besides nodata.")
+@click.option(
+    "--label-attribute", default=None, help="Class attribute of vector labels (.gpkg, .geojson, .shp) [class/label]."
+)
+@click.option(
+    "--encoder-weights",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Local encoder state dict (timm/smp, .pt or .safetensors); never downloaded.",
+)
 @click.option("--clip", default=None, help="Intensity window low,high applied before mean/std (CT: -150,250).")
 @click.option(
     "--candidates",
@@ -459,9 +517,12 @@ def train(output: Path, images: tuple[Path, ...], labels: tuple[Path, ...], **kw
     classes, colors = kw.pop("classes"), kw.pop("colors")
     run = {k: kw.pop(k) for k in ("val_images", "val_labels", "resume", "overwrite")}
     bands = _bands(kw.pop("bands"))
-    clip = kw.pop("clip")
+    clip, weights = kw.pop("clip"), kw.pop("class_weights")
+    if weights and weights != "balanced":
+        weights = _numbers(weights, "class weights", count=len(weights.split(",")))
     config = TrainConfig(
         clip=_numbers(clip, "clip", count=2) if clip else None,
+        class_weights=weights,
         classes=[f"class{i}" for i in range(int(classes))] if classes.isdigit() else classes.split(","),
         colors=colors.split(",") if colors else None,
         arch_kwargs=_json_object(kw.pop("arch_kwargs")),

@@ -4,12 +4,17 @@ Files are opened by suffix: ``.npy`` arrays are memory-mapped (the labels'
 number of axes gives the spatial dims; the image may have one more axis,
 channels first), ``.nii``/``.nii.gz`` go to the NIfTI source, anything else to
 GDAL through :class:`GeoTiffSource`. Every source is read tile by tile.
+Labels may also be vectors (GeoPackage, GeoJSON, Shapefile, ...: points or
+polygons with a class attribute), rasterised onto each tile's grid of the
+image (:class:`~gigaseg.io.vectors.VectorLabels`, reprojected to the image's
+CRS when they differ).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +22,7 @@ from gigaseg.errors import InputError, SourceError
 from gigaseg.io.array import ArraySource
 from gigaseg.io.geotiff import GeoTiffSource
 from gigaseg.models.training import Log, Pair, Source, TrainConfig, TrainResult, train
+from gigaseg.tiler import Box
 
 Opener = Callable[[Path, list[int] | None, int | None], Source]
 
@@ -58,15 +64,59 @@ def open_source(path: str | Path, *, bands: list[int] | None = None, spatial_dim
     return OPENERS.get(suffix, _open_raster)(path, bands, spatial_dims)
 
 
-def open_pairs(images: Sequence[Path], labels: Sequence[Path], *, bands: list[int] | None = None) -> list[Pair]:
-    """``images[i]`` paired with ``labels[i]``."""
+class VectorLabelSource:
+    """Vector labels read like a labels raster on an image's grid.
+
+    Values are the raw label values (class index + ``offset``), as a raster of the same
+    labels would hold, so training's ``label_offset`` applies to both alike.
+    """
+
+    def __init__(self, vectors: Any, image: Source, *, offset: int = 0) -> None:
+        georef = getattr(image, "georef", None)
+        if georef is None or len(image.shape) != 2:
+            raise InputError(
+                f"vector labels {vectors.path} need a georeferenced 2-D image, not {getattr(image, 'path', image)}"
+            )
+        self.vectors, self.georef, self.offset = vectors, georef, offset
+        self.shape, self.path = tuple(image.shape), vectors.path
+
+    @property
+    def channels(self) -> int:
+        return 1
+
+    def read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        labels = self.vectors.rasterize(box, self.georef)
+        valid = labels != self.vectors.nodata
+        return (labels.astype(np.float32) + np.float32(self.offset))[None], valid
+
+
+def open_labels(path: Path, image_path: Path, *, bands: list[int] | None, config: TrainConfig | None) -> Pair:
+    """The pair of ``image_path`` and its labels ``path``: a raster, or vectors burnt onto its grid."""
+    from gigaseg.io.vectors import VectorLabels, is_vector_path
+
+    if not is_vector_path(path):
+        labels_source = open_source(path)
+        return Pair(open_source(image_path, bands=bands, spatial_dims=len(labels_source.shape)), labels_source)
+    image = open_source(image_path, bands=bands, spatial_dims=2)
+    config = config or TrainConfig(classes=["class0"])
+    ignore = [] if config.ignore_index is None else [config.ignore_index]
+    vectors = VectorLabels(
+        path, attribute=config.label_attribute, classes=config.classes, offset=config.label_offset, ignore=ignore
+    )
+    return Pair(image, VectorLabelSource(vectors, image, offset=config.label_offset))
+
+
+def open_pairs(
+    images: Sequence[Path],
+    labels: Sequence[Path],
+    *,
+    bands: list[int] | None = None,
+    config: TrainConfig | None = None,
+) -> list[Pair]:
+    """``images[i]`` paired with ``labels[i]`` (a raster, or vector labels when ``config`` is given)."""
     if len(images) != len(labels):
         raise InputError(f"{len(images)} images but {len(labels)} label files; give one --labels per --image")
-    pairs = []
-    for image, label in zip(images, labels, strict=True):
-        labels_source = open_source(label)
-        pairs.append(Pair(open_source(image, bands=bands, spatial_dims=len(labels_source.shape)), labels_source))
-    return pairs
+    return [open_labels(label, image, bands=bands, config=config) for image, label in zip(images, labels, strict=True)]
 
 
 def run_train(
@@ -84,8 +134,8 @@ def run_train(
     log: Log | None = None,
 ) -> TrainResult:
     """Open the files and train; see :func:`gigaseg.models.training.train`."""
-    pairs = open_pairs(list(images), list(labels), bands=bands)
-    val_pairs = open_pairs(list(val_images), list(val_labels), bands=bands) or None
+    pairs = open_pairs(list(images), list(labels), bands=bands, config=config)
+    val_pairs = open_pairs(list(val_images), list(val_labels), bands=bands, config=config) or None
     return train(
         pairs,
         out,

@@ -7,16 +7,25 @@ batch. A source is anything with ``.shape`` (spatial), ``.channels`` and
 volume, an :class:`~gigaseg.io.array.ArraySource`. A labels source has one
 channel of class indices; its invalid (nodata) pixels are not trained on.
 
-Validation holds out the last ``val_fraction`` of every scene along its first
-axis (a spatial split, so neighbouring pixels do not leak into it), or uses
-separate validation pairs. Each epoch reports per-class Dice and IoU on a fixed
-set of validation tiles; the best epoch (mean Dice) is written as a checkpoint
-with its card and metrics, and every epoch also writes ``<out>.last.pt`` with
-the optimizer state, from which ``resume`` continues.
+Labels may be sparse (points or patches of a survey, the rest nodata). Before
+training, the labels (one band) are read once, block by block, to count the
+labelled pixels of every class in every block. Validation is a seeded random
+set of those blocks holding ``val_fraction`` of the labelled pixels (a spatial
+split: labels of the other split's blocks are ignored in every tile), or
+separate validation pairs; a validation that holds no labelled pixel stops the
+run with one line. Validation tiles are centred on validation blocks with
+labels, each scoring only its own block's labelled pixels. Training tiles are
+drawn around labelled pixels: uniformly at random for dense labels, or
+balanced over classes (a class, then one of its pixels, then a tile holding
+it) for sparse ones. Each epoch reports per-class Dice and IoU; the best epoch
+(mean Dice) is written as a checkpoint with its card and metrics, and every
+epoch also writes ``<out>.last.pt`` with the optimizer state, from which
+``resume`` continues.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -36,12 +45,15 @@ from gigaseg.errors import InputError, OutputExistsError
 from gigaseg.models.card import ModelCard
 from gigaseg.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from gigaseg.models.inference import resolve_device
+from gigaseg.models.pretrained import load_encoder_weights
 from gigaseg.models.receptive import receptive_field
 from gigaseg.models.registry import create_model
 from gigaseg.tiler import Box
 
 IGNORE = -100  # label of pixels that are not trained on (F.cross_entropy's default)
 Log = Callable[[str], None]
+SAMPLING = ("auto", "uniform", "labelled", "balanced")
+DENSE = 0.5  # "auto" samples uniformly where at least this share of the training blocks is labelled
 
 
 class Source(Protocol):
@@ -65,10 +77,24 @@ class Pair:
 
 @dataclass(frozen=True)
 class Region:
-    """A box of one pair that tiles may be sampled from."""
+    """A block of one pair, and how many labelled pixels of each class it holds."""
 
     pair: int
     box: Box
+    counts: tuple[int, ...] = ()
+
+    @property
+    def labelled(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and validation blocks, and how they were chosen."""
+
+    train: list[Region]
+    val: list[Region]
+    how: str  # "blocks" or "separate pairs"
 
 
 @dataclass(frozen=True)
@@ -89,8 +115,15 @@ class TrainConfig:
     batch_size: int = 8
     epochs: int = 10
     steps: int = 100  # per epoch
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # of the labelled pixels, in whole blocks
     val_tiles: int = 16
+    val_block: int | None = None  # side of the split's blocks; min(tile, shortest side / 4) when None
+    sampling: str = "auto"  # uniform | labelled | balanced (over classes) | auto: by the labelled share
+    class_weights: str | list[float] | None = None  # cross-entropy weights: None, "balanced" or one per class
+    label_offset: int = 0  # subtracted from label values: 1 for labels 1..N; values below it are unlabelled
+    ignore_index: int | None = None  # a label value that marks unlabelled pixels, besides the labels' nodata
+    label_attribute: str | None = None  # the class attribute of vector labels (default: one named like "class")
+    encoder_weights: str | None = None  # a local state dict for the smp encoder (no download)
     lr: float = 2e-3
     weight_decay: float = 1e-4
     dice_weight: float = 1.0
@@ -133,38 +166,48 @@ def train(
     check_pairs(all_pairs, config)
     if out.exists() and not (resume or overwrite):
         raise OutputExistsError(f"{out} exists; use --overwrite to replace it or --resume to continue")
-    train_regions, val_regions = split_regions(pairs, val_pairs, config)
+    split = split_regions(pairs, val_pairs, config)
     device = resolve_device(config.device)
     state = _resume_state(out, config, log) if resume else None
     stats_rng, val_rng = (np.random.default_rng([config.seed, 1_000_000 + i]) for i in range(2))
-    card = state["card"] if state else make_card(all_pairs, train_regions, config, stats_rng)
+    card = state["card"] if state else make_card(all_pairs, split.train, config, stats_rng)
     torch.manual_seed(config.seed)
     model = create_model(card).to(device)
+    encoder = card.training.get("encoder_weights") if state else None
+    if config.encoder_weights and not state:
+        sha = load_encoder_weights(model, config.encoder_weights, encoder=card.encoder)
+        encoder = {"path": str(config.encoder_weights), "sha256": sha}
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if state:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
-    validation = read_validation(all_pairs, val_regions, card, config, val_rng)
-    run = _Run(model, optimizer, card, config, device, pairs=all_pairs, regions=train_regions)
+    validation = read_validation(all_pairs, split, card, config, val_rng)
+    run = _Run(model, optimizer, card, config, device, pairs=all_pairs, split=split)
     history = state["history"] if state else []
     best = max((h["val_mean_dice"] for h in history), default=-1.0)
     start = len(history)
     if start:
         log(f"resuming {out} after epoch {start}")
+    else:
+        log(split_line(split, card.classes, run.sampler.mode))
+
+    def summary() -> dict[str, Any]:
+        return training_summary(all_pairs, split, config, history, sampling=run.sampler.mode, encoder=encoder)
+
     for epoch in range(start, config.epochs):
         started = time.perf_counter()
         loss = run.epoch(epoch, progress=progress)
         metrics = evaluate(model, validation, card, batch_size=config.batch_size, device=device)
         history.append({"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started, **metrics})
         log(epoch_line(history[-1], config.epochs, card.classes))
-        card.training = training_summary(all_pairs, train_regions, val_regions, config, history)
+        card.training = summary()
         if metrics["val_mean_dice"] > best:
             best = metrics["val_mean_dice"]
             card.metrics = {**metrics, "epoch": epoch + 1}
             save_checkpoint(out, model, card, half=config.half)
         extra = {"optimizer": optimizer.state_dict(), "history": history}
         save_checkpoint(last_path(out), model, card, extra=extra)
-    final = finish(out, training_summary(all_pairs, train_regions, val_regions, config, history), half=config.half)
+    final = finish(out, summary(), half=config.half)
     return TrainResult(out, last_path(out), final, history)
 
 
@@ -189,64 +232,182 @@ def check_pairs(pairs: list[Pair], config: TrainConfig) -> None:
             raise InputError(f"labels {getattr(pair.labels, 'path', '')} must have one band of class indices")
     if not 0 < config.val_fraction < 1:
         raise InputError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
+    if config.sampling not in SAMPLING:
+        raise InputError(f"sampling must be one of {', '.join(SAMPLING)}, got {config.sampling!r}")
+    weights = config.class_weights
+    if isinstance(weights, str) and weights != "balanced":
+        raise InputError(f"class weights must be 'balanced' or one number per class, got {weights!r}")
+    if isinstance(weights, list) and (len(weights) != len(config.classes) or min(weights) < 0):
+        raise InputError(
+            f"{len(weights)} class weights for {len(config.classes)} classes; give one number >= 0 per class"
+        )
+    if config.val_block is not None and config.val_block < 1:
+        raise InputError(f"val_block must be a positive number of pixels, got {config.val_block}")
 
 
-def split_regions(
-    pairs: list[Pair], val_pairs: list[Pair] | None, config: TrainConfig
-) -> tuple[list[Region], list[Region]]:
-    """Training and validation regions: separate pairs, or the last rows (slices) of each scene."""
-    if val_pairs:
-        whole = [Region(i, Box((0,) * len(p.image.shape), tuple(p.image.shape))) for i, p in enumerate(pairs)]
-        held = [
-            Region(len(pairs) + i, Box((0,) * len(p.image.shape), tuple(p.image.shape)))
-            for i, p in enumerate(val_pairs)
-        ]
-        return whole, held
-    train_regions, val_regions = [], []
+def to_classes(values: np.ndarray, labelled: np.ndarray, config: TrainConfig, *, where: str) -> np.ndarray:
+    """Label values as int64 class indices: ``value - label_offset``, ``IGNORE`` where unlabelled.
+
+    Unlabelled: the labels' nodata, ``ignore_index``, and values below ``label_offset``.
+    A value beyond the last class is an error (``where`` names the labels and box).
+    """
+    values = np.rint(values).astype(np.int64)
+    keep = labelled.copy()
+    if config.ignore_index is not None:
+        keep &= values != config.ignore_index
+    labels = np.where(keep, values - config.label_offset, IGNORE)
+    if config.label_offset:
+        labels[labels < 0] = IGNORE
+    classes = len(config.classes)
+    bad = (labels != IGNORE) & ((labels < 0) | (labels >= classes))
+    if bad.any():
+        value = int(labels[bad][0]) + config.label_offset
+        raise InputError(
+            f"labels {where} hold value {value}, which is no class index "
+            f"{config.label_offset}..{config.label_offset + classes - 1}; mark unlabelled pixels as the labels' "
+            "nodata or with --ignore-index, and use --label-offset 1 for labels that start at 1"
+        )
+    return labels
+
+
+def read_labels(pair: Pair, box: Box, config: TrainConfig) -> np.ndarray:
+    """The int64 class indices of ``box`` (``IGNORE`` where unlabelled)."""
+    values, labelled = pair.labels.read(box)
+    return to_classes(values[0], labelled, config, where=f"{getattr(pair.labels, 'path', '')} in {box}")
+
+
+def block_side(shape: tuple[int, ...], config: TrainConfig) -> int:
+    """The side of the split's blocks: ``val_block``, else one tile but at least 4 blocks a side."""
+    return config.val_block or max(8, min(config.tile, math.ceil(min(shape) / 4)))
+
+
+def census(pairs: list[Pair], config: TrainConfig, *, first: int = 0) -> list[Region]:
+    """Every pair cut into blocks, with the labelled pixels of each class in each (labels read once)."""
+    regions = []
     for i, pair in enumerate(pairs):
-        shape = tuple(pair.image.shape)
-        held = max(1, round(shape[0] * config.val_fraction))
-        if held >= shape[0]:
+        shape = tuple(pair.labels.shape)
+        side = block_side(shape, config)
+        for start in itertools.product(*(range(0, n, side) for n in shape)):
+            box = Box(start, tuple(min(a + side, n) for a, n in zip(start, shape, strict=True)))
+            labels = read_labels(pair, box, config)
+            counts = np.bincount(labels[labels != IGNORE], minlength=len(config.classes))
+            regions.append(Region(first + i, box, tuple(int(c) for c in counts)))
+    return regions
+
+
+def split_regions(pairs: list[Pair], val_pairs: list[Pair] | None, config: TrainConfig) -> Split:
+    """Training and validation blocks: separate pairs, or seeded random blocks of the scenes
+    that hold ``val_fraction`` of the labelled pixels. Either must hold labelled pixels."""
+    if val_pairs:
+        split = Split(census(pairs, config), census(val_pairs, config, first=len(pairs)), "separate pairs")
+        if not sum(r.labelled for r in split.val):
             raise InputError(
-                f"{getattr(pair.image, 'path', 'an image')} has {shape[0]} rows along its first axis, "
-                "too few to hold some out for validation; give validation pairs"
+                f"validation holds no labelled pixel: the {len(val_pairs)} --val-labels files are all nodata"
+                f"{_ignored(config)}; give validation labels"
             )
-        box = Box((0,) * len(shape), shape)
-        train_regions.append(Region(i, box.with_axis(0, 0, shape[0] - held)))
-        val_regions.append(Region(i, box.with_axis(0, shape[0] - held, shape[0])))
-    return train_regions, val_regions
+    else:
+        blocks = census(pairs, config)
+        held = choose_validation(blocks, config.val_fraction, np.random.default_rng([config.seed, 1_000_003]))
+        split = Split([r for i, r in enumerate(blocks) if i not in held], [blocks[i] for i in sorted(held)], "blocks")
+        total, labelled_blocks = sum(r.labelled for r in blocks), sum(bool(r.labelled) for r in blocks)
+        if labelled_blocks < 2:
+            side = block_side(tuple(pairs[0].labels.shape), config)
+            raise InputError(
+                f"validation holds no labelled pixel: the scenes' {total} labelled pixels lie in "
+                f"{labelled_blocks} block(s) of {side} px, so none can be held out; give --val-image/--val-labels"
+                + (f" or a smaller --val-block (now {side})" if total else "")
+            )
+    if not sum(r.labelled for r in split.train):
+        raise InputError(f"the training labels hold no labelled pixel: they are all nodata{_ignored(config)}")
+    return split
 
 
-def sample_box(region: Region, tile: int, rng: np.random.Generator) -> Box:
-    """A random box of side ``tile`` (or the region's side, if smaller) inside ``region``."""
-    sides = [min(tile, n) for n in region.box.shape]
-    start = tuple(
-        a + int(rng.integers(0, n - s + 1)) for a, n, s in zip(region.box.start, region.box.shape, sides, strict=True)
-    )
-    return Box(start, tuple(a + s for a, s in zip(start, sides, strict=True)))
+def _ignored(config: TrainConfig) -> str:
+    if config.ignore_index is None and not config.label_offset:
+        return ""
+    return f" or ignored (--ignore-index {config.ignore_index}, --label-offset {config.label_offset})"
 
 
-def pick_region(regions: list[Region], rng: np.random.Generator) -> Region:
-    """A region chosen with probability proportional to its size."""
-    sizes = np.array([r.box.size for r in regions], np.float64)
+def choose_validation(blocks: list[Region], fraction: float, rng: np.random.Generator) -> set[int]:
+    """Indices of random labelled blocks holding about ``fraction`` of the labelled pixels.
+
+    Blocks are visited in a random order; each is taken if that brings the held-out
+    count closer to the share. At least one, never all labelled blocks.
+    """
+    labelled = [i for i, r in enumerate(blocks) if r.labelled]
+    if len(labelled) < 2:
+        return set()
+    target = fraction * sum(blocks[i].labelled for i in labelled)
+    held: set[int] = set()
+    count = 0
+    for i in rng.permutation(labelled):
+        if len(held) == len(labelled) - 1:
+            break
+        if count + blocks[i].labelled / 2 <= target:
+            held.add(int(i))
+            count += blocks[i].labelled
+    if not held:
+        held.add(min(labelled, key=lambda i: blocks[i].labelled))
+    return held
+
+
+def tile_around(point: tuple[int, ...], shape: tuple[int, ...], tile: int, rng: np.random.Generator) -> Box:
+    """A box of side ``tile`` (or the scene's side, if smaller) inside the scene, holding ``point``
+    at a random place."""
+    start = []
+    for p, n in zip(point, shape, strict=True):
+        side = min(tile, n)
+        start.append(int(rng.integers(max(0, p - side + 1), min(p, n - side) + 1)))
+    return Box(tuple(start), tuple(a + min(tile, n) for a, n in zip(start, shape, strict=True)))
+
+
+def tile_over(block: Box, shape: tuple[int, ...], tile: int) -> Box:
+    """A box of side ``tile`` (or the scene's side) centred on ``block``, moved inside the scene."""
+    start = []
+    for a, b, n in zip(block.start, block.stop, shape, strict=True):
+        side = min(tile, n)
+        start.append(min(max(0, (a + b - side) // 2), n - side))
+    return Box(tuple(start), tuple(a + min(tile, n) for a, n in zip(start, shape, strict=True)))
+
+
+def pick_region(regions: list[Region], rng: np.random.Generator, weights: np.ndarray | None = None) -> Region:
+    """A region chosen with probability proportional to ``weights`` (default: its size)."""
+    sizes = np.array([r.box.size for r in regions], np.float64) if weights is None else weights
     return regions[int(rng.choice(len(regions), p=sizes / sizes.sum()))]
 
 
-def read_sample(pair: Pair, box: Box, *, tile: int, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image ``(C, *tile)``, validity and int64 labels of ``box``, padded up to ``tile``.
+def random_point(box: Box, rng: np.random.Generator) -> tuple[int, ...]:
+    return tuple(int(rng.integers(a, b)) for a, b in zip(box.start, box.stop, strict=True))
 
-    Labels are ``IGNORE`` where the image or the labels are invalid and in the padding.
+
+def mask_labels(labels: np.ndarray, box: Box, *, keep: list[Box] | None = None, drop: list[Box] = ()) -> None:
+    """Set ``labels`` (of ``box``) to ``IGNORE`` outside the ``keep`` boxes and inside the ``drop`` ones."""
+    if keep is not None:
+        inside = np.zeros(labels.shape, bool)
+        for other in keep:
+            part = box.intersection(other)
+            if part is not None:
+                inside[part.slices(box.start)] = True
+        labels[~inside] = IGNORE
+    for other in drop:
+        part = box.intersection(other)
+        if part is not None:
+            labels[part.slices(box.start)] = IGNORE
+
+
+def read_sample(
+    pair: Pair, box: Box, config: TrainConfig, *, keep: list[Box] | None = None, drop: list[Box] = ()
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image ``(C, *tile)``, validity and int64 labels of ``box``, padded up to the tile.
+
+    Labels are ``IGNORE`` where the image or the labels are invalid, outside ``keep``,
+    inside ``drop`` (the other split's blocks) and in the padding.
     """
     image, valid = pair.image.read(box)
-    values, labelled = pair.labels.read(box)
-    labels = np.where(valid & labelled, np.rint(values[0]), IGNORE).astype(np.int64)
-    bad = (labels != IGNORE) & ((labels < 0) | (labels >= classes))
-    if bad.any():
-        raise InputError(
-            f"labels {getattr(pair.labels, 'path', '')} hold value {int(labels[bad][0])} in {box}, "
-            f"which is no class index 0..{classes - 1}; mark unlabelled pixels as the labels' nodata"
-        )
-    pad = [(0, tile - n) for n in box.shape]
+    labels = read_labels(pair, box, config)
+    labels[~valid] = IGNORE
+    mask_labels(labels, box, keep=keep, drop=drop)
+    pad = [(0, config.tile - n) for n in box.shape]
     if any(p for _, p in pad):
         image = np.pad(image, [(0, 0), *pad], mode="symmetric")
         valid = np.pad(valid, pad, mode="constant", constant_values=False)
@@ -266,7 +427,8 @@ def band_statistics(
     total = square = count = 0.0
     for _ in range(tiles):
         region = pick_region(regions, rng)
-        data, valid = pairs[region.pair].image.read(sample_box(region, config.tile, rng))
+        shape = tuple(pairs[region.pair].image.shape)
+        data, valid = pairs[region.pair].image.read(tile_around(random_point(region.box, rng), shape, config.tile, rng))
         if config.clip:
             np.clip(data, *config.clip, out=data)
         pixels = data[:, valid].astype(np.float64)
@@ -319,61 +481,106 @@ def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> 
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
-def class_weights(
-    pairs: list[Pair],
-    regions: list[Region],
-    config: TrainConfig,
-    rng: np.random.Generator,
-    *,
-    tiles: int = 32,
-) -> np.ndarray:
-    """Inverse class frequencies in random training tiles' labels, the largest 1 (unseen classes too)."""
-    counts = np.zeros(len(config.classes), np.float64)
-    for _ in range(tiles):
-        region = pick_region(regions, rng)
-        values, labelled = pairs[region.pair].labels.read(sample_box(region, config.tile, rng))
-        found = np.rint(values[0][labelled]).astype(np.int64)
-        counts += np.bincount(found[(found >= 0) & (found < len(counts))], minlength=len(counts))
+def inverse_frequency(counts: np.ndarray) -> np.ndarray:
+    """Inverse class frequencies, the largest 1 (unseen classes too)."""
     weights = 1.0 / np.maximum(counts, 1.0)
     return weights / weights.max()
 
 
-def choose_box(
-    pairs: list[Pair],
-    regions: list[Region],
-    config: TrainConfig,
-    weights: np.ndarray,
-    rng: np.random.Generator,
-) -> tuple[Region, Box]:
-    """A random tile; with ``config.candidates > 1``, of that many the one whose labels weigh
-    most (nnU-Net-style oversampling of small structures, without scanning whole labels)."""
+def loss_weights(config: TrainConfig, counts: np.ndarray) -> np.ndarray | None:
+    """Cross-entropy class weights: none, given, or "balanced" (``n / (classes x n_c)`` over the
+    training labels, as scikit-learn's; 1 for classes without training labels)."""
+    if config.class_weights is None:
+        return None
+    if config.class_weights != "balanced":
+        return np.asarray(config.class_weights, np.float64)
+    present = counts > 0
+    weights = np.ones(len(counts))
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+class Sampler:
+    """Training tiles of the training blocks, as ``config.sampling`` says.
+
+    ``uniform``: a block (in proportion to its labelled pixels), a random pixel of it, a
+    tile holding that pixel at a random place. ``labelled``: the same around a random
+    labelled pixel. ``balanced``: a class (uniformly, among those with training labels),
+    a block (in proportion to its pixels of that class), one of them, a tile around it.
+    ``auto``: ``uniform`` where at least half the training blocks' pixels are labelled,
+    else ``balanced``. Labels of validation blocks are ignored in every tile.
+    """
+
+    def __init__(self, pairs: list[Pair], split: Split, config: TrainConfig) -> None:
+        self.pairs, self.config = pairs, config
+        self.regions = [r for r in split.train if r.labelled]
+        self.counts = np.array([r.counts for r in self.regions], np.float64)
+        labelled = self.counts.sum()
+        self.mode = config.sampling
+        if self.mode == "auto":
+            self.mode = "uniform" if labelled >= DENSE * sum(r.box.size for r in split.train) else "balanced"
+        self.present = np.flatnonzero(self.counts.sum(0))
+        self.held: dict[int, list[Box]] = {}
+        for r in split.val:
+            self.held.setdefault(r.pair, []).append(r.box)
+        self.cache: dict[tuple[int, Box], np.ndarray] = {}
+
+    def box(self, rng: np.random.Generator) -> tuple[int, Box]:
+        """A pair and a training tile of it."""
+        if self.mode == "balanced":
+            cls = int(rng.choice(self.present))
+            region = pick_region(self.regions, rng, self.counts[:, cls])
+            point = self._pixel(region, rng, cls)
+        else:
+            region = pick_region(self.regions, rng, self.counts.sum(1))
+            point = self._pixel(region, rng, None) if self.mode == "labelled" else random_point(region.box, rng)
+        return region.pair, tile_around(point, tuple(self.pairs[region.pair].image.shape), self.config.tile, rng)
+
+    def read(self, pair: int, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return read_sample(self.pairs[pair], box, self.config, drop=self.held.get(pair, []))
+
+    def _pixel(self, region: Region, rng: np.random.Generator, cls: int | None) -> tuple[int, ...]:
+        labels = self._labels(region)
+        where = np.flatnonzero(labels != IGNORE if cls is None else labels == cls)
+        index = np.unravel_index(int(rng.choice(where)), labels.shape)
+        return tuple(int(a + i) for a, i in zip(region.box.start, index, strict=True))
+
+    def _labels(self, region: Region) -> np.ndarray:
+        key = (region.pair, region.box)
+        if key not in self.cache:
+            if len(self.cache) >= 256:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[key] = read_labels(self.pairs[region.pair], region.box, self.config).astype(np.int16)
+        return self.cache[key]
+
+
+def choose_box(sampler: Sampler, weights: np.ndarray, rng: np.random.Generator) -> tuple[int, Box]:
+    """A training tile; with ``candidates > 1``, of that many the one whose labels weigh most
+    (nnU-Net-style oversampling of small structures, without scanning whole labels)."""
     best, best_score = None, -1.0
-    for _ in range(config.candidates):
-        region = pick_region(regions, rng)
-        box = sample_box(region, config.tile, rng)
-        if config.candidates == 1:
-            return region, box
-        values, labelled = pairs[region.pair].labels.read(box)
-        found = np.clip(np.rint(values[0][labelled]).astype(np.int64), 0, len(weights) - 1)
-        score = float(weights[found].sum())
+    for _ in range(sampler.config.candidates):
+        pair, box = sampler.box(rng)
+        if sampler.config.candidates == 1:
+            return pair, box
+        labels = read_labels(sampler.pairs[pair], box, sampler.config)
+        mask_labels(labels, box, drop=sampler.held.get(pair, []))
+        score = float(weights[labels[labels != IGNORE]].sum())
         if score > best_score:
-            best, best_score = (region, box), score
+            best, best_score = (pair, box), score
     return best
 
 
 def make_batch(
-    pairs: list[Pair],
-    regions: list[Region],
+    sampler: Sampler,
     card: ModelCard,
-    config: TrainConfig,
     rng: np.random.Generator,
     *,
     weights: np.ndarray,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    config = sampler.config
     images, labels = [], []
     for _ in range(config.batch_size):
-        region, box = choose_box(pairs, regions, config, weights, rng)
-        image, valid, target = read_sample(pairs[region.pair], box, tile=config.tile, classes=card.num_classes)
+        image, valid, target = sampler.read(*choose_box(sampler, weights, rng))
         image = normalize(image, valid, card)
         if config.augment:
             image, target = augment(image, target, rng)
@@ -405,9 +612,14 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, *, eps: float = 1.0) -
     return 1 - ((2 * inter + eps) / (total + eps)).mean()
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, *, dice_weight: float) -> torch.Tensor:
-    """Cross-entropy plus ``dice_weight`` x soft Dice, both ignoring unlabelled pixels."""
-    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE) if (labels != IGNORE).any() else logits.sum() * 0
+def segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, *, dice_weight: float, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy (with class ``weight``) plus ``dice_weight`` x soft Dice, both ignoring unlabelled pixels."""
+    if (labels != IGNORE).any():
+        ce = F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE)
+    else:
+        ce = logits.sum() * 0
     return ce + dice_weight * dice_loss(logits, labels)
 
 
@@ -432,13 +644,14 @@ class _Run:
         device: torch.device,
         *,
         pairs: list[Pair],
-        regions: list[Region],
+        split: Split,
     ) -> None:
         self.model, self.optimizer, self.card, self.config = model, optimizer, card, config
-        self.device, self.pairs, self.regions = device, pairs, regions
-        self.weights = np.ones(card.num_classes)
-        if config.candidates > 1:
-            self.weights = class_weights(pairs, regions, config, np.random.default_rng([config.seed, 1_000_002]))
+        self.device, self.sampler = device, Sampler(pairs, split, config)
+        counts = np.array([r.counts for r in split.train], np.float64).sum(0)
+        self.weights = inverse_frequency(counts)  # of the candidates
+        ce = loss_weights(config, counts)
+        self.loss_weight = None if ce is None else torch.as_tensor(ce, dtype=torch.float32, device=device)
 
     def epoch(self, epoch: int, *, progress: bool) -> float:
         """One epoch of ``config.steps`` steps; the mean loss. Epoch ``e`` samples the same
@@ -449,7 +662,7 @@ class _Run:
         self.model.train()
         losses = []
         batches = prefetched(
-            lambda: make_batch(self.pairs, self.regions, self.card, config, rng, weights=self.weights),
+            lambda: make_batch(self.sampler, self.card, rng, weights=self.weights),
             config.steps,
         )
         bar = tqdm(
@@ -472,7 +685,7 @@ class _Run:
         labels = labels.to(self.device, non_blocking=True)
         with _autocast(self.device):
             logits = self.model(images)
-        loss = segmentation_loss(logits.float(), labels, dice_weight=self.config.dice_weight)
+        loss = segmentation_loss(logits.float(), labels, dice_weight=self.config.dice_weight, weight=self.loss_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -492,21 +705,29 @@ class Validation:
 
 
 def read_validation(
-    pairs: list[Pair], regions: list[Region], card: ModelCard, config: TrainConfig, rng: np.random.Generator
+    pairs: list[Pair], split: Split, card: ModelCard, config: TrainConfig, rng: np.random.Generator
 ) -> Validation:
-    """A fixed, seeded set of validation tiles, read once."""
+    """A fixed, seeded set of validation tiles, read once: ``val_tiles`` validation blocks with
+    labels (drawn in proportion to their labelled pixels), each scored on its own pixels
+    only, in a tile centred on it."""
+    blocks = [r for r in split.val if r.labelled]
+    counts = np.array([r.labelled for r in blocks], np.float64)
+    chosen = rng.choice(len(blocks), size=min(config.val_tiles, len(blocks)), replace=False, p=counts / counts.sum())
     images, labels = [], []
-    for _ in range(config.val_tiles):
-        region = pick_region(regions, rng)
-        image, valid, target = read_sample(
-            pairs[region.pair],
-            sample_box(region, config.tile, rng),
-            tile=config.tile,
-            classes=card.num_classes,
-        )
+    for i in sorted(chosen):
+        region = blocks[i]
+        pair = pairs[region.pair]
+        box = tile_over(region.box, tuple(pair.image.shape), config.tile)
+        image, valid, target = read_sample(pair, box, config, keep=[region.box])
         images.append(normalize(image, valid, card))
         labels.append(target)
-    return Validation(np.stack(images), np.stack(labels))
+    validation = Validation(np.stack(images), np.stack(labels))
+    if not (validation.labels != IGNORE).any():
+        raise InputError(
+            f"validation holds no labelled pixel: its {int(counts.sum())} labelled pixels all fall on the "
+            "images' nodata; give --val-image/--val-labels or another --seed"
+        )
+    return validation
 
 
 @torch.inference_mode()
@@ -570,32 +791,71 @@ def epoch_line(record: dict[str, Any], epochs: int, classes: list[str]) -> str:
     )
 
 
+def split_record(split: Split, classes: list[str], *, val_fraction: float) -> dict[str, Any]:
+    """The split in the card: how, blocks, labelled pixels per class on each side, the held-out blocks."""
+
+    def per_class(regions: list[Region]) -> dict[str, int]:
+        counts = np.array([r.counts for r in regions], np.int64).sum(0) if regions else np.zeros(len(classes))
+        return {name: int(n) for name, n in zip(classes, counts, strict=True)}
+
+    record: dict[str, Any] = {
+        "how": split.how,
+        "blocks": {"train": len(split.train), "val": len(split.val)},
+        "block_sides": sorted({max(r.box.shape) for r in split.train + split.val}),
+        "labelled": {"train": per_class(split.train), "val": per_class(split.val)},
+    }
+    if split.how == "blocks":
+        record["val_fraction"] = val_fraction
+        record["val_blocks"] = [[r.pair, list(r.box.start), list(r.box.stop)] for r in split.val]
+    return record
+
+
+def split_line(split: Split, classes: list[str], mode: str) -> str:
+    """``split: 13 training blocks (2,812 labelled px), 3 validation blocks (702 px; water 88, ...)``."""
+    record = split_record(split, classes, val_fraction=0.0)
+    val = ", ".join(f"{name} {n}" for name, n in record["labelled"]["val"].items())
+    return (
+        f"split ({split.how}): {len(split.train)} training blocks ({sum(record['labelled']['train'].values()):,} "
+        f"labelled px), {len(split.val)} validation blocks ({sum(record['labelled']['val'].values()):,} px: {val}); "
+        f"sampling {mode}"
+    )
+
+
 def training_summary(
     pairs: list[Pair],
-    train_regions: list[Region],
-    val_regions: list[Region],
+    split: Split,
     config: TrainConfig,
     history: list[dict[str, Any]],
+    *,
+    sampling: str,
+    encoder: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """What the card says about the training data and procedure."""
-    used = sorted({r.pair for r in train_regions} | {r.pair for r in val_regions})
+    used = sorted({r.pair for r in split.train} | {r.pair for r in split.val})
+    record = split_record(split, list(config.classes), val_fraction=config.val_fraction)
+    weights = config.class_weights
     return {
         "data": [
             {"image": str(getattr(pairs[i].image, "path", "array")), "shape": list(pairs[i].image.shape)} for i in used
         ],
-        "train_pixels": int(sum(r.box.size for r in train_regions)),
-        "val_pixels": int(sum(r.box.size for r in val_regions)),
+        "train_pixels": sum(record["labelled"]["train"].values()),  # labelled
+        "val_pixels": sum(record["labelled"]["val"].values()),
         "val_split": "separate pairs"
-        if {r.pair for r in val_regions} - {r.pair for r in train_regions}
-        else f"last {config.val_fraction:.0%} of each scene along its first axis",
+        if split.how == "separate pairs"
+        else f"random blocks holding {config.val_fraction:.0%} of the labelled pixels",
+        "split": record,
         "val_tiles": config.val_tiles,
+        "labels": {"offset": config.label_offset, "ignore_index": config.ignore_index},
+        "sampling": sampling,
+        "class_weights": weights,
+        "encoder_weights": encoder,
         "tile": config.tile,
         "batch_size": config.batch_size,
         "epochs": len(history),
         "steps_per_epoch": config.steps,
         "tiles_seen": len(history) * config.steps * config.batch_size,
         "optimizer": f"AdamW lr {config.lr} (warm-up, cosine), weight decay {config.weight_decay}",
-        "loss": f"cross-entropy + {config.dice_weight} x soft Dice",
+        "loss": f"cross-entropy{' (class weights)' if weights else ''} + {config.dice_weight} x soft Dice",
         "augment": "random flips on every axis, rot90" if config.augment else "none",
         "seed": config.seed,
         "seconds": round(sum(h["seconds"] for h in history), 1),
