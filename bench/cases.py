@@ -479,6 +479,16 @@ def verification(ctx: Context) -> list[Row]:
     ]
 
 
+# --- 10. training on sparse labels ------------------------------------------------------------
+
+
+def sparse_labels(ctx: Context) -> list[Row]:
+    """``gigaseg train`` against a per-pixel random forest on sparse labels (bench/training.py)."""
+    from bench.training import sparse_vs_forest
+
+    return sparse_vs_forest(ctx)
+
+
 CASES: dict[int, Callable[[Context], list[Row]]] = {
     1: pipeline_efficiency,
     2: versus_peers,
@@ -489,4 +499,5 @@ CASES: dict[int, Callable[[Context], list[Row]]] = {
     7: classes,
     8: many_classes,
     9: verification,
+    10: sparse_labels,
 }

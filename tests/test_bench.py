@@ -73,6 +73,33 @@ def test_volume_case_runs_or_says_why(quick):
     assert rows[0].value is not None or rows[0].note
 
 
+def test_sparse_label_case_compares_with_the_forest_on_both_labellings(quick):
+    """Case 10 at tiny sizes (two training steps): every row has a value; targets are judged at full size only."""
+    rows = CASES[10](quick)
+    assert [r.name for r in rows[:4]] == [
+        "points: gigaseg held-out accuracy",
+        "points: random forest held-out accuracy",
+        "points: gigaseg / forest accuracy",
+        "points: gigaseg training time (CPU)",
+    ]
+    assert [r.name.split(":")[0] for r in rows] == ["points"] * 4 + ["polygons"] * 4
+    assert all(r.value is not None and r.met is None for r in rows), table(rows)
+    assert all(0 <= r.value <= 1 for r in rows if "held-out accuracy" in r.name)
+
+
+def test_sparse_labels_are_points_or_a_few_polygons_per_class_in_the_training_rows():
+    from bench.training import CLASSES, points, polygons, scene
+
+    _, truth = scene(3, 96)
+    for labels in (points(truth, 67, 3), polygons(truth, 67, 3, side=5, per_class=2)):
+        labelled = labels > 0
+        assert not labelled[67:].any() and 0.003 < labelled.mean() < 0.03
+        np.testing.assert_array_equal(labels[labelled], truth[labelled] + 1)
+    counts = np.bincount(polygons(truth, 67, 3, side=5, per_class=2).ravel(), minlength=CLASSES + 1)[1:]
+    present = np.unique(truth[2:65, 2:94])
+    assert (counts[present] > 0).all() and (counts <= 2 * 25).all()
+
+
 def test_unknown_case_is_refused():
     with pytest.raises(SystemExit, match="unknown cases"):
-        main(["--cases", "10"])
+        main(["--cases", "99"])

@@ -50,6 +50,15 @@ def test_train_on_geotiffs_then_segment(tmp_path):
     assert result.exit_code == 0, result.output
     assert "epoch 2/2: loss" in result.stdout and "val dice" in result.stdout
     assert f"{model}: best epoch" in result.stdout
+    # the best epoch's validation, in gigaseg evaluate's table
+    lines = result.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("validation of the best epoch"))
+    assert lines[head + 2].split() == ["class", "precision", "recall", "F1", "IoU", "reference", "px"]
+    assert [line.split()[0] for line in lines[head + 3 : head + 7]] == ["water", "vegetation", "built-up", "bare"]
+    assert lines[head + 7].startswith("macro mean") and "overall accuracy" in lines[head + 9]
+    assert "confusion matrix (rows: reference, columns: model):" in result.stdout
+    _, card = load_checkpoint(model)
+    assert {"val_precision", "val_recall", "val_pixel_accuracy", "val_kappa"} <= set(card.metrics)
     _, card = load_checkpoint(model)
     assert card.colors == ["#00f", "#0f0", "#f00", "#ff0"] and card.receptive_field == 3
     assert (tmp_path / "m.last.pt").exists()

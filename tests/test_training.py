@@ -13,6 +13,7 @@ from gigaseg.io.generate import write_landcover_tiff
 from gigaseg.io.geotiff import GeoTiffSource
 from gigaseg.models import ModelCard, load_checkpoint
 from gigaseg.models.checkpoint import read_checkpoint
+from gigaseg.models.metrics import confusion_matrix
 from gigaseg.models.training import (
     IGNORE,
     Pair,
@@ -24,17 +25,16 @@ from gigaseg.models.training import (
     census,
     choose_box,
     choose_validation,
-    confusion,
     dice_loss,
     inverse_frequency,
     last_path,
     loss_weights,
-    scores,
     split_regions,
     tile_around,
     tile_over,
     to_classes,
     train,
+    validation_scores,
 )
 from gigaseg.synthetic import CLASSES, landcover_scene, organ_volume
 from gigaseg.tiler import Box
@@ -74,9 +74,15 @@ def test_training_drives_validation_dice_above_0_9_within_seconds(tmp_path):
     assert len(lines) == 4 and lines[0].startswith("split (blocks): 13 training blocks")
     assert lines[1].startswith("epoch 1/3: loss ")
     assert set(result.card.metrics["val_dice"]) == set(SPECTRAL)
+    # the figures of gigaseg evaluate, each epoch
+    for record in result.history:
+        assert 0 <= record["val_pixel_accuracy"] <= 1 and -1 <= record["val_kappa"] <= 1
+        assert set(record["val_precision"]) == set(record["val_recall"]) == set(SPECTRAL)
+        assert sum(map(sum, record["val_confusion_matrix"])) == sum(record["val_pixels"].values())
     # the best checkpoint is the best epoch's weights, with the card saying so
     best = max(result.history, key=lambda h: h["val_mean_dice"])
     assert result.card.metrics["epoch"] == best["epoch"]
+    assert result.card.metrics["val_kappa"] == best["val_kappa"] and "kappa" in lines[-1]
     model, card = load_checkpoint(tmp_path / "m.pt")
     assert card.metrics == result.card.metrics and card.receptive_field == 1
     assert card.training["val_split"] == "random blocks holding 20% of the labelled pixels"
@@ -225,14 +231,20 @@ def test_dice_loss_and_scores():
     perfect = torch.tensor([[[[9.0, -9.0], [-9.0, 0.0]], [[-9.0, 9.0], [9.0, 0.0]]]])
     assert float(dice_loss(perfect, labels)) < 1e-3
     assert float(dice_loss(-perfect, labels)) > 0.6
-    matrix = confusion(np.array([[0, 1], [0, 2]]), np.array([[0, 1], [1, IGNORE]]), 3)
-    result = scores(matrix, ["a", "b", "c"])
+    labels = np.array([[0, 1], [1, IGNORE]])
+    matrix = confusion_matrix(labels, np.array([[0, 1], [0, 2]]), 3, valid=labels != IGNORE)
+    result = validation_scores(matrix, ["a", "b", "c"])
     assert result["val_dice"] == {
         "a": pytest.approx(2 / 3, abs=1e-4),
         "b": pytest.approx(2 / 3, abs=1e-4),
         "c": None,
     }
+    assert result["val_precision"] == {"a": 0.5, "b": 1.0, "c": None}
+    assert result["val_recall"] == {"a": 1.0, "b": 0.5, "c": None}
     assert result["val_pixel_accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+    # kappa of [[1, 0], [1, 1]]: chance agreement (1 x 2 + 2 x 1) / 3^2 = 4/9, so (2/3 - 4/9) / (5/9) = 0.4
+    assert result["val_kappa"] == pytest.approx(0.4, abs=1e-4)
+    assert result["val_confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 0]]
 
 
 def test_candidates_oversample_tiles_with_rare_classes():

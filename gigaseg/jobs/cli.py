@@ -511,7 +511,7 @@ def _numbers(value: str, name: str, *, count: int) -> list[float]:
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 def train(output: Path, images: tuple[Path, ...], labels: tuple[Path, ...], **kw: Any) -> None:
     """Train on (image, labels) rasters or volumes of any size, sampling random tiles."""
-    from gigaseg.jobs.train import run_train
+    from gigaseg.jobs.train import run_train, validation_table
     from gigaseg.models.training import TrainConfig
 
     classes, colors = kw.pop("classes"), kw.pop("colors")
@@ -531,6 +531,9 @@ def train(output: Path, images: tuple[Path, ...], labels: tuple[Path, ...], **kw
     progress = sys.stderr.isatty()
     result = run_train(list(images), list(labels), output, config, bands=bands, progress=progress, **run)
     metrics = result.card.metrics
+    table = validation_table(result.card)
+    if table:
+        click.echo(table)
     click.echo(
         f"{output}: best epoch {metrics['epoch']}, val dice {metrics['val_mean_dice']:.3f}, "
         f"receptive field {result.card.receptive_field} px"

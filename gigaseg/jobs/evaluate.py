@@ -20,7 +20,7 @@ import numpy as np
 from gigaseg.errors import InputError, OutputError
 from gigaseg.io.reference import Reference, open_reference
 from gigaseg.io.store import MaskStore, open_store
-from gigaseg.refine.metrics import classification_scores, confusion_matrix
+from gigaseg.models.metrics import classification_scores, confusion_matrix
 from gigaseg.tiler import Box
 
 
@@ -51,26 +51,39 @@ class Evaluation:
 
     def table(self) -> str:
         """Per-class scores, overall figures, the confusion matrix and the counts, as terminal lines."""
-        width = max(len("macro mean"), *(len(c) for c in self.classes))
-        head = f"{'class':<{width}}  precision  recall      F1     IoU  reference px"
-        lines = [f"{self.store} against {self.reference}", "", head]
-        for name, row in self.scores["classes"].items():
-            lines.append(f"{name:<{width}}  {_row(row)}  {row['reference_pixels']:>12,}")
-        lines.append(f"{'macro mean':<{width}}  {_row(self.scores['macro'])}")
-        lines += ["", f"overall accuracy {_fmt(self.scores['overall_accuracy'])}, kappa {_fmt(self.scores['kappa'])}"]
-        lines += ["", "confusion matrix (rows: reference, columns: mask):", *self._matrix_lines(width), ""]
+        lines = [f"{self.store} against {self.reference}", "", *score_lines(self.scores, self.matrix, self.classes)]
         lines.append(
             f"{self.scores['pixels']:,} labelled pixels compared; {self.mask_nodata:,} labelled in the reference "
             "but nodata in the mask (not compared)"
         )
         return "\n".join(lines)
 
-    def _matrix_lines(self, width: int) -> list[str]:
-        cell = max(8, len(f"{int(self.matrix.max(initial=0)):,}") + 1, *(len(c) + 1 for c in self.classes))
-        lines = [" " * width + "".join(f"{c:>{cell}}" for c in self.classes)]
-        for name, counts in zip(self.classes, self.matrix, strict=True):
-            lines.append(f"{name:<{width}}" + "".join(f"{int(n):>{cell},}" for n in counts))
-        return lines
+
+def score_lines(
+    scores: dict[str, Any], matrix: np.ndarray, classes: list[str], *, predicted: str = "mask"
+) -> list[str]:
+    """The table ``gigaseg evaluate`` prints (``gigaseg train`` too, for its best epoch): per-class
+    precision, recall, F1 and IoU, their macro means, accuracy and kappa, then the confusion matrix.
+
+    ``scores`` as :func:`~gigaseg.models.metrics.classification_scores` makes them from
+    ``matrix[reference, predicted]``; ``predicted`` names the matrix's columns.
+    """
+    width = max(len("macro mean"), *(len(c) for c in classes))
+    lines = [f"{'class':<{width}}  precision  recall      F1     IoU  reference px"]
+    for name, row in scores["classes"].items():
+        lines.append(f"{name:<{width}}  {_row(row)}  {row['reference_pixels']:>12,}")
+    lines.append(f"{'macro mean':<{width}}  {_row(scores['macro'])}")
+    lines += ["", f"overall accuracy {_fmt(scores['overall_accuracy'])}, kappa {_fmt(scores['kappa'])}"]
+    lines += ["", f"confusion matrix (rows: reference, columns: {predicted}):", *_matrix_lines(matrix, classes, width)]
+    return [*lines, ""]
+
+
+def _matrix_lines(matrix: np.ndarray, classes: list[str], width: int) -> list[str]:
+    cell = max(8, len(f"{int(matrix.max(initial=0)):,}") + 1, *(len(c) + 1 for c in classes))
+    lines = [" " * width + "".join(f"{c:>{cell}}" for c in classes)]
+    for name, counts in zip(classes, matrix, strict=True):
+        lines.append(f"{name:<{width}}" + "".join(f"{int(n):>{cell},}" for n in counts))
+    return lines
 
 
 def _fmt(value: float | None) -> str:

@@ -8,6 +8,9 @@ Labels may also be vectors (GeoPackage, GeoJSON, Shapefile, ...: points or
 polygons with a class attribute), rasterised onto each tile's grid of the
 image (:class:`~gigaseg.io.vectors.VectorLabels`, reprojected to the image's
 CRS when they differ).
+
+:func:`validation_table` gives the best epoch's validation in the table
+``gigaseg evaluate`` prints.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import numpy as np
 from gigaseg.errors import InputError, SourceError
 from gigaseg.io.array import ArraySource
 from gigaseg.io.geotiff import GeoTiffSource
+from gigaseg.jobs.evaluate import score_lines
+from gigaseg.models.card import ModelCard
+from gigaseg.models.metrics import classification_scores
 from gigaseg.models.training import Log, Pair, Source, TrainConfig, TrainResult, train
 from gigaseg.tiler import Box
 
@@ -146,3 +152,14 @@ def run_train(
         progress=progress,
         log=log,
     )
+
+
+def validation_table(card: ModelCard) -> str | None:
+    """The best epoch's validation scores in ``gigaseg evaluate``'s table; None for a card without its matrix."""
+    matrix = card.metrics.get("val_confusion_matrix")
+    if matrix is None:
+        return None
+    matrix = np.asarray(matrix, np.int64)
+    scores = classification_scores(matrix, card.classes)
+    head = f"validation of the best epoch ({card.metrics['epoch']}), on {scores['pixels']:,} labelled pixels"
+    return "\n".join([head, "", *score_lines(scores, matrix, card.classes, predicted="model")])

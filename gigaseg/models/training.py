@@ -17,10 +17,11 @@ run with one line. Validation tiles are centred on validation blocks with
 labels, each scoring only its own block's labelled pixels. Training tiles are
 drawn around labelled pixels: uniformly at random for dense labels, or
 balanced over classes (a class, then one of its pixels, then a tile holding
-it) for sparse ones. Each epoch reports per-class Dice and IoU; the best epoch
-(mean Dice) is written as a checkpoint with its card and metrics, and every
-epoch also writes ``<out>.last.pt`` with the optimizer state, from which
-``resume`` continues.
+it) for sparse ones. Each epoch scores the validation as ``gigaseg evaluate``
+does (:mod:`gigaseg.models.metrics`: per-class precision, recall, Dice (F1) and
+IoU, accuracy, kappa, the confusion matrix); the best epoch (mean Dice) is
+written as a checkpoint with its card and metrics, and every epoch also writes
+``<out>.last.pt`` with the optimizer state, from which ``resume`` continues.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from gigaseg.errors import InputError, OutputExistsError
 from gigaseg.models.card import ModelCard
 from gigaseg.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from gigaseg.models.inference import resolve_device
+from gigaseg.models.metrics import classification_scores, confusion_matrix
 from gigaseg.models.pretrained import load_encoder_weights
 from gigaseg.models.receptive import receptive_field
 from gigaseg.models.registry import create_model
@@ -734,7 +736,7 @@ def read_validation(
 def evaluate(
     model: nn.Module, validation: Validation, card: ModelCard, *, batch_size: int, device: torch.device
 ) -> dict[str, Any]:
-    """Per-class Dice and IoU, their means, and pixel accuracy on the validation tiles."""
+    """The validation tiles' confusion matrix and its scores (:func:`validation_scores`)."""
     model.eval()
     k = card.num_classes
     matrix = np.zeros((k, k), np.int64)
@@ -742,53 +744,56 @@ def evaluate(
         x = torch.from_numpy(validation.images[i : i + batch_size]).to(device)
         with _autocast(device):
             predicted = model(x).argmax(dim=1).cpu().numpy()
-        matrix += confusion(predicted, validation.labels[i : i + batch_size], k)
-    return scores(matrix, card.classes)
+        labels = validation.labels[i : i + batch_size]
+        matrix += confusion_matrix(labels, predicted, k, valid=labels != IGNORE)
+    return validation_scores(matrix, card.classes)
 
 
-def confusion(predicted: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
-    """``matrix[true, predicted]`` pixel counts over labelled pixels."""
-    keep = labels != IGNORE
-    index = labels[keep] * classes + predicted[keep]
-    return np.bincount(index, minlength=classes * classes).reshape(classes, classes)
-
-
-def scores(matrix: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Dice ``2TP / (2TP + FP + FN)`` and IoU ``TP / (TP + FP + FN)`` per class.
+def validation_scores(matrix: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """An epoch's ``val_*`` figures: :func:`~gigaseg.models.metrics.classification_scores`
+    of ``matrix[true, predicted]`` (those of ``gigaseg evaluate``; F1 is Dice), rounded.
 
     A class absent from both the labels and the predictions has no score (None)
-    and does not count in the means.
+    and does not count in the means; means and accuracy are 0.0 when no pixel was scored.
     """
-    tp = np.diag(matrix).astype(np.float64)
-    fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
-    present = (tp + fp + fn) > 0
-    dice = np.where(present, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)
-    iou = np.where(present, tp / np.maximum(tp + fp + fn, 1), np.nan)
+    found = classification_scores(matrix, classes)
+
+    def per_class(key: str) -> dict[str, float | None]:
+        return {name: _round(scores[key]) for name, scores in found["classes"].items()}
+
+    macro = found["macro"]
     return {
-        "val_dice": _per_class(dice, classes),
-        "val_iou": _per_class(iou, classes),
-        "val_mean_dice": round(float(np.nanmean(dice)), 4) if present.any() else 0.0,
-        "val_mean_iou": round(float(np.nanmean(iou)), 4) if present.any() else 0.0,
-        "val_pixel_accuracy": round(float(tp.sum() / max(matrix.sum(), 1)), 4),
-        "val_pixels": {name: int(n) for name, n in zip(classes, matrix.sum(1), strict=True)},
+        "val_dice": per_class("f1"),
+        "val_iou": per_class("iou"),
+        "val_precision": per_class("precision"),
+        "val_recall": per_class("recall"),
+        "val_mean_dice": _round(macro["f1"]) or 0.0,
+        "val_mean_iou": _round(macro["iou"]) or 0.0,
+        "val_mean_precision": _round(macro["precision"]) or 0.0,
+        "val_mean_recall": _round(macro["recall"]) or 0.0,
+        "val_pixel_accuracy": _round(found["overall_accuracy"]) or 0.0,
+        "val_kappa": _round(found["kappa"]),
+        "val_pixels": {name: scores["reference_pixels"] for name, scores in found["classes"].items()},
+        "val_confusion_matrix": np.asarray(matrix, np.int64).tolist(),  # [true][predicted]
     }
 
 
-def _per_class(values: np.ndarray, classes: list[str]) -> dict[str, float | None]:
-    return {name: None if np.isnan(v) else round(float(v), 4) for name, v in zip(classes, values, strict=True)}
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def epoch_line(record: dict[str, Any], epochs: int, classes: list[str]) -> str:
-    """``epoch 3/10: loss 0.412, val dice 0.871 (water 0.95, ...), iou 0.80, acc 0.93, 12.3 s``."""
-    per_class = ", ".join(
-        f"{name} {'-' if record['val_dice'][name] is None else format(record['val_dice'][name], '.3f')}"
-        for name in classes
-    )
+    """``epoch 3/10: loss 0.412, val dice 0.871 (water 0.95, ...), iou 0.80, acc 0.93, kappa 0.90, 12.3 s``."""
+    per_class = ", ".join(f"{name} {_fmt(record['val_dice'][name])}" for name in classes)
     return (
         f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.3f}, "
         f"val dice {record['val_mean_dice']:.3f} ({per_class}), iou {record['val_mean_iou']:.3f}, "
-        f"acc {record['val_pixel_accuracy']:.3f}, {record['seconds']:.1f} s"
+        f"acc {record['val_pixel_accuracy']:.3f}, kappa {_fmt(record['val_kappa'])}, {record['seconds']:.1f} s"
     )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def split_record(split: Split, classes: list[str], *, val_fraction: float) -> dict[str, Any]:

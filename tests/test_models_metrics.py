@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gigaseg.errors import InputError
-from gigaseg.refine.metrics import classification_scores, confusion_matrix
+from gigaseg.models.metrics import classification_scores, confusion_matrix
 
 CLASSES = ["water", "forest", "urban", "snow"]
 
