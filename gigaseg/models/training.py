@@ -710,13 +710,12 @@ def read_validation(
     pairs: list[Pair], split: Split, card: ModelCard, config: TrainConfig, rng: np.random.Generator
 ) -> Validation:
     """A fixed, seeded set of validation tiles, read once: ``val_tiles`` validation blocks with
-    labels (drawn in proportion to their labelled pixels), each scored on its own pixels
-    only, in a tile centred on it."""
+    labels (see :func:`validation_tiles`), each scored on its own pixels only, in a tile
+    centred on it."""
     blocks = [r for r in split.val if r.labelled]
     counts = np.array([r.labelled for r in blocks], np.float64)
-    chosen = rng.choice(len(blocks), size=min(config.val_tiles, len(blocks)), replace=False, p=counts / counts.sum())
     images, labels = [], []
-    for i in sorted(chosen):
+    for i in validation_tiles(blocks, config.val_tiles, rng):
         region = blocks[i]
         pair = pairs[region.pair]
         box = tile_over(region.box, tuple(pair.image.shape), config.tile)
@@ -730,6 +729,23 @@ def read_validation(
             "images' nodata; give --val-image/--val-labels or another --seed"
         )
     return validation
+
+
+def validation_tiles(blocks: list[Region], count: int, rng: np.random.Generator) -> list[int]:
+    """``count`` of the blocks: first, rarest class first, the block holding most of each class
+    not yet in one chosen (so a small organ is scored at all); the rest drawn at random in
+    proportion to their labelled pixels."""
+    per_class = np.array([r.counts for r in blocks], np.int64)
+    chosen: list[int] = []
+    for k in np.argsort(per_class.sum(axis=0), kind="stable"):
+        if len(chosen) < count and per_class[:, k].any() and not per_class[chosen, k].any():
+            chosen.append(int(np.argmax(per_class[:, k])))
+    rest = [i for i in range(len(blocks)) if i not in chosen]
+    extra = min(count - len(chosen), len(rest))
+    if extra > 0:
+        weights = per_class[rest].sum(axis=1).astype(np.float64)
+        chosen += [int(i) for i in rng.choice(rest, size=extra, replace=False, p=weights / weights.sum())]
+    return sorted(chosen)
 
 
 @torch.inference_mode()
