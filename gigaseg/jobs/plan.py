@@ -27,10 +27,13 @@ def scene_footprint(spec: SceneSpec) -> tuple[str, Footprint]:
     The model is loaded on the CPU (a dry run takes no GPU memory); batch size and
     reader threads are those the run would choose on its device.
     """
-    device = resolve_device(spec.options.device)
-    cpu = replace(spec, options=replace(spec.options, device="cpu"))
-    fed, plan = plan_scene(cpu, dry=True)  # headers only: nothing decompressed, nothing read
-    return predict_footprint(spec, fed, plan, device)
+    fed, plan = dry_plan(spec)
+    return predict_footprint(spec, fed, plan, resolve_device(spec.options.device))
+
+
+def dry_plan(spec: SceneSpec) -> tuple[ModelInput, Plan]:
+    """The scene planned from headers only (nothing decompressed, nothing read), the model on the CPU."""
+    return plan_scene(replace(spec, options=replace(spec.options, device="cpu")), dry=True)
 
 
 def predict_footprint(spec: SceneSpec, fed: ModelInput, plan: Plan, device: torch.device) -> tuple[str, Footprint]:
@@ -101,10 +104,8 @@ def strip_pixel_bytes(source: Source) -> int:
 
 def describe_scene(spec: SceneSpec) -> str:
     """The dry run's line for one scene; raises what the run would refuse, output included."""
-    device = resolve_device(spec.options.device)
-    cpu = replace(spec, options=replace(spec.options, device="cpu"))
-    fed, plan = plan_scene(cpu, dry=True)
-    summary, _ = predict_footprint(spec, fed, plan, device)
+    fed, plan = dry_plan(spec)
+    summary, _ = predict_footprint(spec, fed, plan, resolve_device(spec.options.device))
     check_output(spec, fed, plan)
     return f"{summary}; output {spec.output}: {existing(spec.output)}"
 
