@@ -241,7 +241,7 @@ def memory(ctx: Context) -> list[Row]:
 
 def halo(ctx: Context) -> list[Row]:
     """Tiles computed over tiles strictly needed, at default settings, for many scene sizes."""
-    from gigaseg.jobs.segment import SegmentOptions
+    from gigaseg import SegmentOptions
     from gigaseg.tiler import BlockGrid, TileGrid
     from gigaseg.tiler.grid import halo_overhead
 
@@ -455,9 +455,9 @@ def verification(ctx: Context) -> list[Row]:
     """``gigaseg verify`` against ``gigaseg export`` on the same 20000^2 store (each reads every chunk)."""
     import time
 
+    from gigaseg import SegmentOptions, segment
     from gigaseg.io.export import export_mask
     from gigaseg.io.store import verify_store
-    from gigaseg.jobs.segment import SegmentOptions, segment
 
     side = ctx.settings.side(20000, 2000)
     store = ctx.output("c9.zarr")
@@ -489,6 +489,16 @@ def sparse_labels(ctx: Context) -> list[Row]:
     return sparse_vs_forest(ctx)
 
 
+# --- 11. object storage ----------------------------------------------------------------------
+
+
+def object_storage(ctx: Context) -> list[Row]:
+    """A COG on (loopback) S3 into a store on S3, against local files (bench/cloud.py)."""
+    from bench.cloud import cloud
+
+    return cloud(ctx)
+
+
 CASES: dict[int, Callable[[Context], list[Row]]] = {
     1: pipeline_efficiency,
     2: versus_peers,
@@ -500,4 +510,5 @@ CASES: dict[int, Callable[[Context], list[Row]]] = {
     8: many_classes,
     9: verification,
     10: sparse_labels,
+    11: object_storage,
 }

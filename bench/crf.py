@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from gigaseg import SegmentOptions, segment
 from gigaseg.io.generate import write_landcover_tiff
+from gigaseg.io.sources import open_source
 from gigaseg.io.store import open_store
 from gigaseg.jobs.demo import untrained_landcover_unet
-from gigaseg.jobs.refine import PROGRESS, open_source, plan_refine, refine, refine_block
-from gigaseg.jobs.segment import SegmentOptions, segment
+from gigaseg.jobs.refine import PROGRESS, plan_refine, refine, refine_block
 from gigaseg.refine import RefineOptions, get_refiner, resolve_params
 from gigaseg.refine.metrics import boundary_f1, mean_iou
 from gigaseg.refine.synthetic import blurred_probabilities, shapes_image, shapes_labels

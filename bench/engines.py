@@ -44,7 +44,9 @@ def gigaseg(
     starts after opening (model loaded, store created) and one warm-up batch, as
     the forward engine's does; ``open_seconds`` says what opening took.
     """
-    from gigaseg.jobs.segment import SceneSpec, SegmentOptions, open_runner, run_blocks, segment
+    from gigaseg import SegmentOptions, segment
+    from gigaseg.jobs.scene import SceneSpec, open_runner
+    from gigaseg.jobs.segment import run_blocks
     from gigaseg.refine import RefineOptions
 
     _load(model)  # imports only: segment() loads the checkpoint again, on the clock
@@ -90,8 +92,9 @@ def _warm_up(runner: Any, device: str) -> None:
 
 def dry_run(*, input: str, model: str, out: str, device: str = "cpu", **options: Any) -> Result:
     """What ``--dry-run`` predicts for this run: batch size and peak bytes on the host and the GPU."""
-    from gigaseg.jobs.plan import scene_footprint
-    from gigaseg.jobs.segment import SceneSpec, SegmentOptions
+    from gigaseg import SegmentOptions
+    from gigaseg.jobs.preflight import scene_footprint
+    from gigaseg.jobs.scene import SceneSpec
 
     summary, memory = scene_footprint(SceneSpec(input, model, out, SegmentOptions(device=device, **options)))
     batch = int(summary.split(", batch ")[1].split(" ")[0])
@@ -100,7 +103,8 @@ def dry_run(*, input: str, model: str, out: str, device: str = "cpu", **options:
 
 def planned_tiles(input: str, model: str, **options: Any) -> int:
     """Tiles gigaseg's plan computes for ``input`` (halo recompute at block edges included)."""
-    from gigaseg.jobs.segment import SceneSpec, SegmentOptions, plan_scene
+    from gigaseg import SegmentOptions
+    from gigaseg.jobs.scene import SceneSpec, plan_scene
     from gigaseg.tiler.grid import halo_overhead
 
     _, plan = plan_scene(SceneSpec(input, model, "", SegmentOptions(device="cpu", **options)), dry=True)

@@ -32,8 +32,10 @@ import ctypes
 import math
 import mmap
 import os
+from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
 THRESHOLD = 256 * 2**20
 POPULATE_FROM = 2**20  # bytes; smaller buffers come from np.zeros
@@ -63,7 +65,7 @@ def keep_freed_memory() -> bool:
     return _done
 
 
-def _glibc_mallopt() -> ctypes._CFuncPtr | None:
+def _glibc_mallopt() -> Callable[[int, int], int] | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
@@ -75,7 +77,7 @@ def _glibc_mallopt() -> ctypes._CFuncPtr | None:
     return mallopt
 
 
-def zeroed(size: int, dtype: type) -> np.ndarray:
+def zeroed(size: int, dtype: npt.DTypeLike) -> np.ndarray:
     """``np.zeros(size, dtype)`` with all its pages mapped at once, for buffers written piece by piece.
 
     ``np.zeros`` leaves a large array's pages unmapped until first touched, and
@@ -87,12 +89,12 @@ def zeroed(size: int, dtype: type) -> np.ndarray:
     maps the whole band in about 0.2 s, and the pages are zero. Elsewhere
     (no ``MAP_POPULATE``) and below ``POPULATE_FROM`` bytes, ``np.zeros``.
     """
-    dtype = np.dtype(dtype)
-    nbytes = size * dtype.itemsize
+    dt = np.dtype(dtype)
+    nbytes = size * dt.itemsize
     populate = getattr(mmap, "MAP_POPULATE", None)
     if nbytes < POPULATE_FROM or populate is None:
-        return np.zeros(size, dtype)
+        return np.zeros(size, dt)
     pages = mmap.mmap(
         -1, math.ceil(nbytes / mmap.PAGESIZE) * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate
     )
-    return np.frombuffer(pages, dtype, count=size)  # the array keeps the mapping; it is unmapped with it
+    return np.frombuffer(pages, dt, count=size)  # the array keeps the mapping; it is unmapped with it

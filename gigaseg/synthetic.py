@@ -7,6 +7,8 @@ a larger call with the same seed, bit for bit. `organ_volume` renders a small CT
 volume with labelled organs.
 """
 
+from typing import overload
+
 import numpy as np
 from scipy import ndimage
 
@@ -43,6 +45,10 @@ EDGE_PIXELS = 3.0
 _MASK = 0xFFFFFFFF
 
 
+@overload
+def _mix(h: int) -> int: ...
+@overload
+def _mix(h: np.ndarray) -> np.ndarray: ...
 def _mix(h: int | np.ndarray) -> int | np.ndarray:
     """lowbias32 integer hash; works on Python ints and uint32 arrays alike."""
     h = h ^ (h >> 16)

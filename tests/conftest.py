@@ -12,6 +12,8 @@ from rasterio.transform import from_origin
 
 from gigaseg.models.checkpoint import init_checkpoint
 
+pytest_plugins = ["tests.servers"]  # S3 and HTTP range servers on loopback
+
 UTM = "EPSG:32633"
 UTM_TRANSFORM = from_origin(500000.0, 6000000.0, 10.0, 10.0)
 
@@ -23,6 +25,26 @@ def needs_cuda(test):
 
     skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
     return pytest.mark.gpu(skip(test))
+
+
+def run(*args):
+    """``gigaseg ARGS`` in this process (click's runner); every argument as text."""
+    from click.testing import CliRunner
+
+    from gigaseg.jobs.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_error(result, *words):
+    """The run failed with exit 2 and one ``gigaseg: error:`` line holding each of ``words``; no traceback."""
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.stderr.strip().splitlines() if not ln.startswith("gigaseg: warning:")]
+    assert len(errors) == 1 and errors[0].startswith("gigaseg: error:"), result.stderr
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
 
 
 def require(available: bool, reason: str) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 
 from gigaseg.jobs.airflow import get_provider_info
@@ -23,6 +24,7 @@ def test_provider_info_names_the_package():
     assert {"name", "description", "versions"} <= set(info)
 
 
+@pytest.mark.slow
 def test_example_dag_runs_under_airflow(tmp_path, rng):
     require(importlib.util.find_spec("airflow") is not None, "apache-airflow is not installed (pip install .[airflow])")
     (tmp_path / "scenes").mkdir()

@@ -117,29 +117,35 @@ FAILURES = [
     (["segment", "{d}/good.tif", "--model", "{d}/missing.pt"], "does not exist"),
     (["segment", "{d}/good.tif", "--model", "{d}/unet.pt", "--card", "{d}/card.json"], "do not fit"),
     (["segment", "{d}/good.tif", "--model", "{d}/lying.pt"], "do not fit"),
-    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--bands", "1,2"], "takes 3 bands but 2"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--bands", "1,2"], "takes 3 channels but 2 are selected"),
     (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--bands", "1,2,9"], "do not exist"),
-    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--tile", "32", "--overlap", "16"], "twice the overlap"),
+    (
+        ["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--tile", "32", "--overlap", "16"],
+        "larger than twice --overlap",
+    ),
     (["segment", "{d}/good.tif", "--model", "{d}/m3d.pt"], "3-D"),
     (["segment", "{d}/vol.nii", "--model", "{d}/m.pt"], "--slice-axis"),
     (["segment", "{d}/vol4d.nii", "--model", "{d}/m3d.pt"], "--volume"),
     (["segment", "{d}/vol5d.nii", "--model", "{d}/m3d.pt"], "holds 4 volumes"),
     (["segment", "{d}/corrupt.nii.gz", "--model", "{d}/m3d.pt"], "corrupt or truncated"),
     (["segment", "{d}/huge.nii", "--model", "{d}/m3d.pt"], "truncated"),
-    (["segment", "{d}/ok.nii.gz", "--model", "{d}/m3d.pt", "--cache-max", "-1"], "--cache-max must be a positive"),
-    (["segment", "{d}/ok.nii.gz", "--model", "{d}/m3d.pt", "--cache-max", "lots"], "--cache-max must be a positive"),
+    (["segment", "{d}/ok.nii.gz", "--model", "{d}/m3d.pt", "--cache-max", "-1"], "--cache-max: a memory size must be"),
+    (
+        ["segment", "{d}/ok.nii.gz", "--model", "{d}/m3d.pt", "--cache-max", "lots"],
+        "--cache-max: a memory size must be",
+    ),
     # sizes that cannot be, refused before the store exists
     (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--tile", "100000"], "of memory, more than"),
-    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--batch-size", "-3"], "batch_size must be"),
-    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--batch-size", "0"], "batch_size must be"),
-    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--block", "0"], "block must be"),
-    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--chunk", "-64"], "chunk must be"),
-    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--tile", "0"], "tile must be at least"),
-    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--overlap", "-8"], "overlap must be at least"),
-    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--tile", "-320m"], "tile must be at least"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--batch-size", "-3"], "--batch-size must be"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--batch-size", "0"], "--batch-size must be"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--block", "0"], "--block must be"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--chunk", "-64"], "--chunk must be"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--tile", "0"], "--tile must be at least"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--overlap", "-8"], "--overlap must be at least"),
+    (["segment", "{d}/good.tif", "--model", "{d}/m.pt", "--tile", "-320m"], "--tile must be at least"),
     (["run", "{d}/unknown.yaml"], "unknown key 'tiling.colour'"),
     (["run", "{d}/wrongtype.yaml"], "cluster.workers"),
-    (["run", "{d}/noglob.yaml"], "matches no file"),
+    (["run", "{d}/noglob.yaml", "--dry-run"], "1 of 1 scenes would fail"),  # the run fails that scene alone
     (["run", "{d}/badrule.yaml"], "nodata_rule: Input should be 'all-bands' or 'any-band'"),
     (["run", "{d}/missing.yaml"], "does not exist"),
     (["run", "{d}/name-parent.yaml"], "must be a file name inside output.dir, not a path"),
@@ -189,7 +195,7 @@ def test_existing_output_without_overwrite(corpus, tmp_path):
     assert CliRunner().invoke(cli, args).exit_code == 0
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
-    assert "exists; pass --overwrite" in result.stderr
+    assert "exists; pass --overwrite to replace it or --resume" in result.stderr
 
 
 ODD_BUT_VALID = {

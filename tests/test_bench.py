@@ -1,16 +1,105 @@
-"""A smoke run of the benchmark at tiny sizes, so ``bench/`` does not rot.
+"""A smoke run of the benchmark at tiny sizes, so ``bench/`` does not rot, and a check of
+the recorded runs against their targets.
 
 The measurements run in this process (``inline``): the numbers mean nothing
-here; what is checked is that every case runs and reports its rows. The real
-benchmark is ``python -m bench`` (see bench/RESULTS.md), never part of the tests.
+here; what is checked is that every case runs and measures every row (an engine
+that fails leaves its row without a value, whatever its note says), and that
+each row's ``met`` is what its value and target say. The real benchmark is
+``python -m bench`` (see bench/RESULTS.md), never part of the tests; the runs it
+recorded in the repository (``bench/gpu-runs/*/gpu-bench.json``) are checked
+here: a row that misses its target fails unless ``ACCEPTED_MISSES`` names it
+with its reason.
 """
+
+import json
+import operator
+import re
+import shutil
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from bench.cases import CASES, Context, Settings
+from bench.cases import CASES, Context, Row, Settings
 from bench.run import main, table
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+# Recorded rows that miss their target, each with why the miss is accepted for now:
+# (run folder under bench/gpu-runs, case, row name) -> reason. Every entry must name a
+# recorded miss (a row that now meets its target is taken out), its case must be
+# reported as not met (**no**) in bench/RESULTS.md, and a run must meet some targets.
+_HOST_BOUND = (
+    "issue 14: on the H200 the GPU waits on the host's per-tile work (adds, batch fills, "
+    "kernel launches; bench/RESULTS.md, 'GPU: one NVIDIA H200'); the strided row path "
+    "since 9d50c94 is not yet measured on a GPU"
+)
+ACCEPTED_MISSES = {
+    (run, "11", name): _HOST_BOUND
+    for run in ("2026-11-30-run1", "2026-11-30-run2")
+    for name in (
+        "bundled U-Net: segment / forward",
+        "bundled U-Net: GeoTIFF -> Zarr",
+        "smp U-Net resnet34, 8 classes: segment / forward",
+    )
+}
+
+_TARGET = re.compile(r"\s*(>=|<=|<|>)?\s*(-?\d+(?:\.\d+)?)")
+_COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt, ">": operator.gt, None: operator.eq}
+
+
+def meets(row: Row) -> bool | None:
+    """Whether the row's value meets its target as the target's text reads (``>= 0.9``,
+    ``<= 1536 MiB``, ``1 (yes)``); None for no target, ``(info)``, or no value."""
+    found = _TARGET.match(row.target)
+    if not found or row.value is None:
+        return None
+    return _COMPARE[found.group(1)](row.value, float(found.group(2)))
+
+
+def judged(row: Row) -> bool:
+    """Whether the row has a target to meet (not empty, not ``(info)``)."""
+    return bool(row.target) and not row.target.startswith("(info)")
+
+
+def assert_measured(rows: list[Row]) -> None:
+    """Every row has a value (an engine error leaves none), and ``met``, where the case
+    judges it, agrees with the value and the target."""
+    assert rows, "no rows"
+    assert all(r.value is not None and np.isfinite(r.value) for r in rows), table(rows)
+    assert all(r.met is None or r.met == meets(r) for r in rows), table(rows)
+
+
+def recorded_runs(folder: Path = BENCH / "gpu-runs") -> dict[str, list[Row]]:
+    """The rows of each recorded run (``<run>/gpu-bench.json``), by run folder name."""
+    names = {f.name for f in fields(Row)}
+    return {
+        path.parent.name: [
+            Row(**{k: v for k, v in r.items() if k in names}) for r in json.loads(path.read_text())["rows"]
+        ]
+        for path in sorted(folder.glob("*/gpu-bench.json"))
+    }
+
+
+def unaccepted_misses(runs: dict[str, list[Row]], accepted: dict[tuple[str, str, str], str]) -> list[str]:
+    """What is wrong with the recorded rows: a target missed (or never measured) and not
+    accepted, a ``met`` that contradicts the value, a target that cannot be read."""
+    wrong = []
+    for run, rows in runs.items():
+        for r in rows:
+            where = f"{run}, case {r.case}, {r.name!r} ({r.value} against {r.target!r})"
+            if not judged(r):
+                continue
+            ok = meets(r)
+            if ok is None and r.value is not None:
+                wrong.append(f"{where}: the target cannot be read")
+            elif r.met is not None and ok is not None and r.met != ok:
+                wrong.append(f"{where}: recorded met={r.met}, the value says {ok}")
+            elif not ok and not accepted.get((run, r.case, r.name), "").strip():
+                wrong.append(f"{where}: misses its target and is not an accepted miss")
+    return wrong
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +108,7 @@ def quick(tmp_path_factory):
     return Context(Settings(quick=True, repeats=1, threads=1, inline=True, data=data, out=data / "runs"))
 
 
+@pytest.mark.slow
 def test_pipeline_efficiency_and_peers_report_ratios(quick):
     rows = CASES[1](quick) + CASES[2](quick)
     ratios = {r.name: r.value for r in rows if "/" in r.name}
@@ -29,6 +119,7 @@ def test_pipeline_efficiency_and_peers_report_ratios(quick):
         *(f"{m}: gigaseg / {p}" for m in ("conv", "unet") for p in ("monai", "pytorch-toolbelt", "tiler")),
     }
     assert all(v is not None and v > 0 for v in ratios.values()), table(rows)
+    assert_measured(rows)
 
 
 def test_peers_and_gigaseg_agree_on_the_mask(quick):
@@ -66,11 +157,54 @@ def test_gigaseg_and_monai_agree_on_a_volume(quick):
 def test_halo_case_meets_its_target(quick):
     rows = CASES[4](quick)
     assert all(r.met for r in rows), table(rows)
+    assert_measured(rows)
 
 
-def test_volume_case_runs_or_says_why(quick):
+def test_volume_case_measures_both_engines(quick):
+    """This checkout reads NIfTI and has a 3-D U-Net, so the case must run, not say why
+    it cannot; and both engines must finish (every row of an engine error has a note)."""
+    from bench.cases import volume_support
+
+    assert volume_support() is None
     rows = CASES[5](quick)
-    assert rows[0].value is not None or rows[0].note
+    assert [r.name for r in rows][-2:] == ["3-D: gigaseg / MONAI throughput", "3-D: peak RSS gigaseg / MONAI"]
+    assert len(rows) == 4, table(rows)
+    assert_measured(rows)
+
+
+def test_recorded_runs_meet_their_targets_or_are_accepted_misses():
+    runs = recorded_runs()
+    assert runs, "no recorded runs under bench/gpu-runs"
+    assert unaccepted_misses(runs, ACCEPTED_MISSES) == []
+    missed = {(run, r.case, r.name) for run, rows in runs.items() for r in rows if judged(r) and not meets(r)}
+    assert set(ACCEPTED_MISSES) <= missed, f"accepted but not missed: {sorted(set(ACCEPTED_MISSES) - missed)}"
+    for run, rows in runs.items():  # the escape is not for every row: each run meets some target
+        assert any(judged(r) and meets(r) for r in rows), run
+    report = (BENCH / "RESULTS.md").read_text()
+    for case in {case for _, case, _ in ACCEPTED_MISSES}:
+        assert re.search(rf"^\| {case} \|.*\| \*\*no\*\* \|$", report, re.M), f"case {case}'s miss is not in RESULTS.md"
+
+
+def test_a_recorded_miss_fails_unless_accepted(tmp_path):
+    """The check above on a copy of a recorded run, one row made to miss its target."""
+    shutil.copytree(BENCH / "gpu-runs" / "2026-11-30-run2", tmp_path / "run")
+    path = tmp_path / "run" / "gpu-bench.json"
+    record = json.loads(path.read_text())
+    row = next(r for r in record["rows"] if r["name"] == "bundled U-Net: peak GPU memory / dry-run estimate")
+    row["value"] = 1.3  # over the dry run's estimate: target <= 1.0
+    path.write_text(json.dumps(record))
+    runs = recorded_runs(tmp_path)
+    accepted = {("run", case, name): why for (_, case, name), why in ACCEPTED_MISSES.items()}
+    (contradicts,) = unaccepted_misses(runs, accepted)
+    assert "recorded met=True, the value says False" in contradicts
+    row["met"] = False
+    path.write_text(json.dumps(record))
+    (missed,) = unaccepted_misses(recorded_runs(tmp_path), accepted)
+    assert "peak GPU memory" in missed and "not an accepted miss" in missed
+    accepted["run", "11", row["name"]] = ""  # an escape needs its reason
+    assert len(unaccepted_misses(recorded_runs(tmp_path), accepted)) == 1
+    accepted["run", "11", row["name"]] = "a reason"
+    assert unaccepted_misses(recorded_runs(tmp_path), accepted) == []
 
 
 def test_sparse_label_case_compares_with_the_forest_on_both_labellings(quick):

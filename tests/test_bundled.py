@@ -5,9 +5,9 @@ import pytest
 import rasterio
 import zarr
 
+from gigaseg import SegmentOptions, segment
 from gigaseg.io.generate import write_landcover_tiff
 from gigaseg.jobs.demo import BUNDLED_2D, bundled_model
-from gigaseg.jobs.segment import SegmentOptions, segment
 from gigaseg.models import Predictor, load_checkpoint
 from gigaseg.synthetic import CLASSES, COLORS, organ_volume
 

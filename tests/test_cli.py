@@ -99,10 +99,10 @@ def test_bad_inputs_give_one_clear_line(tmp_path, inputs):
         (("segment", tmp_path / "missing.tif", "--model", model, "--out", out), "does not exist"),
         (("segment", text, "--model", model, "--out", out), "cannot read"),
         (("segment", tif, "--model", text, "--out", out), "not a checkpoint"),
-        (("segment", tif, "--model", model, "--out", out, "--bands", "1,2"), "takes 3 bands"),
+        (("segment", tif, "--model", model, "--out", out, "--bands", "1,2"), "takes 3 channels but 2 are selected"),
         (
             ("segment", tif, "--model", model, "--out", out, "--tile", 32, "--overlap", 16),
-            "larger than twice the overlap",
+            "larger than twice --overlap",
         ),
         (("segment", tif, "--model", model, "--out", tmp_path / "no" / "o.zarr"), "does not exist"),
         (("info", tmp_path), "not a gigaseg Zarr store"),
@@ -191,6 +191,7 @@ def test_unwritable_output_directory(tmp_path, inputs):
     assert_one_line_error(result, "not writable")
 
 
+@pytest.mark.slow
 def test_console_script_reports_errors_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "gigaseg", "info", str(tmp_path / "nope")],

@@ -86,7 +86,7 @@ def test_selected_bands_are_nodata_when_all_of_them_are(saturated):
 
 
 def test_an_unknown_nodata_rule_is_refused(saturated):
-    with pytest.raises(InputError, match="--nodata-rule must be all-bands .* or any-band, got 'gdal'"):
+    with pytest.raises(InputError, match="nodata_rule must be all-bands .* or any-band, got 'gdal'"):
         GeoTiffSource(saturated[1], nodata_rule="gdal")
 
 

@@ -69,7 +69,7 @@ def test_4d_volumes_one_at_a_time_or_as_channels(tmp_path, rng):
     data = rng.integers(0, 100, (6, 5, 4, 3)).astype(np.int16)
     for name in ("f.nii", "f.nii.gz"):
         path = write_nifti(tmp_path / name, data)
-        with pytest.raises(InputError, match="holds 3 volumes .*: choose one with --volume"):
+        with pytest.raises(InputError, match="holds 3 volumes .*: choose one with volume"):
             NiftiSource(path)
         with pytest.raises(InputError, match="volume 3 does not exist"):
             NiftiSource(path, volume=3)

@@ -101,7 +101,7 @@ def test_store_is_complete_only_after_every_block(tmp_path):
 def test_existing_or_unwritable_outputs_are_refused(tmp_path):
     layout = StoreLayout(shape=(4, 4), chunks=(4, 4), block_counts=(1, 1), classes=["a"], georef=Georef(None))
     create_store(tmp_path / "s.zarr", layout)
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="pass overwrite"):
         create_store(tmp_path / "s.zarr", layout)
     create_store(tmp_path / "s.zarr", layout, overwrite=True)
     (tmp_path / "plain").mkdir()

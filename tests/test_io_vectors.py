@@ -172,13 +172,11 @@ def test_the_class_attribute_is_found_or_asked_for(tmp_path):
     one = write_vectors(tmp_path / "one.gpkg", points, {"name": ["x"], "Label": [1]})
     assert VectorLabels(one).attribute == "Label"
     two = write_vectors(tmp_path / "two.gpkg", points, {"class": [1], "label": [2]})
-    with pytest.raises(InputError, match="several class attributes \\('class', 'label'\\); pick one with --attribute"):
+    with pytest.raises(InputError, match="several class attributes \\('class', 'label'\\); pick one with attribute"):
         VectorLabels(two)
     assert VectorLabels(two, attribute="label").values.tolist() == [2]
     none = write_vectors(tmp_path / "none.gpkg", points, {"kind": [1], "area": [2.0]})
-    with pytest.raises(
-        InputError, match="no attribute named like 'class' or 'label'; its attributes are 'kind', 'area'"
-    ):
+    with pytest.raises(InputError, match="no field named like 'class' or 'label'; its attributes are 'kind', 'area'"):
         VectorLabels(none)
     with pytest.raises(InputError, match="has no attribute 'klass'; its attributes are 'kind', 'area'"):
         VectorLabels(none, attribute="klass")

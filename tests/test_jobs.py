@@ -14,10 +14,10 @@ import psutil
 import pytest
 import zarr
 
+from gigaseg import SegmentOptions, segment
 from gigaseg.errors import InputError
 from gigaseg.jobs.jobfile import load_job
 from gigaseg.jobs.runner import REPORT_NAME, run_job
-from gigaseg.jobs.segment import SegmentOptions, segment
 from tests.conftest import small_unet, write_tiff
 
 JOB = """
@@ -79,10 +79,15 @@ def test_bad_job_files_name_the_problem(tmp_path, text, message):
         load_job(tmp_path / "job.yaml")
 
 
-def test_empty_globs_are_refused(tmp_path):
-    (tmp_path / "job.yaml").write_text("inputs: ['nothing/*.tif']\nmodel: m.pt\n")
-    with pytest.raises(InputError, match="matches no file"):
-        load_job(tmp_path / "job.yaml").scenes(base=tmp_path)
+def test_inputs_that_name_no_file_are_missing_scenes_not_a_refused_job(tmp_path):
+    write_tiff(tmp_path / "a.tif", np.ones((3, 8, 8), np.uint8))
+    (tmp_path / "job.yaml").write_text("inputs: ['nothing/*.tif', a.tif, b.tif]\nmodel: m.pt\n")
+    job = load_job(tmp_path / "job.yaml")
+    assert [Path(s.input).name for s in job.scenes(base=tmp_path)] == ["a.tif"]
+    assert [(m.input, m.error) for m in job.missing_inputs(tmp_path)] == [
+        (str(tmp_path / "nothing/*.tif"), "input pattern 'nothing/*.tif' matches no file"),
+        (str(tmp_path / "b.tif"), "input b.tif does not exist"),
+    ]
 
 
 def test_the_nodata_rule_of_a_job_file_reaches_every_scene(tmp_path):
@@ -93,6 +98,7 @@ def test_the_nodata_rule_of_a_job_file_reaches_every_scene(tmp_path):
     assert load_job(tmp_path / "job.yaml").scenes(base=tmp_path)[0].options.nodata_rule == "all-bands"
 
 
+@pytest.mark.slow
 def test_job_on_two_workers_equals_the_single_process_run(job_dir):
     (job_dir / "scenes" / "broken.tif").write_bytes(b"II*\x00garbage")
     job = load_job(job_dir / "job.yaml")
@@ -122,6 +128,7 @@ def worker_processes():
     return found
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_job_is_replaced_and_the_result_unchanged(job_dir):
     killed = []
 
@@ -146,6 +153,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_result_unchanged(job_dir):
     assert_outputs_equal(job_dir, clean_masks(job_dir))
 
 
+@pytest.mark.slow
 def test_a_killed_job_resumes_redoing_only_unfinished_blocks(job_dir):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "gigaseg", "run", str(job_dir / "job.yaml")]
@@ -173,6 +181,7 @@ def test_a_killed_job_resumes_redoing_only_unfinished_blocks(job_dir):
     assert_outputs_equal(job_dir, clean_masks(job_dir))
 
 
+@pytest.mark.slow
 def test_cli_run_exit_code_and_status(job_dir):
     from click.testing import CliRunner
 
@@ -189,7 +198,7 @@ def test_cli_run_exit_code_and_status(job_dir):
     assert result.output.count("complete") == 2
     result = CliRunner().invoke(cli, ["run", str(job_dir / "job.yaml"), "--workers", "1"])
     assert result.exit_code == 1  # outputs exist without --resume: each scene fails clearly
-    assert "--overwrite" in result.output
+    assert "output.overwrite" in result.output  # the job file's key, as the CLI names flags
 
 
 def slurm_ready() -> bool:
@@ -201,20 +210,23 @@ def slurm_ready() -> bool:
     return any(s in states for s in ("idle", "mixed", "allocated"))
 
 
+@pytest.mark.slow
 def test_a_job_runs_through_slurm_while_workers_retire(job_dir):
     """Real SLURM (.ci/slurm.sh starts it in CI): two worker jobs whose lifetime ends mid-run."""
     from tests.conftest import require
 
     require(slurm_ready(), "no SLURM controller is up (bash .ci/slurm.sh starts one)")
-    from gigaseg.jobs.jobfile import Slurm
-
     logs = job_dir / "slurm-logs"
     logs.mkdir()
-    settings = Slurm(
-        queue="debug", jobs=2, cores=1, memory="2GB", walltime="00:10:00", lifetime="6s", log_directory=logs
+    cluster = (
+        "cluster:\n  kind: slurm\n  retries: 2\n  slurm: {queue: debug, jobs: 2, cores: 1, memory: 2GB, "
+        f"walltime: '00:10:00', lifetime: 6s, log_directory: '{logs}'}}\n"
     )
-    report = run_job(load_job(job_dir / "job.yaml"), base=job_dir, slurm=settings)
+    job = JOB.format(block=64, chunk=64).replace("cluster: {workers: 2, retries: 2}\n", cluster)
+    (job_dir / "slurm-job.yaml").write_text(job)
+    report = run_job(load_job(job_dir / "slurm-job.yaml"), base=job_dir)
     assert report.ok, report.table()
+    assert report.cluster.startswith("cluster: slurm, 2 jobs of 1 core")
     assert_outputs_equal(job_dir, clean_masks(job_dir))
     submitted = list(logs.glob("*.err")) or list(logs.glob("*.out"))
     assert len(submitted) > 2, f"no worker was replaced: {submitted}"

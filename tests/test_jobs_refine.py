@@ -71,6 +71,7 @@ def whole_image_inputs(store_path, tif):
     return probs, Stretch(tuple(limits["percentiles"]), limits["low"], limits["high"])(image)
 
 
+@pytest.mark.slow
 def test_blockwise_refinement_of_a_store_equals_one_whole_image_crf(scene):
     store_path, tif, truth, valid = scene
     store, counts, _ = refine(store_path, tif, RefineOptions(params=CRF, block=64, workers=2))
@@ -97,6 +98,7 @@ def store_params(overrides):
     return crf_params(2, **overrides)
 
 
+@pytest.mark.slow
 def test_resume_refines_only_the_blocks_not_done(scene):
     store_path, tif, *_ = scene
     refine(store_path, tif, RefineOptions(params=CRF, block=64, workers=1))
@@ -113,6 +115,7 @@ def test_resume_refines_only_the_blocks_not_done(scene):
     assert int(counts.sum()) == expected.size
 
 
+@pytest.mark.slow
 def test_resume_forgets_blocks_next_to_unfinished_segment_blocks(scene):
     store_path, tif, *_ = scene
     refine(store_path, tif, RefineOptions(params=CRF, block=64, workers=1))
@@ -134,7 +137,7 @@ def test_refining_needs_probabilities_and_a_finished_segmentation(tmp_path, scen
     store_path, tif, *_ = scene
     layout = StoreLayout(shape=SHAPE, chunks=(32, 32), block_counts=(1, 1), classes=["a"], georef=Georef(None))
     create_store(tmp_path / "bare.zarr", layout)
-    with pytest.raises(InputError, match="no probabilities"):
+    with pytest.raises(InputError, match="keeps no class scores for refinement"):
         refine(tmp_path / "bare.zarr", tif)
     layout = StoreLayout(
         shape=SHAPE,
@@ -152,6 +155,7 @@ def test_refining_needs_probabilities_and_a_finished_segmentation(tmp_path, scen
         refine(store_path, small)
 
 
+@pytest.mark.slow
 def test_cli_refine_with_superpixels_and_errors(scene, tmp_path):
     store_path, tif, truth, valid = scene
     raw = open_store(store_path).mask[...]
@@ -169,6 +173,7 @@ def test_cli_refine_with_superpixels_and_errors(scene, tmp_path):
     assert_one_line_error(run("refine", store_path, "--image", tif, "--crf-srgb", "0"), "positive")
 
 
+@pytest.mark.slow
 def test_segment_with_refine_end_to_end(tmp_path, pointwise_model):
     truth = shapes_labels((150, 170), classes=K, seed=5)
     tif = write_tiff(tmp_path / "s.tif", shapes_image(truth, classes=K, seed=5))

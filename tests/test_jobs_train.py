@@ -7,7 +7,7 @@ import torch
 import zarr
 
 from gigaseg.io.generate import write_landcover_tiff
-from gigaseg.jobs.train import open_source
+from gigaseg.io.sources import open_source
 from gigaseg.models import ModelCard, create_model, load_checkpoint
 from gigaseg.synthetic import landcover_scene
 from tests.test_cli import assert_one_line_error, run

@@ -36,7 +36,7 @@ def test_same_seed_gives_the_same_untrained_weights(tmp_path):
 def test_plain_state_dict_needs_a_card(tmp_path):
     card = ModelCard(arch="conv", in_channels=3, classes=["x", "y"])
     torch.save(create_model(card).state_dict(), tmp_path / "plain.pt")
-    with pytest.raises(ModelError, match="without a model card"):
+    with pytest.raises(ModelError, match="without a ModelCard; give one with card"):
         load_checkpoint(tmp_path / "plain.pt")
     model, _ = load_checkpoint(tmp_path / "plain.pt", card=card)
     assert model.conv.in_channels == 3
@@ -85,7 +85,7 @@ def test_predictor_gives_probabilities_and_checks_the_tile():
     scores = predictor(np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32))
     assert scores.shape == (3, 3, 64, 64)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
-    with pytest.raises(InputError, match="not a multiple of 32.*--tile 512"):
+    with pytest.raises(InputError, match="not a multiple of 32.*set tile to 512"):
         predictor.check_tile((500, 500))
 
 

@@ -162,7 +162,10 @@ def test_card_json_with_a_plain_state_dict(tmp_path):
             '{"arch": "unet", "in_channels": 3, "classes": ["a"], "colors": ["#fff", "#000"]}',
             "2 colors for 1",
         ),
-        ('{"arch": "unet", "in_channels": 3, "classes": ["a"], "tile": 64, "overlap": 64}', "overlap < tile"),
+        (
+            '{"arch": "unet", "in_channels": 3, "classes": ["a"], "tile": 64, "overlap": 64}',
+            "tile must be larger than twice overlap",
+        ),
     ],
 )
 def test_bad_card_files_are_refused_clearly(tmp_path, text, message):

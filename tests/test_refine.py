@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from gigaseg.errors import InputError
 from gigaseg.refine import (
+    REFINERS,
     CRFParams,
     RefineOptions,
     SuperpixelParams,
@@ -16,6 +17,7 @@ from gigaseg.refine import (
     fit_stretch,
     get_refiner,
     halo_width,
+    labels_from,
     resolve_params,
     superpixel_vote,
     window_box,
@@ -260,3 +262,80 @@ def test_torch_crf_on_a_volume():
     assert scores(refined, truth)[0] > scores(probs, truth)[0] + 0.02
     with pytest.raises(InputError, match="2-D images and 3-D volumes"):
         torch_crf(probs[:, 0, 0], image[:1, 0, 0], np.ones(48, bool))
+
+
+REFINER_SHAPES = {2: (40, 52), 3: (12, 18, 20)}
+
+
+class TestRefinerContract:
+    """Every entry of :data:`gigaseg.refine.REFINERS` keeps the refiner contract of :mod:`gigaseg.refine`:
+    ``(K, *shape)`` float32 probabilities, zeros on invalid pixels, which take no part."""
+
+    @pytest.fixture(params=sorted(REFINERS))
+    def method(self, request):
+        return request.param
+
+    @pytest.fixture(params=sorted(REFINER_SHAPES))
+    def window(self, request):
+        """Probabilities, 0-255 features, validity (a block of nodata and scattered pixels), spacing."""
+        ndim = request.param
+        truth, image, probs = problem(REFINER_SHAPES[ndim], seed=5, blur=2.0)
+        features = np.clip(image, 0, 255).astype(np.float32)[: 3 if ndim == 2 else 1]
+        valid = np.ones(truth.shape, bool)
+        valid[(slice(0, 4),) * ndim] = False
+        valid.flat[np.random.default_rng(1).choice(valid.size, valid.size // 20, replace=False)] = False
+        spacing = (1.0, 1.0) if ndim == 2 else (2.0, 1.0, 1.0)
+        return probs, features, valid, spacing
+
+    def run(self, method, probs, features, valid, spacing, origin=None):
+        params = resolve_params(method, None, valid.ndim)
+        return get_refiner(method)(probs, features, valid, params=params, origin=origin, spacing=spacing)
+
+    def test_probabilities_out_zeros_on_nodata(self, method, window):
+        probs, features, valid, spacing = window
+        out = self.run(method, probs, features, valid, spacing, origin=(7,) * valid.ndim)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == probs.shape
+        assert np.isfinite(out).all()
+        assert (out[:, ~valid] == 0).all()
+        assert (out[:, valid] >= 0).all() and (out[:, valid] <= 1 + 1e-6).all()
+        np.testing.assert_allclose(out[:, valid].sum(0), 1.0, atol=1e-4)
+        labels = labels_from(out, valid, nodata=255, dtype=np.uint8)
+        assert set(np.unique(labels[valid])) <= set(range(K)) and (labels[~valid] == 255).all()
+
+    def test_nodata_pixels_take_no_part_whatever_they_hold(self, method, window):
+        probs, features, valid, spacing = window
+        before = self.run(method, probs, features, valid, spacing)
+        rng = np.random.default_rng(2)
+        for fill in ("random", "nan"):
+            other_probs, other_features = probs.copy(), features.copy()
+            if fill == "random":
+                other_probs[:, ~valid] = rng.random((K, int((~valid).sum())))
+                other_features[:, ~valid] = rng.uniform(0, 255, (features.shape[0], int((~valid).sum())))
+            else:
+                other_probs[:, ~valid] = np.nan
+                other_features[:, ~valid] = np.nan
+            after = self.run(method, other_probs, other_features, valid, spacing)
+            np.testing.assert_allclose(after, before, atol=1e-6, err_msg=fill)
+
+    def test_deterministic_and_inputs_left_alone(self, method, window):
+        probs, features, valid, spacing = window
+        copies = probs.copy(), features.copy(), valid.copy()
+        first = self.run(method, probs, features, valid, spacing)
+        second = self.run(method, probs, features, valid, spacing)
+        np.testing.assert_array_equal(first, second)
+        for original, copy in zip((probs, features, valid), copies, strict=True):
+            np.testing.assert_array_equal(original, copy)
+
+    def test_all_nodata_and_quantised_windows(self, method, window):
+        probs, features, valid, spacing = window
+        nothing = self.run(method, probs, features, np.zeros_like(valid), spacing)
+        assert nothing.shape == probs.shape and nothing.dtype == np.float32 and (nothing == 0).all()
+        hard = np.zeros_like(probs)
+        hard[0] = 1.0  # a uint8 store holds exact zeros
+        out = self.run(method, hard, features, valid, spacing)
+        assert np.isfinite(out).all() and (out[:, valid].argmax(0) == 0).all()
+
+    def test_mismatched_shapes_are_refused(self, method, window):
+        probs, features, valid, spacing = window
+        with pytest.raises(InputError, match="spatial shape"):
+            self.run(method, probs, features[(slice(None), slice(1, None))], valid, spacing)

@@ -14,8 +14,8 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
+from gigaseg import SegmentOptions, segment
 from gigaseg.jobs.cli import cli
-from gigaseg.jobs.segment import SegmentOptions, segment
 from gigaseg.models.checkpoint import init_checkpoint
 from tests.conftest import require, small_unet, write_tiff
 
@@ -46,6 +46,7 @@ def blocks_written(store):
     return len([p for p in done.glob("*") if not p.name.startswith(".")]) if done.exists() else 0
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, scene, rng):
     """Killed after a seeded random number of blocks (of 120), mid-write or between writes."""
     _, model = scene
@@ -87,6 +88,7 @@ def command(process):
         return ""
 
 
+@pytest.mark.slow
 def test_sigkill_during_refinement_leaves_no_process_behind(tmp_path, scene):
     """The refinement pool's workers and multiprocessing's resource tracker die with their parent."""
     tif, model = scene
@@ -113,6 +115,7 @@ def test_sigkill_during_refinement_leaves_no_process_behind(tmp_path, scene):
     assert not left, f"still running after their parent was killed: {left}"
 
 
+@pytest.mark.slow
 def test_stray_partial_files_are_ignored_and_cleaned_on_resume(tmp_path, scene):
     tif, model = scene
     options = SegmentOptions(block=64, chunk=64, batch_size=2)
@@ -130,6 +133,7 @@ def test_stray_partial_files_are_ignored_and_cleaned_on_resume(tmp_path, scene):
     assert np.array_equal(zarr.open_array(str(out / "mask"))[:], zarr.open_array(str(tmp_path / "clean.zarr/mask"))[:])
 
 
+@pytest.mark.slow
 def test_an_injected_write_error_is_retried_and_recovers(tmp_path, scene, monkeypatch):
     from gigaseg.jobs.jobfile import load_job
     from gigaseg.jobs.runner import run_job
@@ -228,6 +232,7 @@ def store(tmp_path, rng):
     return tmp_path / "o.zarr"
 
 
+@pytest.mark.slow
 def test_export_into_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, store, mounts):
     mount_tmpfs(tmp_path / "full", "size=64k")
     mounts.append(tmp_path / "full")
@@ -244,6 +249,7 @@ def test_export_into_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, store,
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["mask.tif"]
 
 
+@pytest.mark.slow
 def test_user_errors_on_workers_are_one_line_per_scene_without_tracebacks(tmp_path, scene):
     """A truncated scene fails on the workers (its header reads fine), an empty one on the driver."""
     tif, model = scene
@@ -273,7 +279,7 @@ def test_user_errors_on_workers_are_one_line_per_scene_without_tracebacks(tmp_pa
     assert [s["status"] for s in report["scenes"]] == ["failed", "done", "failed"]
 
 
-@pytest.mark.parametrize("reader", ["head -1", "gone"])
+@pytest.mark.parametrize("reader", [pytest.param("head -1", marks=pytest.mark.slow), "gone"])
 def test_a_closed_stdout_pipe_ends_quietly(store, reader):
     """``gigaseg info S | head -1``; "gone": the reader closed the pipe before anything was written."""
     proc = subprocess.Popen(
@@ -290,6 +296,7 @@ def test_a_closed_stdout_pipe_ends_quietly(store, reader):
     assert rc == 141 if reader == "gone" else rc in (0, 141)  # 141 when head left before the last line
 
 
+@pytest.mark.slow
 def test_fifty_scenes_on_two_workers_without_memory_growth(tmp_path, rng):
     from gigaseg.jobs.jobfile import load_job
     from gigaseg.jobs.runner import run_job
@@ -337,7 +344,16 @@ def half_done(tif, model, out, *extra):
     store.attrs["gigaseg"] = {**store.attrs["gigaseg"], "complete": False}
 
 
-@pytest.mark.parametrize("change", ["pixels", "weights", "bands", "tile", "blend"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "weights",
+        pytest.param("pixels", marks=pytest.mark.slow),
+        pytest.param("bands", marks=pytest.mark.slow),
+        pytest.param("tile", marks=pytest.mark.slow),
+        pytest.param("blend", marks=pytest.mark.slow),
+    ],
+)
 def test_resume_refuses_what_changed_and_names_it(tmp_path, rng, change):
     image = rng.integers(0, 200, (5, 256, 192)).astype(np.uint8)
     tif = write_tiff(tmp_path / "s.tif", image)
@@ -368,6 +384,7 @@ def test_resume_refuses_what_changed_and_names_it(tmp_path, rng, change):
     assert np.array_equal(group["mask"][...], before)
 
 
+@pytest.mark.slow
 def test_resume_with_the_same_input_finishes_and_counts_every_block(tmp_path, scene):
     tif, model = scene
     out, clean = tmp_path / "o.zarr", tmp_path / "clean.zarr"
@@ -388,6 +405,7 @@ def os_touch_later(path, seconds):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + int(seconds * 1e9)))
 
 
+@pytest.mark.slow
 def test_a_touched_input_resumes_when_small_and_is_refused_when_sampled(tmp_path, scene, monkeypatch):
     """Up to 64 MiB an input is hashed whole, so a copy without its times is the same file;
     beyond, only samples are hashed and the time tells an edit between them."""
@@ -457,6 +475,7 @@ def test_a_store_a_live_writer_holds_is_refused_even_with_overwrite(tmp_path, sc
     assert not (tmp_path / "o.zarr.lock").exists()
 
 
+@pytest.mark.slow
 def test_two_writers_at_once_one_is_refused(tmp_path, scene):
     """The race of the issue: a second --overwrite while the first is still writing."""
     tif, model = scene
@@ -515,7 +534,13 @@ def finished(tmp_path, scene):
     return tif, model, out
 
 
-@pytest.mark.parametrize("damage", ["truncated", "deleted", "flipped", "probabilities", "checksum deleted"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated",
+        *[pytest.param(d, marks=pytest.mark.slow) for d in ("deleted", "flipped", "probabilities", "checksum deleted")],
+    ],
+)
 def test_damaged_chunks_are_found_refused_by_export_and_rewritten_by_resume(tmp_path, finished, damage):
     tif, model, out = finished
     clean = read(out)
@@ -563,7 +588,14 @@ def garble(path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["blocks_done garbled", "block_counts garbled", "mask_crc32 deleted", "probabilities_crc32 deleted", "done lost"],
+    [
+        "done lost",
+        *[
+            pytest.param(d, marks=pytest.mark.slow)
+            for d in ("blocks_done garbled", "block_counts garbled")
+            + ("mask_crc32 deleted", "probabilities_crc32 deleted")
+        ],
+    ],
 )
 def test_damaged_records_are_one_line_and_resume_repairs_them(tmp_path, finished, damage):
     import shutil
@@ -592,7 +624,7 @@ def test_damaged_records_are_one_line_and_resume_repairs_them(tmp_path, finished
     assert summary["pixels"] == 384 * 320
 
 
-@pytest.mark.parametrize("name", [".zattrs", ".zmetadata"])
+@pytest.mark.parametrize("name", [".zattrs", pytest.param(".zmetadata", marks=pytest.mark.slow)])
 def test_unreadable_store_metadata_is_one_line(finished, name):
     _, _, out = finished
     (out / name).write_text("{garbage")
@@ -617,6 +649,7 @@ def test_refine_refuses_a_damaged_store_and_resume_refine_one_without_probabilit
     assert json.loads((bare / ".zattrs").read_text()) == before
 
 
+@pytest.mark.slow
 def test_a_symbolic_link_to_a_store_shares_its_lock_and_is_not_overwritten(tmp_path, finished):
     tif, model, out = finished
     link = tmp_path / "link.zarr"

@@ -7,8 +7,8 @@ import torch
 import zarr
 from rasterio.crs import CRS
 
+from gigaseg import SegmentOptions, segment
 from gigaseg.errors import InputError
-from gigaseg.jobs.segment import SegmentOptions, segment
 from gigaseg.models import load_checkpoint
 from tests.conftest import UTM_TRANSFORM, needs_cuda, write_tiff
 
@@ -173,7 +173,7 @@ def test_tiles_in_crs_units(tmp_path, make_tiff, pointwise_model):
 
 def test_wrong_band_count_is_refused(tmp_path, make_tiff, pointwise_model):
     tif = make_tiff((4, 50, 50))
-    with pytest.raises(InputError, match="takes 3 bands but 4 are selected"):
+    with pytest.raises(InputError, match="takes 3 channels but 4 are selected"):
         segment(tif, pointwise_model, tmp_path / "o.zarr")
     segment(tif, pointwise_model, tmp_path / "o.zarr", SegmentOptions(bands=(1, 2, 3)))
 
@@ -200,30 +200,95 @@ def test_resume_skips_done_blocks_and_gives_the_same_bits(tmp_path, make_tiff, u
     assert resumed.attrs["gigaseg"]["complete"] is True
 
 
-def test_deterministic_option_reaches_the_predictor_and_torch(tmp_path, make_tiff, unet_model):
-    """The flag must turn deterministic kernels on (it was once dropped on its way to the
-    Predictor); on the CPU, where kernels are deterministic anyway, the bits do not change."""
-    from gigaseg.jobs import segment as pipeline
+@pytest.fixture
+def determinism_off():
+    """Every switch ``--deterministic`` turns, off; put back as it was after the test.
 
-    tif = make_tiff((3, 100, 90))
-    before = torch.are_deterministic_algorithms_enabled()
-    try:
+    The switches are process-wide and gigaseg leaves them on after a run (the predictor,
+    cached for the process, turns them on once). Calling the fixture's value turns them
+    off again between runs.
+    """
+    import os
+
+    cudnn = torch.backends.cudnn
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.deterministic,
+        cudnn.benchmark,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+
+    def off():
         torch.use_deterministic_algorithms(False)
-        for name, flag in (("a.zarr", False), ("b.zarr", True)):
-            segment(tif, unet_model, tmp_path / name, SegmentOptions(probabilities="float32", deterministic=flag))
-            (predictor,) = pipeline._PREDICTORS.values()
-            assert predictor.deterministic is flag
-            assert torch.are_deterministic_algorithms_enabled() is flag
-        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
-    finally:
-        torch.use_deterministic_algorithms(before)
-        torch.backends.cudnn.deterministic = False
-    a, b = read_store(tmp_path / "a.zarr"), read_store(tmp_path / "b.zarr")
-    assert np.array_equal(a["probabilities"][:], b["probabilities"][:])
+        cudnn.deterministic = cudnn.benchmark = False
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+    off()
+    yield off
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    if saved[4] is not None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[4]
+
+
+def spy_on_forwards(monkeypatch):
+    """Record, at every forward pass of every predictor, its flag and torch's switches."""
+    import os
+
+    from gigaseg.models.inference import Predictor
+
+    seen = []
+    forward = Predictor._scores
+
+    def spy(self, x, **kw):
+        cudnn = torch.backends.cudnn
+        seen.append(
+            (
+                self.deterministic,
+                torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                cudnn.deterministic,
+                cudnn.benchmark,
+                os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8"),
+            )
+        )
+        return forward(self, x, **kw)
+
+    monkeypatch.setattr(Predictor, "_scores", spy)
+    return seen
+
+
+DETERMINISTIC = (True, True, True, True, False, True)  # flag, algorithms, warn only, cuDNN, no autotuner, cuBLAS
+DEFAULT = (False, False, False, False, False, False)
+
+
+def test_deterministic_option_holds_during_the_run_and_is_fingerprinted(
+    tmp_path, make_tiff, unet_model, monkeypatch, determinism_off
+):
+    """On the CPU the flag cannot change a bit, so what is checked is what it does: while
+    the network runs, torch uses deterministic algorithms (warning, not failing, where an op
+    has none), cuDNN deterministic kernels without its autotuner, cuBLAS a fixed workspace;
+    without the flag none of that is forced. The store's fingerprint records the flag, so a
+    resume with the other setting is refused. Bit-identical GPU runs: the CUDA test below."""
+    seen = spy_on_forwards(monkeypatch)
+    tif = make_tiff((3, 100, 90))
+    for name, flag in (("default.zarr", False), ("deterministic.zarr", True)):
+        determinism_off()
+        seen.clear()
+        segment(tif, unet_model, tmp_path / name, SegmentOptions(probabilities="float32", deterministic=flag))
+        assert seen and set(seen) == {DETERMINISTIC if flag else DEFAULT}
+        assert read_store(tmp_path / name).attrs["gigaseg"]["fingerprint"]["options"]["deterministic"] is flag
+    a, b = read_store(tmp_path / "default.zarr"), read_store(tmp_path / "deterministic.zarr")
+    assert np.array_equal(a["probabilities"][:], b["probabilities"][:])  # the CPU's kernels are deterministic anyway
+    again = SegmentOptions(probabilities="float32", deterministic=True, resume=True)
+    with pytest.raises(InputError, match="deterministic: false -> true"):
+        segment(tif, unet_model, tmp_path / "default.zarr", again)
 
 
 def test_a_scene_of_few_tiles_runs_one_batch_of_that_many(tmp_path, make_tiff, pointwise_model):
-    from gigaseg.jobs.segment import SceneSpec, open_runner
+    from gigaseg.jobs.scene import SceneSpec, open_runner
 
     tif = make_tiff((3, 100, 120))  # 2 x 3 tiles of 64 with overlap 16
     spec = SceneSpec(str(tif), str(pointwise_model), str(tmp_path / "o.zarr"), SegmentOptions(batch_size=64))
@@ -246,7 +311,7 @@ def test_several_reader_threads_give_the_same_bits(tmp_path, make_tiff, unet_mod
 
 
 def test_many_classes_narrow_the_blocks_to_the_band_budget(tmp_path):
-    from gigaseg.jobs.segment import make_plan
+    from gigaseg.jobs.plan import make_plan
     from gigaseg.models import ModelCard
     from gigaseg.tiler.stitch import band_bytes
 
@@ -285,11 +350,15 @@ def test_on_a_gpu_the_bundled_model_gives_the_cpus_mask_but_at_near_ties(tmp_pat
 
 
 @needs_cuda
-def test_on_a_gpu_deterministic_runs_give_identical_masks(tmp_path, make_tiff, unet_model):
+def test_on_a_gpu_deterministic_runs_give_identical_masks(
+    tmp_path, make_tiff, unet_model, monkeypatch, determinism_off
+):
+    seen = spy_on_forwards(monkeypatch)
     tif = make_tiff((3, 300, 410))
     for name in ("a.zarr", "b.zarr"):
         options = SegmentOptions(probabilities="float16", device="cuda", deterministic=True, batch_size=4)
         segment(tif, unet_model, tmp_path / name, options)
+    assert seen and set(seen) == {DETERMINISTIC}
     a, b = read_store(tmp_path / "a.zarr"), read_store(tmp_path / "b.zarr")
     assert np.array_equal(a["mask"][:], b["mask"][:])
     assert np.array_equal(a["probabilities"][:], b["probabilities"][:])
@@ -315,7 +384,7 @@ def test_class_counts_around_the_uint8_limit_get_the_stores_label_type(tmp_path,
 
 @pytest.mark.parametrize(("classes", "nodata"), [(3, 255), (40, 255), (300, 65535)])
 def test_label_counts_agree_with_bincount(classes, nodata):
-    from gigaseg.jobs.segment import label_counts
+    from gigaseg.jobs.engine import label_counts
 
     rng = np.random.default_rng(3)
     dtype = np.uint8 if nodata == 255 else np.uint16
@@ -330,10 +399,9 @@ def test_label_counts_agree_with_bincount(classes, nodata):
 def test_a_batch_copies_evenly_spaced_tiles_of_a_strip_as_tile_by_tile_copies_would():
     """The device path's strided copy of a row's tiles against one copy per tile (and a padded
     tile of a scene smaller than a tile on its own)."""
-    from gigaseg.jobs.segment import Tile, TileBatch
-    from gigaseg.jobs.strips import Strip
     from gigaseg.models.intensity import Intensity
     from gigaseg.tiler import TileGrid
+    from gigaseg.tiler.tiles import Strip, Tile, TileBatch
 
     grid = TileGrid.create((24, 90), 16, 4)
     pixels = np.random.default_rng(9).integers(0, 255, (24, 90, 3), dtype=np.uint8)

@@ -75,7 +75,7 @@ def test_small_scene_has_one_padded_tile():
 
 @pytest.mark.parametrize(("tile", "overlap"), [(64, 32), (64, 40), (10, -1)])
 def test_tile_must_exceed_twice_the_overlap(tile, overlap):
-    with pytest.raises(InputError, match="tile must be larger than twice the overlap"):
+    with pytest.raises(InputError, match="tile must be larger than twice overlap"):
         TileGrid.create((100, 100), tile, overlap)
 
 

@@ -154,7 +154,7 @@ def test_resume_refuses_a_different_network(tmp_path):
     train([pair], tmp_path / "m.pt", quick_config(epochs=1, steps=1), log=lambda _: None)
     with pytest.raises(InputError, match="cannot resume .* trains conv"):
         train([pair], tmp_path / "m.pt", quick_config(arch="fcn"), resume=True, log=lambda _: None)
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="use overwrite to replace it or resume"):
         train([pair], tmp_path / "m.pt", quick_config(epochs=1, steps=1), log=lambda _: None)
 
 
@@ -350,7 +350,7 @@ def test_labels_in_one_block_are_one_clear_error(tmp_path):
     labels[5:8, 5:8] = 1
     pair = Pair(ArraySource(np.zeros((2, 96, 96)), spatial_dims=2), ArraySource(labels, spatial_dims=2, nodata=255))
     message = r"validation holds no labelled pixel: the scenes' 9 labelled pixels lie in 1 block\(s\) of 24 px"
-    with pytest.raises(InputError, match=message + ".*--val-image/--val-labels or a smaller --val-block"):
+    with pytest.raises(InputError, match=message + ".*give val_images and val_labels or a smaller val_block"):
         train([pair], tmp_path / "m.pt", quick_config(), log=lambda _: None)
     blocks = census([pair], quick_config(val_block=2))
     assert sum(r.labelled for r in blocks) == 9 and sum(bool(r.labelled) for r in blocks) == 4

@@ -14,9 +14,9 @@ import torch
 import zarr
 from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
 
+from gigaseg import SegmentOptions, segment
 from gigaseg.errors import InputError
 from gigaseg.io.export import export_mask
-from gigaseg.jobs.segment import SegmentOptions, segment
 from gigaseg.models import load_checkpoint
 from gigaseg.models.checkpoint import init_checkpoint
 from gigaseg.models.intensity import Intensity
@@ -270,13 +270,13 @@ def test_bad_volume_input_gives_clear_errors(tmp_path, make_tiff):
             path,
             model2d,
             {},
-            "is a 3-D volume but conv is a 2-D model; run it slice by slice with --slice-axis",
+            "is a 3-D volume but conv is a 2-D model; run it slice by slice with slice_axis",
         ),
-        (path, two_channels, {}, r"takes 2 channels but .* gives 1 \(1 volume\(s\) x 1 slice\(s\)\)"),
+        (path, two_channels, {}, r"takes 2 channels but .* gives 1 \(1 per slice x 1 slice\(s\)\)"),
         (path, model2d, {"slice_axis": 2, "context": 1}, r"takes 1 channels but .* gives 3"),
         (path, model3d, {"slice_axis": 1}, "but conv3d is 3-D"),
-        (path, model2d, {"slice_axis": 3}, "--slice-axis must be 0, 1 or 2"),
-        (four, model3d, {}, "holds 2 volumes .*: choose one with --volume"),
+        (path, model2d, {"slice_axis": 3}, "slice_axis must be 0, 1 or 2"),
+        (four, model3d, {}, "holds 2 volumes .*: choose one with volume"),
         (tif, model3d, {}, "conv3d is a 3-D model but .* is a 2-D raster"),
         (tif, model2d, {"canonical": True}, "are for 3-D volumes"),
         (path, model3d, {"tile": "8cm"}, "millimetres"),

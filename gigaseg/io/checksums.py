@@ -28,6 +28,7 @@ import numpy as np
 import zarr
 
 from gigaseg.errors import DamagedStoreError
+from gigaseg.io import zarrs
 from gigaseg.tiler import Box
 
 RECORDED = 1 << 32
@@ -36,7 +37,7 @@ SUFFIX = "_crc32"
 
 def crc32(values: np.ndarray) -> int:
     """CRC-32 of an array's values in C order (zlib's, about 4 GB/s here)."""
-    return zlib.crc32(np.ascontiguousarray(values))
+    return zlib.crc32(np.ascontiguousarray(values).data)
 
 
 def chunk_ranges(box: Box, chunks: tuple[int, ...]) -> tuple[range, ...]:
@@ -70,13 +71,13 @@ def read_per_chunk(array: zarr.Array) -> tuple[np.ndarray, np.ndarray]:
     chunks cannot be decoded: those read as 0, so their blocks count as not done."""
     grid = tuple(math.ceil(n / c) for n, c in zip(array.shape, array.chunks, strict=True))
     try:
-        return array[...], np.zeros(grid, bool)
+        return zarrs.read(array), np.zeros(grid, bool)
     except Exception:  # noqa: BLE001 - a damaged chunk; found one by one below
         values, bad = np.zeros(array.shape, array.dtype), np.zeros(grid, bool)
         for index in np.ndindex(grid):
             cells = chunk_box(index, tuple(array.chunks), tuple(array.shape)).slices()
             try:
-                values[cells] = array[cells]
+                values[cells] = zarrs.read(array, cells)
             except Exception:  # noqa: BLE001
                 bad[index] = True
         return values, bad
@@ -96,7 +97,7 @@ def chunk_counts(array: zarr.Array) -> tuple[int, ...]:
 
 def spatial(array: zarr.Array) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Shape and chunk shape of an array's spatial axes (probabilities lead with classes)."""
-    lead = 1 if array.attrs.get("_ARRAY_DIMENSIONS", [""])[0] == "class" else 0
+    lead = 1 if zarrs.attrs(array).get("_ARRAY_DIMENSIONS", [""])[0] == "class" else 0
     return tuple(array.shape[lead:]), tuple(array.chunks[lead:])
 
 
@@ -125,24 +126,26 @@ def read_checked(
     ranges = chunk_ranges(box, chunks)
     indices = list(itertools.product(*ranges))
     try:
-        values = array[(*lead, *box.slices())]
+        values = zarrs.read(array, (*lead, *box.slices()))
     except Exception:  # noqa: BLE001 - a chunk that cannot be decoded; found below
         for index, actual in _each_chunk(array, indices, shape, chunks):
             if isinstance(actual, str):
-                raise DamagedStoreError(_damaged(array, Damage(name, index, actual))) from None
+                raise DamagedStoreError(_damaged(array, Damage(name, index, actual)), parameters=("resume",)) from None
         raise
     inner = (*lead, *wanted.slices(box.start))
     if checksums is None:
         return values[inner]
     cells = tuple(slice(r.start, r.stop) for r in ranges)
-    recorded = checksums[cells]
+    recorded = zarrs.read(checksums, cells)
     if written is not None and (missing := (recorded == 0) & written[cells]).any():
         first = tuple(r[i] for r, i in zip(ranges, np.argwhere(missing)[0], strict=True))
-        raise DamagedStoreError(_damaged(array, Damage(name, first, "its checksum is missing")))
+        raise DamagedStoreError(_damaged(array, Damage(name, first, "its checksum is missing")), parameters=("resume",))
     bad = (recorded != 0) & (recorded != checksum_grid(box, values, chunks))
     if bad.any():
         first = tuple(r[i] for r, i in zip(ranges, np.argwhere(bad)[0], strict=True))
-        raise DamagedStoreError(_damaged(array, Damage(name, first, "checksum differs (damaged, or deleted)")))
+        raise DamagedStoreError(
+            _damaged(array, Damage(name, first, "checksum differs (damaged, or deleted)")), parameters=("resume",)
+        )
     return values[inner]
 
 
@@ -156,8 +159,8 @@ def aligned(box: Box, chunks: tuple[int, ...], shape: tuple[int, ...]) -> Box:
 def _damaged(array: zarr.Array, damage: Damage) -> str:
     where = getattr(array.store, "root", array.store)
     return (
-        f"{where}: {damage.line()}; gigaseg verify lists every damaged chunk, and the segment command "
-        "with --resume writes them again"
+        f"{where}: {damage.line()}; gigaseg verify lists every damaged chunk, and segmenting again "
+        "with resume writes them again"
     )
 
 
@@ -197,7 +200,7 @@ def verify_array(
     done): one missing there is damage too.
     """
     shape, chunks = spatial(array)
-    recorded = checksums[...]
+    recorded = zarrs.read(checksums)
     missing = recorded == 0
     found = Verification(unrecorded=int(missing.sum()))
     if written is not None:
@@ -229,7 +232,7 @@ def _row_checksums(
     box = Box(start, (min((row + 1) * chunks[0], shape[0]), *shape[1:]))
     lead = (slice(None),) * (array.ndim - len(shape))
     try:
-        values = array[(*lead, *box.slices())]
+        values = zarrs.read(array, (*lead, *box.slices()))
     except Exception:  # noqa: BLE001 - any decoding failure; found chunk by chunk below
         yield from _each_chunk(array, indices, shape, chunks)
         return
@@ -245,7 +248,7 @@ def _each_chunk(
     for index in indices:
         box = chunk_box(index, chunks, shape)
         try:
-            values = array[(*lead, *box.slices())]
+            values = zarrs.read(array, (*lead, *box.slices()))
         except Exception as e:  # noqa: BLE001 - a chunk that cannot be decoded is the finding
             yield index, f"cannot be decoded ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
             continue

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import os
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -48,13 +48,13 @@ def write_nifti(store: MaskStore, output: Path) -> None:
             partial.unlink()
 
 
-def _open(path: Path, *, gzipped: bool) -> BinaryIO:
+def _open(path: Path, *, gzipped: bool) -> io.BufferedIOBase:
     if gzipped:
         return gzip.GzipFile(path, "wb", compresslevel=6, mtime=0)
     return open(path, "wb")  # noqa: SIM115 - returned to a with statement
 
 
-def _write_voxels(store: MaskStore, f: BinaryIO) -> None:
+def _write_voxels(store: MaskStore, f: io.BufferedIOBase) -> None:
     mask = store.mask
     rows = mask.chunks[0]
     for start in range(0, mask.shape[0], rows):

@@ -16,9 +16,19 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from gigaseg.errors import InputError, SourceError
+from gigaseg.errors import GigasegWarning, InputError, SourceError  # GigasegWarning: imported from here too
 from gigaseg.io.georef import Georef
 from gigaseg.io.handles import ThreadLocalHandles
+from gigaseg.io.remote import (
+    forget,
+    gdal_defaults,
+    gdal_message,
+    gdal_options,
+    gdal_path,
+    is_local,
+    is_remote,
+    system_cause,
+)
 from gigaseg.tiler import Box
 
 # GDAL's block cache defaults to 5% of the machine's memory per process and fills
@@ -40,20 +50,66 @@ def _read_options() -> dict[str, Any]:
     return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": CACHE_BYTES}
 
 
-class GigasegWarning(UserWarning):
-    """Odd but valid input: processing goes on."""
-
-
 def open_dataset(path: str) -> rasterio.DatasetReader:
-    """Open ``path`` with rasterio, turning GDAL's failures into one clear error."""
-    if not os.path.exists(path):
-        raise SourceError(f"input {path} does not exist")
-    if os.path.isdir(path):
-        raise SourceError(f"input {path} is a directory, not a raster file")
+    """Open ``path`` with rasterio, turning GDAL's failures into one clear error.
+
+    Anything GDAL opens: a local file, a URL (``https://``, ``s3://``: mapped to
+    GDAL's ``/vsi`` forms), a ``/vsi`` path (``/vsizip/``, ``/vsicurl/``), a VRT.
+    GDAL is always asked first; a local path's failure is then explained
+    (missing, a directory). A network failure is retryable (:func:`open_error`).
+    """
     try:
-        return rasterio.open(path)
+        with rasterio.Env(**gdal_options(path)):
+            return rasterio.open(gdal_path(path))
     except RasterioError as e:
-        raise SourceError(f"cannot read {path} as a raster: {_first_line(e)}") from None
+        error = open_error(path, e)
+        raise error from error.__cause__
+
+
+def open_error(path: str, error: Exception) -> SourceError:
+    """The one-line error for GDAL failing to open ``path``.
+
+    Over the network it is caused by an ``OSError`` with an errno (the runner
+    retries such a block), and GDAL forgets the failure so a retry asks again.
+    """
+    message = gdal_message(error)
+    if is_local(path):
+        if not os.path.lexists(path):
+            return SourceError(f"input {path} does not exist")
+        if os.path.isdir(path):
+            return SourceError(f"input {path} is a directory, not a raster file")
+        return SourceError(f"cannot read {path} as a raster: {message}")
+    missing = any(sign in message for sign in _MISSING)
+    if missing:
+        if "response code: 404" in message:
+            detail = "HTTP 404"
+        elif "does not exist in the file system" in message:
+            detail = ""  # GDAL's words for any name it cannot find: nothing to add
+        else:
+            detail = message.rstrip(".")  # the store's: "The specified bucket does not exist"
+        text = f"input {path} does not exist" + (f" ({detail})" if detail else "")
+    else:
+        text = f"input {path}: {message}"
+    found = SourceError(text)
+    if is_remote(path):
+        forget(path)
+        found.__cause__ = system_cause(text, missing=missing)
+    return found
+
+
+# How GDAL (and the object stores it relays) say that nothing is there
+_MISSING = (
+    "does not exist in the file system",
+    "No such file or directory",
+    "response code: 404",
+    "The specified key does not exist",
+    "The specified bucket does not exist",
+    "The specified blob does not exist",
+    "The specified container does not exist",
+    "No such object",
+    "NoSuchKey",
+    "NoSuchBucket",
+)
 
 
 def _first_line(error: Exception) -> str:
@@ -70,10 +126,13 @@ class GeoTiffSource(ThreadLocalHandles):
 
     def __init__(self, path: str | Path, *, bands: list[int] | None = None, nodata_rule: str = "all-bands") -> None:
         if nodata_rule not in NODATA_RULES:
-            raise InputError(f"--nodata-rule must be all-bands (GDAL's mask) or any-band, got {nodata_rule!r}")
+            raise InputError(
+                f"nodata_rule must be all-bands (GDAL's mask) or any-band, got {nodata_rule!r}",
+                parameters=("nodata_rule",),
+            )
         self.path = str(path)
         self.nodata_rule = nodata_rule
-        with open_dataset(self.path) as ds:
+        with rasterio.Env(**self._gdal_env()), self._open() as ds:
             self.bands = _check_bands(bands, ds.count, self.path)
             self.shape: tuple[int, int] = (ds.height, ds.width)
             self.dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
@@ -104,10 +163,24 @@ class GeoTiffSource(ThreadLocalHandles):
     def describe(self) -> dict[str, Any]:
         return {"bands": self.bands, "nodata_rule": self.nodata_rule}
 
+    def _open(self) -> rasterio.DatasetReader:
+        """A new handle on the raster (a subclass may open something else than ``path``: a STAC item's VRT)."""
+        return open_dataset(self.path)
+
+    def _network(self) -> bool:
+        """Whether reads go over the network: GDAL then runs with :func:`~gigaseg.io.remote.gdal_defaults`,
+        and a failed read is retryable. A subclass that opens something else than ``path`` says for it."""
+        return is_remote(self.path)
+
+    def _gdal_env(self) -> dict[str, Any]:
+        """GDAL's settings for this source's opens and reads (each one the environment sets wins)."""
+        return {**_read_options(), **(gdal_defaults() if self._network() else {})}
+
     def _dataset(self) -> rasterio.DatasetReader:
         ds = getattr(self._local, "dataset", None)
         if ds is None:
-            ds = self._local.dataset = open_dataset(self.path)
+            with rasterio.Env(**self._gdal_env()):
+                ds = self._local.dataset = self._open()
         return ds
 
     def close(self) -> None:
@@ -143,11 +216,15 @@ class GeoTiffSource(ThreadLocalHandles):
         window = Window(c0, r0, c1 - c0, r1 - r0)
         ds = self._dataset()
         try:
-            with rasterio.Env(**_read_options()):
+            with rasterio.Env(**self._gdal_env()):
                 data = ds.read(self.bands, window=window, out=_pixel_interleaved(len(self.bands), box.shape, dtype))
                 valid = self._valid(ds, window, data)
         except RasterioError as e:
-            raise SourceError(f"cannot read {box} from {self.path}: {_first_line(e)}") from None
+            message = f"cannot read {box} from {self.path}: {gdal_message(e)}"
+            if not self._network():
+                raise SourceError(message) from None
+            self.close()  # the retry opens a fresh handle
+            raise SourceError(message) from system_cause(f"{message} (after GDAL's retries)")
         return data, valid
 
     def _valid(self, ds: rasterio.DatasetReader, window: Window, data: np.ndarray) -> np.ndarray:

@@ -7,6 +7,12 @@ larger file the header (the first 64 KiB: TIFF and NIfTI headers, a COG's
 directories), the tail and 32 windows of 4 KiB spread over it are hashed, and
 its modification time joins the identity: a rewritten file differs in the
 samples, an edited one in its time.
+
+A remote object (a URL, a ``/vsi`` path) is not read whole: its identity is its
+size and the version its store reports (an ETag, a generation, else its
+modification time: :func:`remote_identity`); where the store reports none (or
+no fsspec file system reaches it), its size and the sampled hash read through
+GDAL's virtual file system.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import hashlib
 import os
 from pathlib import Path
 from typing import Any
+
+from gigaseg.errors import SourceError
+from gigaseg.io.remote import fsspec_url, gdal_path, is_remote, object_info, vsi_ranges
 
 WHOLE = 64 * 1024 * 1024
 HEAD = 64 * 1024
@@ -52,3 +61,54 @@ def file_sha256(path: str | Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# What an object store reports as an object's version, most specific first: (our key, its keys).
+VERSION_KEYS = (
+    ("etag", ("ETag", "etag", "Etag")),
+    ("generation", ("generation",)),
+    ("md5", ("md5Hash", "Content-MD5")),
+    ("modified", ("LastModified", "last_modified", "Last-Modified", "updated", "mtime")),
+)
+
+
+def remote_identity(path: str | Path) -> dict[str, Any]:
+    """``size`` and ``etag`` (or ``generation``, ``md5``, ``modified``) of a remote object, from fsspec;
+    else ``size`` and ``sampled_sha256`` of :func:`sample_ranges`, read through GDAL (``/vsizip/``...).
+
+    A GDAL name that is no file (a connection string such as ``ZARR:"x.zarr":/mask``)
+    is only its ``path``.
+    """
+    url = fsspec_url(gdal_path(path))
+    if url is not None:
+        try:
+            info = object_info(url)
+        except Exception:  # no fsspec file system for it (gcsfs, adlfs), or settings only GDAL has
+            info = None
+        found = object_version(info) if info else None
+        if found is not None:
+            return found
+    try:
+        size, parts = vsi_ranges(path, sample_ranges)
+    except OSError as e:
+        if is_remote(path):
+            raise SourceError(f"cannot read {path} to tell its version: {e.strerror or e}") from None
+        return {"path": str(path)}
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return {"size": size, "sampled_sha256": digest.hexdigest()}
+
+
+def object_version(info: dict[str, Any]) -> dict[str, Any] | None:
+    """``{"size": ..., <version key>: ...}`` from fsspec's ``info`` of an object; None without size or version."""
+    size = info.get("size")
+    if size is None:
+        return None
+    for name, keys in VERSION_KEYS:
+        for key in keys:
+            value = info.get(key)
+            if value:
+                text = value.isoformat() if hasattr(value, "isoformat") else str(value).strip('"')
+                return {"size": int(size), name: text}
+    return None

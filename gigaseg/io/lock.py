@@ -13,6 +13,12 @@ the holder, unless the lock is stale:
 A stale lock is taken over with a warning that names it. The lock sits next to
 the store rather than inside it so that ``--overwrite`` can hold it while it
 deletes the old store.
+
+On object storage (``s3://bucket/prefix/out.zarr``) the lock is the object
+``out.zarr.lock`` beside the store's prefix (:class:`ObjectStoreLock`): a
+conditional PUT (``If-None-Match: *``) takes the place of ``O_EXCL``, the
+record also holds the heartbeat's time, and the heartbeat rewrites the object.
+The holder's own host still judges by its PID; any other by the heartbeat.
 """
 
 from __future__ import annotations
@@ -33,19 +39,34 @@ from typing import Any
 import psutil
 
 from gigaseg.errors import OutputError, StoreLockedError
+from gigaseg.io.location import is_remote, location, url
 
 HEARTBEAT_S = 10.0
 STALE_S = 120.0
+SETTLE_S = 1.0  # after taking over a stale lock on object storage, before checking it is still ours
 
 
-def lock_path(output: str | Path) -> Path:
+def lock_path(output: str | Path) -> Path | str:
     """``out.zarr.lock`` beside the store's real path: every spelling of it (relative,
-    ``out.zarr/``, a symbolic link) finds the same lock."""
+    ``out.zarr/``, a symbolic link) finds the same lock. On object storage, the URL
+    ``s3://bucket/prefix/out.zarr.lock``."""
+    if is_remote(output):
+        return url(output) + ".lock"
     return Path(os.path.realpath(output) + ".lock")
 
 
 class StoreLock:
-    """The lock of one store; :meth:`acquire` it, :meth:`release` it (or use ``with``)."""
+    """The lock of one store; :meth:`acquire` it, :meth:`release` it (or use ``with``).
+
+    A store on object storage gets an :class:`ObjectStoreLock`, which behaves the same.
+    """
+
+    path: Any  # a Path here, a URL in ObjectStoreLock
+
+    def __new__(cls, output: str | Path = "") -> StoreLock:  # a default: copy and pickle call it bare
+        if cls is StoreLock and is_remote(output):
+            return super().__new__(ObjectStoreLock)
+        return super().__new__(cls)
 
     def __init__(self, output: str | Path) -> None:
         self.output = str(output)
@@ -87,6 +108,10 @@ class StoreLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    def beat(self) -> None:
+        """Tell other writers this lock's holder is alive (the heartbeat thread's call)."""
+        os.utime(self.path)
+
     def _record(self) -> dict[str, Any]:
         me = psutil.Process()
         return {
@@ -122,10 +147,108 @@ class StoreLock:
         warnings.warn(f"took over the stale lock of {self.output}: {describe(holder)} ({why})", stacklevel=3)
 
 
-def read_lock(path: Path) -> dict[str, Any] | None:
+class ObjectStoreLock(StoreLock):
+    """The lock of a store on object storage: the object ``<store>.lock``.
+
+    * taken with a conditional PUT (``If-None-Match: *``, s3fs's mode ``"xb"``),
+      which fails when the object exists: the ``O_EXCL`` of object storage;
+    * its JSON record is the local lock's plus ``heartbeat`` (seconds since the
+      epoch), which the heartbeat thread rewrites every :data:`HEARTBEAT_S` s
+      with a plain PUT, after checking the token is still ours;
+    * stale when its holder's process is gone (judged on the holder's host
+      only) or its heartbeat is older than :data:`STALE_S`;
+    * a stale lock is taken over by deleting it (after reading it again: the
+      same record) and creating ours conditionally; a writer that loses that
+      race gets ``FileExistsError`` and reports the live holder. There being no
+      conditional DELETE, the winner reads its lock again after
+      :data:`SETTLE_S` and gives up when another writer's token is there;
+    * release deletes it only when it still holds our token.
+    """
+
+    def acquire(self) -> StoreLock:
+        fs, key = location(self.path)
+        took: tuple[dict[str, Any] | None, str] | None = None
+        for _ in range(3):  # a stale lock deleted lets the next try create ours
+            try:
+                with fs.open(key, "xb") as f:
+                    f.write(json.dumps(self._record()).encode())
+            except FileExistsError:
+                took = self._delete_if_stale() or took
+                continue
+            except OSError as e:
+                raise OutputError(f"cannot create the lock {self.path}: {e.strerror or e}") from None
+            if took is not None:
+                self._confirm(*took)
+            self.held = True
+            _HEARTBEAT.add(self)
+            return self
+        raise StoreLockedError(f"cannot take the lock {self.path}: other writers keep taking it")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        _HEARTBEAT.remove(self)
+        self.held = False
+        try:
+            if (read_lock(self.path) or {}).get("token") == self.token:
+                fs, key = location(self.path)
+                fs.rm_file(key)
+        except OSError as e:  # the run itself is done: a lock left behind goes stale
+            warnings.warn(f"cannot remove the lock {self.path}: {e.strerror or e}", stacklevel=2)
+
+    def beat(self) -> None:
+        record = read_lock(self.path)
+        if record is None or record.get("token") != self.token:  # taken over while we stalled
+            _HEARTBEAT.remove(self)
+            warnings.warn(f"lost the lock of {self.output} to {describe(record)}", stacklevel=2)
+            return
+        fs, key = location(self.path)
+        fs.pipe_file(key, json.dumps({**record, "heartbeat": time.time()}).encode())
+
+    def _record(self) -> dict[str, Any]:
+        return {**super()._record(), "heartbeat": time.time()}
+
+    def _delete_if_stale(self) -> tuple[dict[str, Any] | None, str] | None:
+        """Delete the lock when stale; returns its holder and why, or None when it went meanwhile."""
+        holder = read_lock(self.path)
+        why = stale_reason(self.path, holder)
+        if why is None:
+            raise StoreLockedError(
+                f"{self.output} is being written by {describe(holder)} (lock {self.path}); "
+                "wait for that run to finish, or stop it"
+            )
+        if why == "gone" or read_lock(self.path) != holder:  # gone, or replaced: look again
+            return None
+        fs, key = location(self.path)
+        try:
+            fs.rm_file(key)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise OutputError(f"cannot take over the stale lock {self.path}: {e.strerror or e}") from None
+        return holder, why
+
+    def _confirm(self, holder: dict[str, Any] | None, why: str) -> None:
+        """After a takeover: a writer that deleted the same stale lock at the same time may have
+        deleted ours too; the lock then holds its token (or nothing) and we give way."""
+        time.sleep(SETTLE_S)
+        now = read_lock(self.path)
+        if now is None or now.get("token") != self.token:
+            raise StoreLockedError(
+                f"{self.output} is being written by {describe(now)} (lock {self.path}), which took over "
+                "its stale lock at the same time; wait for that run to finish, or stop it"
+            )
+        warnings.warn(f"took over the stale lock of {self.output}: {describe(holder)} ({why})", stacklevel=4)
+
+
+def read_lock(path: Path | str) -> dict[str, Any] | None:
     """The lock's record, or None when it is not one (half written, or not ours)."""
     try:
-        record = json.loads(path.read_text())
+        if is_remote(path):
+            fs, key = location(path)
+            record = json.loads(fs.cat_file(key))
+        else:
+            record = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
@@ -133,8 +256,11 @@ def read_lock(path: Path) -> dict[str, Any] | None:
     return record
 
 
-def stale_reason(path: Path, holder: dict[str, Any] | None) -> str | None:
+def stale_reason(path: Path | str, holder: dict[str, Any] | None) -> str | None:
     """Why the lock at ``path`` no longer protects a live writer, or None when it does."""
+    if is_remote(path):
+        return _object_stale_reason(str(path), holder)
+    path = Path(path)
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
@@ -145,6 +271,26 @@ def stale_reason(path: Path, holder: dict[str, Any] | None) -> str | None:
         if not _alive(int(holder.get("pid", -1)), holder.get("process_started")):
             return "its process is gone"
         return None
+    return f"no heartbeat for {age:.0f} s" if age > STALE_S else None
+
+
+def _object_stale_reason(path: str, holder: dict[str, Any] | None) -> str | None:
+    """:func:`stale_reason` of a lock object: on its holder's host, by PID; elsewhere, by the heartbeat
+    in its record (by the object's time when the record is not ours)."""
+    fs, key = location(path)
+    try:
+        modified = fs.modified(key).timestamp()
+    except FileNotFoundError:
+        return "gone"
+    except (OSError, NotImplementedError, AttributeError):
+        modified = time.time()
+    if holder is None:
+        age = time.time() - modified
+        return f"unreadable, untouched for {age:.0f} s" if age > STALE_S else None
+    if holder.get("host") == socket.gethostname():
+        return None if _alive(int(holder.get("pid", -1)), holder.get("process_started")) else "its process is gone"
+    beat = holder.get("heartbeat")
+    age = time.time() - (float(beat) if isinstance(beat, (int, float)) else modified)
     return f"no heartbeat for {age:.0f} s" if age > STALE_S else None
 
 
@@ -187,8 +333,8 @@ class _Heartbeat:
             with self.guard:
                 held = list(self.locks)
             for lock in held:
-                with contextlib.suppress(OSError):
-                    os.utime(lock.path)
+                with contextlib.suppress(Exception):  # a lost connection: the next beat tries again
+                    lock.beat()
 
 
 _HEARTBEAT = _Heartbeat()

@@ -11,6 +11,13 @@ access, so it is decompressed once, slab by slab through nibabel, into a
 chunked Zarr cache that later reads (and other processes) stream from. Voxels
 are scaled by ``scl_slope``/``scl_inter`` on the way out, as float32.
 
+From a URL (``https://``, ``s3://``, ``gs://``...; or its ``/vsicurl/``,
+``/vsis3/`` form) the file is read through fsspec, reads retried after a
+transient failure: a ``.nii.gz`` streams into the cache as a local one does, a
+``.nii`` is read box by box with range requests (nibabel's ``fileslice`` over
+the remote file). Its cache key holds the object's size and version (ETag or
+modification time), not a local file's.
+
 The cache. One copy per input file and choice of volumes, named
 ``<file name>.<8 hex: path and volumes><12 hex: size, mtime, header>.zarr``. A
 source holds a shared ``flock`` on its copy's ``zarr.json`` while it lives (in
@@ -28,9 +35,12 @@ as channels (``volume="channels"``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gzip
 import hashlib
+import io
+import json
 import os
 import re
 import shutil
@@ -48,12 +58,16 @@ import numpy as np
 import zarr
 from nibabel.filebasedimages import ImageFileError
 from nibabel.fileslice import fileslice
+from nibabel.nifti1 import Nifti1Header
+from nibabel.nifti2 import Nifti2Header
 from nibabel.openers import Opener
 from nibabel.orientations import io_orientation
+from zarr.codecs import BloscCodec
 
 from gigaseg.errors import InputError, SourceError
 from gigaseg.io.handles import ThreadLocalHandles
 from gigaseg.io.niftiref import NiftiRef, check_header
+from gigaseg.io.remote import as_os_error, fsspec_url, gdal_path, is_local, open_url, system_cause, url_name
 from gigaseg.tiler import Box
 from gigaseg.tiler.axes import AxisView
 
@@ -69,7 +83,8 @@ BUILD = re.compile(r"\..+\.[0-9a-f]{20}\.zarr\..+")
 
 
 def is_nifti(path: str | Path) -> bool:
-    return str(path).lower().endswith(SUFFIXES)
+    name = str(path) if is_local(path) else url_name(path)  # a URL's query (?sig=...) is no part of its name
+    return name.lower().endswith(SUFFIXES)
 
 
 def default_cache_dir() -> Path:
@@ -118,7 +133,7 @@ class NiftiSource(ThreadLocalHandles):
         self.cache: str | None = None
         self.header_only = header_only
         self._lease: Lease | None = None
-        if self.path.lower().endswith(".gz") and not header_only:
+        if _name(self.path).lower().endswith(".gz") and not header_only:
             directory = Path(cache_dir) if cache_dir else default_cache_dir()
             target, self._lease = build_cache(self, directory, max_bytes=cache_max or DEFAULT_CACHE_MAX)
             self.cache = str(target)
@@ -160,6 +175,8 @@ class NiftiSource(ThreadLocalHandles):
                 raise SourceError(f"the decompressed copy of {self.path} is gone from the cache ({self.cache})")
             return zarr.open_array(self.cache, mode="r")
         ni, nj, nk, nvol = self._file_shape
+        if not is_local(self.path):
+            return RemoteVolumes(self.path, self._file_shape, self._disk_dtype, self._offset)
         try:
             shape = (ni, nj, nk, nvol)
             mapped = np.memmap(self.path, self._disk_dtype, "r", self._offset, shape, order="F")
@@ -171,6 +188,9 @@ class NiftiSource(ThreadLocalHandles):
         return tuple(range(self.channels)) if self.cache else self.volumes
 
     def close(self) -> None:
+        array = getattr(self._local, "array", None)
+        if isinstance(array, RemoteVolumes):
+            array.close()
         self._local.array = None
 
     def read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -186,13 +206,17 @@ class NiftiSource(ThreadLocalHandles):
             for i, c in enumerate(channels):  # one converting copy per channel, straight from the file
                 data[i] = array[(c, *slices)]
         except READ_ERRORS as e:
-            raise SourceError(f"cannot read {box} from {self.path}: {e}") from None
+            message = f"cannot read {box} from {self.path}: {e}"
+            if is_local(self.path):
+                raise SourceError(message) from None
+            self.close()  # the retry opens the file again
+            raise SourceError(message) from system_cause(message)  # retryable: the runner's block task raises it
         slope, inter = self.scaling
         if slope != 1.0:
             data *= np.float32(slope)
         if inter != 0.0:
             data += np.float32(inter)
-        valid = np.isfinite(data).all(axis=0) if self.dtype.kind == "f" else np.ones(box.shape, bool)
+        valid = np.asarray(np.isfinite(data).all(axis=0)) if self.dtype.kind == "f" else np.ones(box.shape, bool)
         return data, valid
 
 
@@ -202,16 +226,23 @@ def read_header(path: str) -> nib.Nifti1Header:
     Not ``nib.load(path).header``: nibabel moves the scaling into the array
     proxy and clears ``scl_slope``, ``scl_inter`` and ``vox_offset`` there.
     """
+    if not is_local(path):
+        return check_header(_remote_header(path), name=path)
     if not os.path.exists(path):
         raise SourceError(f"input {path} does not exist")
     if os.path.isdir(path):
         raise SourceError(f"input {path} is a directory, not a NIfTI file")
     try:
         klass = nib.load(path).header_class
-        with Opener(path) as f:
-            header = klass.from_fileobj(f, check=False)
+        if issubclass(klass, Nifti1Header):  # NIfTI-2's header class derives from NIfTI-1's
+            with Opener(path) as f:
+                header = klass.from_fileobj(f, check=False)
+        else:
+            header = None
     except READ_ERRORS + (nib.spatialimages.HeaderDataError,) as e:
         raise SourceError(f"cannot read {path} as NIfTI: {_first_line(e)}") from None
+    if header is None:  # the message check_header gives
+        raise SourceError(f"{path} is not a NIfTI-1 or NIfTI-2 image but {klass.__name__}")
     return check_header(header, name=path)
 
 
@@ -220,10 +251,92 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def _name(path: str) -> str:
+    """The file name of a local path or URL (without a URL's query)."""
+    return Path(path).name if is_local(path) else url_name(path)
+
+
+def _url(path: str) -> str:
+    """The fsspec URL of a remote NIfTI file; refused for other GDAL names (``/vsizip/``...)."""
+    url = fsspec_url(gdal_path(path))
+    if url is None:
+        raise SourceError(
+            f"cannot read {path} as NIfTI: NIfTI files are read from local paths or URLs "
+            "(https://, s3://, gs://, az://), not through GDAL's /vsi file systems"
+        )
+    return url
+
+
+@contextlib.contextmanager
+def open_binary(path: str) -> Any:
+    """The bytes of ``path`` as a file object, decompressed for ``.gz``: nibabel's opener for a
+    local file, a seekable fsspec file (range requests, reads retried) for a URL."""
+    if is_local(path):
+        with Opener(path) as f:
+            yield f
+        return
+    with open_url(_url(path)) as raw:
+        if _name(path).lower().endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:  # type: ignore[arg-type]
+                yield f
+        else:
+            yield raw
+
+
+def _remote_header(path: str) -> Nifti1Header:
+    """The header of a remote NIfTI-1 or NIfTI-2 file, from its first 540 bytes."""
+    try:
+        with open_binary(path) as f:
+            block = f.read(Nifti2Header.sizeof_hdr)
+    except (OSError, EOFError, zlib.error) as e:
+        error = as_os_error(e)
+        if error.errno == errno.ENOENT:
+            raise SourceError(f"input {path} does not exist") from None
+        text = f"cannot read {path} as NIfTI: {error.strerror or _first_line(e)}"
+        raise SourceError(text) from system_cause(text)
+    for klass in (Nifti2Header, Nifti1Header):  # NIfTI-1's test is its magic alone; NIfTI-2's its size
+        if klass.may_contain_header(block) and (klass is Nifti2Header or block[344:348] == b"n+1\0"):
+            try:
+                return klass.from_fileobj(io.BytesIO(block), check=False)
+            except (ValueError, nib.spatialimages.HeaderDataError) as e:
+                raise SourceError(f"cannot read {path} as NIfTI: {_first_line(e)}") from None
+    raise SourceError(f"{path} is not a single-file NIfTI-1 or NIfTI-2 image")
+
+
+class RemoteVolumes:
+    """``(volumes, k, j, i)`` voxels of a remote ``.nii``, read box by box with range requests.
+
+    Indexed as the memory map of a local file is: ``[volume, k-slice, j-slice, i-slice]``.
+    """
+
+    def __init__(self, path: str, shape: tuple[int, int, int, int], dtype: np.dtype, offset: int) -> None:
+        self.path, self.shape, self.dtype, self.offset = path, shape, dtype, offset
+        self._file: Any = None
+
+    def __getitem__(self, key: tuple[Any, ...]) -> np.ndarray:
+        volume, k, j, i = key
+        if self._file is None:
+            self._file = open_url(_url(self.path))
+        try:
+            raw = fileslice(self._file, (i, j, k, volume), self.shape, self.dtype, self.offset, "F")
+        except (OSError, EOFError, ValueError):
+            raise
+        except Exception as e:
+            raise as_os_error(e) from e
+        return np.asarray(raw).T
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+
+
 def file_shape(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     """``(ni, nj, nk, volumes)``: short shapes padded with 1, dimensions past 3 flattened."""
     padded = (*shape, 1, 1, 1)[: max(3, len(shape))]
-    return (*padded[:3], int(np.prod(padded[3:], dtype=np.int64)))
+    ni, nj, nk = padded[:3]
+    return ni, nj, nk, int(np.prod(padded[3:], dtype=np.int64))
 
 
 def choose_volumes(count: int, volume: int | str | None, path: str) -> tuple[int, ...]:
@@ -235,23 +348,35 @@ def choose_volumes(count: int, volume: int | str | None, path: str) -> tuple[int
             return (0,)
         raise InputError(
             f"{path} holds {count} volumes (every dimension past the third): "
-            f"choose one with --volume N (0 to {count - 1}) "
-            f"or feed them all as channels with --volume {CHANNELS}"
+            f"choose one with volume (0 to {count - 1}) "
+            f"or feed them all as channels with volume {CHANNELS!r}",
+            parameters=("volume",),
         )
     try:
         index = int(volume)
     except (TypeError, ValueError):
-        raise InputError(f"--volume must be a volume number or {CHANNELS!r}, got {volume!r}") from None
+        raise InputError(
+            f"volume must be an index (0, 1, ...) or {CHANNELS!r}, got {volume!r}", parameters=("volume",)
+        ) from None
     if not 0 <= index < count:
         raise InputError(f"volume {index} does not exist in {path}, which has volumes 0..{count - 1}")
     return (index,)
 
 
 def cache_key(source: NiftiSource) -> str:
-    """20 hex digits: 8 name the input (absolute path, volumes), 12 its version (size, mtime, header)."""
-    stat = os.stat(source.path)
-    identity = f"{os.path.abspath(source.path)}|{source.volumes}".encode()
-    version = f"{stat.st_size}|{stat.st_mtime_ns}".encode() + source.ref.header
+    """20 hex digits: 8 name the input (absolute path, volumes), 12 its version (size, mtime, header).
+
+    A remote file is named by its URL; its version is its size and ETag (or modification time).
+    """
+    if is_local(source.path):
+        stat = os.stat(source.path)
+        identity = f"{os.path.abspath(source.path)}|{source.volumes}".encode()
+        version = f"{stat.st_size}|{stat.st_mtime_ns}".encode() + source.ref.header
+    else:
+        from gigaseg.io.identity import remote_identity
+
+        identity = f"{source.path}|{source.volumes}".encode()
+        version = json.dumps(remote_identity(source.path), sort_keys=True).encode() + source.ref.header
     return hashlib.sha256(identity).hexdigest()[:8] + hashlib.sha256(version).hexdigest()[:12]
 
 
@@ -292,7 +417,7 @@ def build_cache(source: NiftiSource, directory: Path, *, max_bytes: int = DEFAUL
 
     After writing a copy, the cache is tidied (:func:`tidy_cache`) down to ``max_bytes``.
     """
-    target = directory / f"{Path(source.path).name}.{cache_key(source)}.zarr"
+    target = directory / f"{_name(source.path)}.{cache_key(source)}.zarr"
     lease = Lease.take(target)
     if lease is not None:
         return target, lease
@@ -419,11 +544,11 @@ def _decompress(source: NiftiSource, path: Path, *, heartbeat: Path) -> None:
         shape=(len(source.volumes), nk, nj, ni),
         chunks=(1, slab, min(nj, 256), min(ni, 256)),
         dtype=source.dtype,
-        compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=1)],
+        compressors=[BloscCodec(cname="zstd", clevel=1)],
         zarr_format=3,
     )
     try:
-        with Opener(source.path) as f:
+        with open_binary(source.path) as f:
             for c, v in enumerate(source.volumes):
                 for k0 in range(0, nk, slab):
                     k1 = min(k0 + slab, nk)
@@ -434,9 +559,12 @@ def _decompress(source: NiftiSource, path: Path, *, heartbeat: Path) -> None:
             while f.read(SLAB_BYTES):  # read to the end so gzip checks its CRC and length
                 _beat(heartbeat)
     except READ_ERRORS + (gzip.BadGzipFile,) as e:
-        raise SourceError(
-            f"cannot decompress {source.path}: {_first_line(e)} (the file is corrupt or truncated)"
-        ) from None
+        if is_local(source.path) or isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)):
+            raise SourceError(
+                f"cannot decompress {source.path}: {_first_line(e)} (the file is corrupt or truncated)"
+            ) from None
+        text = f"cannot read {source.path}: {_first_line(e)}"
+        raise SourceError(text) from system_cause(text)
 
 
 def _beat(heartbeat: Path) -> None:

@@ -74,7 +74,7 @@ class NiftiRef:
     def voxel_sizes(self) -> tuple[float, float, float]:
         """Voxel size along i, j, k in the file's units (lengths of the affine's columns)."""
         sizes = np.sqrt((self.matrix[:3, :3] ** 2).sum(axis=0))
-        return tuple(float(s) for s in sizes)
+        return float(sizes[0]), float(sizes[1]), float(sizes[2])
 
     @property
     def mm_per_unit(self) -> float:
@@ -155,7 +155,7 @@ def effective_affine(header: Nifti1Header, *, name: str) -> tuple[np.ndarray, st
     This is nibabel's order of preference; a set but zero or singular transform
     is skipped with a warning that says which one is used instead.
     """
-    skipped = []
+    skipped: list[str] = []
     for kind in ("sform", "qform"):
         if int(header[f"{kind}_code"]) == 0:
             continue

@@ -49,12 +49,17 @@ def open_reference(
     if is_vector_path(path):
         return VectorReference(path, store, label_offset=label_offset, ignore_value=ignore_value, attribute=attribute)
     if attribute is not None:
-        raise InputError(f"--attribute names a column of vector labels; {path} is read as a raster")
+        raise InputError(
+            f"attribute names a column of vector labels; {path} is read as a raster", parameters=("attribute",)
+        )
     if ignore_value is not None:
         try:
             ignore_value = int(ignore_value)
         except ValueError:
-            raise InputError(f"--ignore-value must be a number for a raster reference, got {ignore_value!r}") from None
+            raise InputError(
+                f"ignore_value must be a number for a raster reference, got {ignore_value!r}",
+                parameters=("ignore_value",),
+            ) from None
     return RasterReference(path, store, label_offset=label_offset, ignore_value=ignore_value)
 
 
@@ -107,7 +112,7 @@ class RasterReference:
             raise InputError(f"{path} holds {self.dataset.dtypes[0]} values; reference labels are integers")
         self.source = self._on_grid(store.georef, store.mask.shape)
 
-    def _on_grid(self, georef: Georef, shape: tuple[int, int]) -> rasterio.DatasetReader | WarpedVRT:
+    def _on_grid(self, georef: Georef, shape: tuple[int, ...]) -> rasterio.DatasetReader | WarpedVRT:
         ds = self.dataset
         same_crs = _crs(ds.crs) == _crs(georef.crs_wkt)
         same_transform = np.allclose(
@@ -156,8 +161,9 @@ class RasterReference:
             r, c = (int(i[0]) for i in np.nonzero(bad))
             raise InputError(
                 f"{self.path} holds {int(data[r, c])} at row {row + r}, col {col + c}, not a class of the mask "
-                f"(0..{self.classes - 1} plus --label-offset {self.offset}); pass --label-offset, or "
-                "--ignore-value for a value that is no class"
+                f"(0..{self.classes - 1} plus label_offset {self.offset}); pass label_offset, or "
+                "ignore_value for a value that is no class",
+                parameters=("label_offset", "ignore_value"),
             )
         return labels, labelled
 
@@ -166,7 +172,7 @@ class RasterReference:
         self.dataset.close()
 
 
-def _overlap(ds: rasterio.DatasetReader, georef: Georef, shape: tuple[int, int]) -> bool:
+def _overlap(ds: rasterio.DatasetReader, georef: Georef, shape: tuple[int, ...]) -> bool:
     """Whether the reference's extent, in the mask's CRS, meets the mask's."""
     left, bottom, right, top = transform_bounds(ds.crs, georef.crs_wkt, *ds.bounds, densify_pts=21)
     corners = [georef.affine @ xy for xy in ((0, 0), (shape[1], 0), (0, shape[0]), (shape[1], shape[0]))]

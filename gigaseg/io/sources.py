@@ -5,12 +5,14 @@ A source is a scene of ``shape`` (spatial axes only: ``(y, x)`` or
 picklable (Dask ships it to workers) and reopen its file handles lazily in
 each process and thread. ``georef`` is whatever the store writes so the mask
 lands where the input is: a :class:`~gigaseg.io.georef.Georef` for rasters, a
-:class:`~gigaseg.io.niftiref.NiftiRef` for NIfTI volumes.
+:class:`~gigaseg.io.niftiref.NiftiRef` for NIfTI volumes (and the like for
+2-D and 3-D ``.npy`` arrays, :class:`~gigaseg.io.array.ArraySource`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -18,24 +20,53 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from gigaseg.errors import InputError
+from gigaseg.io.array import ArraySource
 from gigaseg.io.georef import Georef
 from gigaseg.io.geotiff import GeoTiffSource
 from gigaseg.io.nifti import NiftiSource, is_nifti
 from gigaseg.io.niftiref import NiftiRef
+from gigaseg.io.remote import is_local
+from gigaseg.io.stac import is_stac, open_stac
 from gigaseg.tiler import Box
 from gigaseg.tiler.axes import AxisView
 
 
 @runtime_checkable
 class Source(Protocol):
-    """A scene read box by box: float32 ``(channels, *box.shape)`` and validity ``box.shape``."""
+    """A scene read box by box: float32 ``(channels, *box.shape)`` and validity ``box.shape``.
 
-    path: str
-    shape: tuple[int, ...]
-    channels: int
-    spacing: tuple[float, ...]  # pixel (voxel) size per axis, in ``unit``
-    unit: str  # "m" (CRS units) or "mm"
-    georef: Georef | NiftiRef
+    Every data member is read-only (a property here), so a source may keep it
+    as a plain attribute, a class attribute or a property, with a narrower type
+    (``tuple[int, int]`` for a raster's shape, ``Georef`` for its georef).
+    ``read`` returns fresh arrays the caller may change in place; ``close``
+    lets this thread's handles go, and a later read opens them again.
+    """
+
+    @property
+    def path(self) -> str:
+        """The file read, for messages and provenance."""
+        ...
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial axes only: ``(y, x)`` or ``(z, y, x)``."""
+        ...
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Pixel (voxel) size per axis, in ``unit``."""
+        ...
+
+    @property
+    def unit(self) -> str:
+        """``"m"`` (CRS units, or pixels without a CRS) or ``"mm"``."""
+        ...
+
+    @property
+    def georef(self) -> Georef | NiftiRef: ...
 
     def read(self, box: Box) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -68,27 +99,57 @@ class Oriented(Protocol):
 def open_source(
     path: str | Path,
     *,
-    bands: list[int] | None = None,
+    bands: Sequence[int] | None = None,
     nodata_rule: str = "all-bands",
     volume: int | str | None = None,
     cache_dir: str | Path | None = None,
     cache_max: int | None = None,
     header_only: bool = False,
+    spatial_dims: int | None = None,
+    assets: Sequence[str] | None = None,
+    band_names: Sequence[str] | None = None,
 ) -> Source:
-    """The source for ``path``: NIfTI for ``.nii``/``.nii.gz``, else any GDAL raster.
+    """The source for ``path``: NIfTI for ``.nii``/``.nii.gz``, a memory-mapped
+    :class:`~gigaseg.io.array.ArraySource` for ``.npy``, else anything GDAL opens.
+
+    ``path`` may be a URL (``https://``, ``s3://``, ``gs://``, ``az://``) or a GDAL
+    name (``/vsizip/a.zip/b.tif``, ``/vsicurl/...``, a VRT): rasters are read
+    through GDAL's virtual file systems, NIfTI files through fsspec
+    (:mod:`gigaseg.io.remote`). A ``.npy`` array is a local file.
 
     ``nodata_rule`` says when a raster's pixel is nodata
-    (:data:`~gigaseg.io.geotiff.NODATA_RULES`); a NIfTI volume has no nodata
-    value, only non-finite voxels. ``header_only`` opens it for planning: no
-    ``.nii.gz`` is decompressed into the cache.
+    (:data:`~gigaseg.io.geotiff.NODATA_RULES`); a NIfTI volume or a ``.npy``
+    array has no nodata value, only non-finite voxels. ``header_only`` opens it
+    for planning: no ``.nii.gz`` is decompressed into the cache.
+    ``spatial_dims`` says how many trailing axes of a ``.npy`` array are
+    spatial (an image's channels come first); by default a 2- or 3-axis array
+    has one channel (a 3-axis one is a volume) and a 4-axis one is a volume
+    with channels first; other formats know their own.
+    A STAC item (``item.json``, ``items.json#<item id>``) is read as one raster
+    of its ``assets``, or of those that match ``band_names`` (the model card's).
     """
     if is_nifti(path):
         if bands:
-            raise InputError("--bands selects raster bands; choose NIfTI volumes with --volume")
+            raise InputError(
+                "bands picks the channels of a raster; choose the volumes of a NIfTI file with volume",
+                parameters=("bands", "volume"),
+            )
         return NiftiSource(path, volume=volume, cache_dir=cache_dir, cache_max=cache_max, header_only=header_only)
     if volume is not None:
-        raise InputError(f"--volume selects volumes of a NIfTI file, and {path} is not one")
-    return GeoTiffSource(path, bands=bands, nodata_rule=nodata_rule)
+        raise InputError(f"volume selects volumes of a NIfTI file, and {path} is not one", parameters=("volume",))
+    if is_npy(path):
+        if not is_local(path):
+            raise InputError(f".npy arrays are read from local files; download {path} first")
+        return ArraySource.from_npy(path, spatial_dims=spatial_dims, bands=list(bands) if bands else None)
+    if is_stac(path):
+        return open_stac(path, assets=assets, band_names=band_names, bands=bands, nodata_rule=nodata_rule)
+    if assets:
+        raise InputError(f"assets names the bands of a STAC item, and {path} is not one", parameters=("assets",))
+    return GeoTiffSource(path, bands=list(bands) if bands else None, nodata_rule=nodata_rule)
+
+
+def is_npy(path: str | Path) -> bool:
+    return str(path).lower().endswith(".npy")
 
 
 @dataclass

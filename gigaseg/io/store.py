@@ -22,18 +22,18 @@ be complete. Each chunk's checksum is recorded as it is written, so
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
 from numcodecs import Blosc
+from zarr.codecs import BloscCodec
 
 from gigaseg.errors import DamagedStoreError, IncompleteStoreError, OutputError, OutputExistsError, SourceError
+from gigaseg.io import zarrs
 from gigaseg.io.checksums import (
     SUFFIX,
     Verification,
@@ -45,6 +45,8 @@ from gigaseg.io.checksums import (
     write_checked,
 )
 from gigaseg.io.georef import Georef
+from gigaseg.io.location import check_parent, exists, is_remote, remove_tree
+from gigaseg.io.location import is_store as location_is_store
 from gigaseg.io.niftiref import NiftiRef
 from gigaseg.tiler import Box
 
@@ -61,7 +63,7 @@ class StoreLayout:
     classes: list[str]
     georef: Georef | NiftiRef
     probabilities: str | None = None
-    zarr_format: int = 2
+    zarr_format: Literal[2, 3] = 2
     attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -84,35 +86,35 @@ def _compressor(zarr_format: int, dtype: Any) -> Any:
     shuffle = Blosc.BITSHUFFLE if bits else Blosc.SHUFFLE
     if zarr_format == 2:
         return Blosc(cname="zstd", clevel=1, shuffle=shuffle)
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle" if bits else "shuffle")
+    return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle" if bits else "shuffle")
 
 
 def prepare_output(path: str | Path, *, overwrite: bool) -> None:
-    """Refuse an existing output unless asked to overwrite, and an unwritable parent."""
-    path = Path(path)
-    if path.is_symlink():
-        raise OutputError(f"{path} is a symbolic link to {path.resolve()}; give that path as the output")
-    if path.exists():
+    """Refuse an existing output unless asked to overwrite, and an unwritable parent.
+
+    A local output may not be a symbolic link; on object storage a prefix's objects go one by one.
+    """
+    if not is_remote(path) and Path(path).is_symlink():
+        raise OutputError(f"{path} is a symbolic link to {Path(path).resolve()}; give that path as the output")
+    if exists(path):
         if not overwrite:
-            raise OutputExistsError(f"output {path} exists; pass --overwrite to replace it or --resume to finish it")
+            raise OutputExistsError(
+                f"output {path} exists; pass overwrite to replace it or resume to finish it",
+                parameters=("overwrite", "resume"),
+            )
         if not is_store(path):
             raise OutputError(f"refusing to overwrite {path}: it is not a gigaseg Zarr store")
-        shutil.rmtree(path)
+        remove_tree(path)
     check_output_dir(path)
 
 
 def check_output_dir(path: str | Path) -> None:
-    """Refuse an output whose directory is missing or not writable."""
-    parent = Path(path).absolute().parent
-    if not parent.is_dir():
-        raise OutputError(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {parent} is not writable")
+    """Refuse an output whose directory (or bucket, on object storage) is missing or not writable."""
+    check_parent(path)
 
 
 def is_store(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / ".zgroup").exists() or (path / "zarr.json").exists()
+    return location_is_store(path)
 
 
 def create_store(path: str | Path, layout: StoreLayout, *, overwrite: bool = False) -> MaskStore:
@@ -128,21 +130,19 @@ def _create(path: str | Path, layout: StoreLayout) -> MaskStore:
     fmt = layout.zarr_format
     group = zarr.open_group(str(path), mode="w-", zarr_format=fmt)
     dims = ["z", "y", "x"][-len(layout.shape) :]
-    mask = _array(group, "mask", layout.shape, layout.chunks, layout.dtype, layout.nodata, fmt)
-    mask.attrs.update(
-        {
-            "_ARRAY_DIMENSIONS": dims,
-            "classes": list(layout.classes),
-            "nodata": layout.nodata,
-            **georef_attrs(layout.georef, layout.shape),
-        }
-    )
+    mask_attrs = {
+        "classes": list(layout.classes),
+        "nodata": layout.nodata,
+        **class_flags(layout.classes),
+        **georef_attrs(layout.georef, layout.shape),
+    }
+    _array(group, "mask", layout.shape, layout.chunks, layout.dtype, layout.nodata, fmt, dims, mask_attrs)
     if layout.probabilities:
         _probability_array(group, layout, dims)
     if len(layout.shape) == 2 and isinstance(layout.georef, Georef):
         _write_coordinates(group, layout.georef, layout.shape)
-    done = _array(group, "blocks_done", layout.block_counts, (1,) * len(layout.block_counts), np.uint8, 0, fmt)
-    done.attrs["_ARRAY_DIMENSIONS"] = [f"block_{d}" for d in dims]
+    block_dims = [f"block_{d}" for d in dims]
+    _array(group, "blocks_done", layout.block_counts, (1,) * len(layout.block_counts), np.uint8, 0, fmt, block_dims)
     _bookkeeping(group, layout.block_counts, len(layout.classes), dims)
     group.attrs["gigaseg"] = {**layout.attrs, "complete": False}
     return MaskStore(group)
@@ -159,14 +159,14 @@ def _bookkeeping(
     fmt, made = group.metadata.zarr_format, []
     if not (missing_only and "block_counts" in group):
         shape, chunks = (*blocks, classes + 1), (*(1,) * len(blocks), classes + 1)
-        counts = _array(group, "block_counts", shape, chunks, np.int64, 0, fmt)
-        counts.attrs["_ARRAY_DIMENSIONS"] = [*(f"block_{d}" for d in dims), "class_or_nodata"]
+        _array(
+            group, "block_counts", shape, chunks, np.int64, 0, fmt, [*(f"block_{d}" for d in dims), "class_or_nodata"]
+        )
         made.append("block_counts")
     for name in ("mask", "probabilities"):
         if name in group and not (missing_only and name + SUFFIX in group):
-            grid = chunk_counts(group[name])
-            crcs = _array(group, name + SUFFIX, grid, (1,) * len(grid), np.uint64, 0, fmt)
-            crcs.attrs["_ARRAY_DIMENSIONS"] = [f"chunk_{d}" for d in dims]
+            grid = chunk_counts(zarrs.array(group, name))
+            _array(group, name + SUFFIX, grid, (1,) * len(grid), np.uint64, 0, fmt, [f"chunk_{d}" for d in dims])
             made.append(name + SUFFIX)
     return made
 
@@ -177,9 +177,10 @@ def restore_bookkeeping(path: str | Path) -> list[str]:
     Their blocks then have no checksums, so a resume writes them again.
     """
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    dims = list(group["mask"].attrs.get("_ARRAY_DIMENSIONS", ["z", "y", "x"][-group["mask"].ndim :]))
-    classes = len(group["mask"].attrs["classes"])
-    return _bookkeeping(group, tuple(group["blocks_done"].shape), classes, dims, missing_only=True)
+    mask = zarrs.array(group, "mask")
+    dims = list(zarrs.attrs(mask).get("_ARRAY_DIMENSIONS", ["z", "y", "x"][-mask.ndim :]))
+    classes = len(zarrs.attrs(mask)["classes"])
+    return _bookkeeping(group, tuple(zarrs.array(group, "blocks_done").shape), classes, dims, missing_only=True)
 
 
 def _array(
@@ -190,7 +191,11 @@ def _array(
     dtype: Any,
     fill: Any,
     fmt: int,
+    dims: list[str],
+    attrs: dict[str, Any] | None = None,
 ) -> zarr.Array:
+    """An array named by its dimensions (zarr v3's ``dimension_names``, and xarray's v2 attribute),
+    its attributes written with its metadata: one write each, which object storage counts."""
     return group.create_array(
         name,
         shape=shape,
@@ -198,6 +203,8 @@ def _array(
         dtype=dtype,
         fill_value=fill,
         compressors=[_compressor(fmt, dtype)],
+        dimension_names=dims if fmt == 3 else None,
+        attributes={"_ARRAY_DIMENSIONS": dims, **(attrs or {})},
         overwrite=True,  # a store's arrays are made once; a lost one is made again over its debris
     )
 
@@ -207,7 +214,10 @@ def _probability_array(group: zarr.Group, layout: StoreLayout, dims: list[str]) 
     if kind not in PROBABILITY_DTYPES:
         raise OutputError(f"probabilities must be one of {sorted(PROBABILITY_DTYPES)}, got {kind!r}")
     classes = len(layout.classes)
-    probs = _array(
+    attrs: dict[str, Any] = {"classes": layout.classes}
+    if kind == "uint8":
+        attrs["scale_factor"] = 1 / 255
+    _array(
         group,
         "probabilities",
         (classes, *layout.shape),
@@ -215,11 +225,23 @@ def _probability_array(group: zarr.Group, layout: StoreLayout, dims: list[str]) 
         PROBABILITY_DTYPES[kind],
         0,
         layout.zarr_format,
+        ["class", *dims],
+        attrs,
     )
-    attrs: dict[str, Any] = {"_ARRAY_DIMENSIONS": ["class", *dims], "classes": layout.classes}
-    if kind == "uint8":
-        attrs["scale_factor"] = 1 / 255
-    probs.attrs.update(attrs)
+
+
+def class_flags(classes: list[str]) -> dict[str, Any]:
+    """CF ``flag_values``/``flag_meanings``: label ``i`` is ``classes[i]``, for xarray, cf-xarray and GIS readers.
+
+    ``flag_meanings`` is one word per class, blank-separated: blanks inside a
+    class name become underscores (``"built up"`` -> ``built_up``). The nodata
+    label is no flag: it is the array's fill value (and ``nodata``).
+    """
+    return {
+        "long_name": "class label",
+        "flag_values": list(range(len(classes))),
+        "flag_meanings": " ".join("_".join(str(name).split()) or f"class{i}" for i, name in enumerate(classes)),
+    }
 
 
 def georef_attrs(georef: Georef | NiftiRef, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -251,22 +273,19 @@ def georef_attrs(georef: Georef | NiftiRef, shape: tuple[int, ...]) -> dict[str,
 
 
 def _write_coordinates(group: zarr.Group, georef: Georef, shape: tuple[int, int]) -> None:
-    ref = _array(group, "spatial_ref", (), (), np.int32, 0, group.metadata.zarr_format)
     a, b, c, d, e, f = georef.transform
-    ref.attrs.update(
-        {
-            "_ARRAY_DIMENSIONS": [],
-            "GeoTransform": " ".join(repr(float(v)) for v in (c, a, b, f, d, e)),
-            **({"crs_wkt": georef.crs_wkt, "spatial_ref": georef.crs_wkt} if georef.crs_wkt else {}),
-        }
-    )
+    ref_attrs = {
+        "GeoTransform": " ".join(repr(float(v)) for v in (c, a, b, f, d, e)),
+        **({"crs_wkt": georef.crs_wkt, "spatial_ref": georef.crs_wkt} if georef.crs_wkt else {}),
+    }
+    _array(group, "spatial_ref", (), (), np.int32, 0, group.metadata.zarr_format, [], ref_attrs)
     if not georef.is_rectilinear:
         return  # rotated grids have no 1-D coordinates; GeoTransform above says it all
     for name, size, origin, step in (("y", shape[0], f, e), ("x", shape[1], c, a)):
         values = pixel_centres(origin, step, size)
-        arr = _array(group, name, (size,), (size,), np.float64, np.nan, group.metadata.zarr_format)
+        fmt = group.metadata.zarr_format
+        arr = _array(group, name, (size,), (size,), np.float64, np.nan, fmt, [name], {"axis": name.upper()})
         arr[:] = values
-        arr.attrs.update({"_ARRAY_DIMENSIONS": [name], "axis": name.upper()})
 
 
 def pixel_centres(origin: float, step: float, size: int) -> np.ndarray:
@@ -302,17 +321,17 @@ class MaskStore:
 
     def __init__(self, group: zarr.Group) -> None:
         self.group = group
-        self.mask: zarr.Array = group["mask"]
-        self.probabilities: zarr.Array | None = group.get("probabilities")
-        self.blocks_done: zarr.Array = group["blocks_done"]
-        self.block_counts: zarr.Array | None = group.get("block_counts")
+        self.mask: zarr.Array = zarrs.array(group, "mask")
+        self.probabilities: zarr.Array | None = zarrs.optional_array(group, "probabilities")
+        self.blocks_done: zarr.Array = zarrs.array(group, "blocks_done")
+        self.block_counts: zarr.Array | None = zarrs.optional_array(group, "block_counts")
         self.mask_crc = checksum_array(group, "mask")
         self.probabilities_crc = checksum_array(group, "probabilities")
         self._written: np.ndarray | None = None  # chunks that must have checksums, for read()
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return dict(self.group.attrs.get("gigaseg", {}))
+        return dict(zarrs.attrs(self.group).get("gigaseg", {}))
 
     @property
     def complete(self) -> bool:
@@ -320,30 +339,32 @@ class MaskStore:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.mask.attrs["classes"])
+        return list(zarrs.attrs(self.mask)["classes"])
 
     @property
     def nodata(self) -> int:
-        return int(self.mask.attrs["nodata"])
+        return int(zarrs.attrs(self.mask)["nodata"])
 
     @property
     def georef(self) -> Georef:
-        attrs = self.mask.attrs
+        attrs = zarrs.attrs(self.mask)
         crs = attrs.get("_CRS", {}).get("wkt")
         transform = attrs.get("spatial:transform", (1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
-        return Georef(crs, tuple(float(v) for v in transform))
+        a, b, c, d, e, f = (float(v) for v in transform)
+        return Georef(crs, (a, b, c, d, e, f))
 
     @property
     def nifti(self) -> NiftiRef | None:
         """The input's NIfTI header, for masks of NIfTI volumes."""
-        attrs = self.mask.attrs.get("nifti")
+        attrs = zarrs.attrs(self.mask).get("nifti")
         return NiftiRef.from_attrs(attrs) if attrs else None
 
     def write(self, box: Box, labels: np.ndarray, probabilities: np.ndarray | None = None) -> None:
         """Write labels (and probabilities in [0, 1]) of ``box``; whole chunks only.
 
-        zarr writes each chunk to a temporary file and renames it, so a process
-        killed mid-write leaves the old chunk or the new one, never half of one.
+        zarr writes each chunk to a temporary file and renames it (on object
+        storage: one PUT), so a process killed mid-write leaves the old chunk or
+        the new one, never half of one.
         """
         with self.io_errors():
             write_checked(self.mask, self.mask_crc, box, labels)
@@ -403,8 +424,7 @@ class MaskStore:
         try:
             yield
         except OSError as e:
-            where = getattr(self.group.store, "root", self.group.store)
-            raise OutputError(f"cannot write to {where}: {e.strerror or e}") from None
+            raise OutputError(f"cannot write to {store_path(self)}: {e.strerror or e}") from None
 
     def done(self) -> np.ndarray:
         """Per block: recorded done (a record that cannot be decoded is not done)."""
@@ -468,7 +488,7 @@ class MaskStore:
         int64 values per block (``refine_done_counts``: pixels per class, nodata last).
         """
         shape = (*counts, width) if width else tuple(counts)
-        existing = self.group.get(name)
+        existing = zarrs.optional_array(self.group, name)
         if existing is not None and tuple(existing.shape) == shape and not reset:
             return existing
         fmt = self.group.metadata.zarr_format
@@ -480,6 +500,7 @@ class MaskStore:
             dtype=dtype,
             fill_value=0,
             compressors=[_compressor(fmt, dtype)],
+            dimension_names=[f"{name}_{i}" for i in range(len(shape))] if fmt == 3 else None,
             overwrite=True,
         )
         array.attrs["_ARRAY_DIMENSIONS"] = [f"{name}_{i}" for i in range(len(shape))]
@@ -489,20 +510,33 @@ class MaskStore:
 def store_path(store: MaskStore) -> str:
     """Where a store lives: its directory, or its URL."""
     root = getattr(store.group.store, "root", None)
-    return str(root) if root is not None else str(store.group.store)
+    if root is not None:
+        return str(root)
+    fs, path = getattr(store.group.store, "fs", None), getattr(store.group.store, "path", None)
+    if fs is not None and path is not None:  # zarr's FsspecStore: s3://bucket/prefix/out.zarr
+        return str(fs.unstrip_protocol(path))
+    return str(store.group.store)
 
 
 def remove_partials(path: str | Path) -> int:
-    """Delete temporary chunk files (``*.partial``) a killed writer left behind."""
+    """Delete temporary chunk files (``*.partial``) a killed writer left behind.
+
+    On object storage there are none: each chunk is one PUT, which stores the
+    whole object or nothing.
+    """
+    if is_remote(path):
+        return 0
     stray = list(Path(path).rglob("*.partial"))
     for file in stray:
         file.unlink(missing_ok=True)
     return len(stray)
 
 
-def open_store(path: str | Path, *, mode: str = "r", require_complete: bool = False) -> MaskStore:
-    """Open an existing store; with ``require_complete``, refuse one whose run never finished."""
-    if not Path(path).exists():
+def open_store(
+    path: str | Path, *, mode: Literal["r", "r+", "a", "w", "w-"] = "r", require_complete: bool = False
+) -> MaskStore:
+    """Open an existing store (a directory or a URL); with ``require_complete``, refuse one never finished."""
+    if not exists(path):
         raise SourceError(f"{path} does not exist")
     if not is_store(path):
         raise SourceError(f"{path} is not a gigaseg Zarr store")
@@ -518,7 +552,8 @@ def open_store(path: str | Path, *, mode: str = "r", require_complete: bool = Fa
         done = store.done()
         raise IncompleteStoreError(
             f"{path} is incomplete ({int(done.sum())} of {done.size} blocks written); "
-            "finish it with --resume, or pass --allow-incomplete"
+            "finish it with resume, or pass allow_incomplete",
+            parameters=("resume", "allow_incomplete"),
         )
     return store
 
@@ -536,13 +571,17 @@ def verify_store(path: str | Path) -> Verification:
         )
     problem = store.records_problem()
     if problem:
-        raise DamagedStoreError(f"{path} is damaged: {problem}; --resume writes such blocks again")
+        raise DamagedStoreError(
+            f"{path} is damaged: {problem}; segmenting again with resume writes such blocks again",
+            parameters=("resume",),
+        )
     found = store.verify()
     if found.damaged:
         first = found.damaged[0].line()
         raise DamagedStoreError(
             f"{path}: {len(found.damaged)} of {found.checked + found.unrecorded} chunks do not hold what was "
-            f"written ({first}{', ...' if len(found.damaged) > 1 else ''}); rerun the segment command "
-            "with --resume to write them again"
+            f"written ({first}{', ...' if len(found.damaged) > 1 else ''}); segment again "
+            "with resume to write them again",
+            parameters=("resume",),
         )
     return found

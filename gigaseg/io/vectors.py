@@ -156,10 +156,13 @@ def _pick_attribute(path: str, info: dict, attribute: str | None) -> str:
     if len(named) == 1:
         return named[0]
     if named:
-        raise InputError(f"{path} has several class attributes ({_names(named)}); pick one with --attribute")
+        raise InputError(
+            f"{path} has several class attributes ({_names(named)}); pick one with attribute", parameters=("attribute",)
+        )
     raise InputError(
-        f"{path} has no attribute named like 'class' or 'label'; its attributes are {_names(fields)}: "
-        "pick one with --attribute"
+        f"{path} has no field named like 'class' or 'label'; its attributes are {_names(fields)}: "
+        "pick one with attribute",
+        parameters=("attribute",),
     )
 
 

@@ -6,7 +6,8 @@ from importlib import resources
 from pathlib import Path
 
 from gigaseg.io.generate import write_landcover_tiff
-from gigaseg.jobs.segment import SegmentOptions, Summary, segment
+from gigaseg.jobs.options import SegmentOptions
+from gigaseg.jobs.segment import Summary, segment
 from gigaseg.models.checkpoint import init_checkpoint
 from gigaseg.synthetic import CLASSES, COLORS
 

@@ -143,7 +143,7 @@ def plot_confusion(evaluation: Evaluation, path: str | Path) -> None:
     try:
         from matplotlib.figure import Figure  # Figure draws with Agg, without pyplot's global state
     except ImportError:
-        raise InputError("--plot needs matplotlib: pip install 'gigaseg[plot]'") from None
+        raise InputError("drawing the confusion matrix needs matplotlib: pip install 'gigaseg[plot]'") from None
     path = Path(path)
     if not os.access(path.absolute().parent, os.W_OK):
         raise OutputError(f"cannot write {path}: {path.absolute().parent} is not a writable directory")

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from gigaseg.errors import InputError
-from gigaseg.io.identity import file_identity, file_sha256
+from gigaseg.io.identity import file_identity, file_sha256, remote_identity
+from gigaseg.io.remote import is_local
+from gigaseg.io.stac import is_stac, stac_identity
 
 
 def fingerprint(input_path: str | Path, model_path: str | Path, options: dict[str, Any]) -> dict[str, Any]:
@@ -28,6 +30,12 @@ def fingerprint(input_path: str | Path, model_path: str | Path, options: dict[st
 
 
 def input_identity(path: str | Path) -> dict[str, Any]:
+    """A local file's size and hash (:func:`file_identity`); a URL's or ``/vsi`` path's size and version
+    (:func:`remote_identity`); a STAC item's JSON and asset hrefs; else (a directory) its path."""
+    if is_stac(path):
+        return stac_identity(path)
+    if not is_local(path):
+        return remote_identity(path)
     return file_identity(path) if os.path.isfile(path) else {"path": str(path)}
 
 
@@ -69,11 +77,13 @@ def check_fingerprint(
     if stored is None:
         raise InputError(
             f"cannot resume {output}: it was written by an older gigaseg without a fingerprint of its input, "
-            "model and options; use --overwrite to start again"
+            "model and options; use overwrite to start again",
+            parameters=("overwrite",),
         )
     changed = [d for d in differences(stored, current) if not d.startswith(ignore)]
     if changed:
         raise InputError(
             f"cannot resume {output}: changed since it was started: {'; '.join(changed)}; "
-            "resume with what it was started with, or use --overwrite to start again"
+            "resume with what it was started with, or use overwrite to start again",
+            parameters=("overwrite",),
         )

@@ -34,7 +34,7 @@ def parse_bytes(value: int | str | None, *, default: int = DEFAULT_BAND_MEMORY) 
     if value is None:
         return default
     if isinstance(value, int):
-        number, unit = value, ""
+        number, unit = str(value), ""
     else:
         text = str(value).strip().lower().replace(" ", "")
         digits = len(text) - len(text.lstrip("0123456789."))

@@ -1,141 +1,145 @@
-"""``--dry-run``: the plan of a scene, what a run will hold in memory, what exists."""
+"""Planning a scene: lengths in pixels or units, the tile grid and the output blocks."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from pathlib import Path
+import warnings
+from dataclasses import dataclass
+from typing import Any
 
-import psutil
-import torch
+from gigaseg.errors import InputError
+from gigaseg.io.georef import Georef
+from gigaseg.io.geotiff import GigasegWarning
+from gigaseg.io.sources import Source
+from gigaseg.jobs.memory import fit_block_side, format_bytes, parse_bytes
+from gigaseg.jobs.options import DEFAULT_BLOCK, DEFAULT_CHUNK, Length, SegmentOptions
+from gigaseg.models import ModelCard
+from gigaseg.tiler import BlockGrid, TileGrid, blend_window, to_pixels
+from gigaseg.tiler.stitch import band_bytes
 
-from gigaseg.errors import InputError, OutputExistsError, StoreLockedError
-from gigaseg.io.lock import describe, lock_path, read_lock, stale_reason
-from gigaseg.io.sources import ReadsNative, Source
-from gigaseg.io.store import PROBABILITY_DTYPES, is_store, open_store
-from gigaseg.jobs.fingerprint import check_fingerprint, fingerprint
-from gigaseg.jobs.memory import Footprint, footprint, format_bytes, gpu_batch_size
-from gigaseg.jobs.segment import Plan, SceneSpec, default_readers, pixel_options, plan_scene
-from gigaseg.jobs.volume import ModelInput
-from gigaseg.models.inference import resolve_device
-from gigaseg.tiler import halo_overhead
+UNITS_IN_METRES = {"mm": 1e-3, "m": 1.0}
 
 
-def scene_footprint(spec: SceneSpec) -> tuple[str, Footprint]:
-    """The plan's one-line summary and its predicted memory on the device the run will use.
+@dataclass(frozen=True)
+class Plan:
+    """The tiling of one scene: what every block task needs besides the pixels."""
 
-    The model is loaded on the CPU (a dry run takes no GPU memory); batch size and
-    reader threads are those the run would choose on its device.
+    grid: TileGrid
+    blocks: BlockGrid
+    blend: str
+    merge: str
+    tta: bool = False
+
+    def band_bytes(self, classes: int) -> int:
+        """The stitcher's band for a block of this plan (:func:`gigaseg.tiler.stitch.band_bytes`)."""
+        return band_bytes(self.grid.tile[0] + self.blocks.chunk[0], math.prod(self.blocks.block[1:]), classes)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.grid.shape),
+            "tile": list(self.grid.tile),
+            "overlap": list(self.grid.overlap),
+            "block": list(self.blocks.block),
+            "chunk": list(self.blocks.chunk),
+            "blend": self.blend,
+            "merge": self.merge,
+            "tta": self.tta,
+        }
+
+
+def parse_length(value: Length | None, *, pixel_size: float, multiple: int = 1, unit: str = "m") -> int | None:
+    """Pixels from ``512`` or ``"512"``, or from lengths such as ``"3840m"`` or ``"80mm"``.
+
+    ``pixel_size`` is in ``unit``: CRS units ("m") for rasters, millimetres for volumes.
     """
-    fed, plan = dry_plan(spec)
-    return predict_footprint(spec, fed, plan, resolve_device(spec.options.device))
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip().lower()
+    try:
+        for suffix in ("mm", "m"):
+            if text.endswith(suffix):
+                length = float(text[: -len(suffix)]) * UNITS_IN_METRES[suffix] / UNITS_IN_METRES[unit]
+                return to_pixels(length, pixel_size, multiple=multiple)
+        return int(text)
+    except ValueError:
+        raise InputError(
+            f"a length must be pixels (512), CRS units (3840m) or millimetres (80mm), got {value!r}"
+        ) from None
 
 
-def dry_plan(spec: SceneSpec) -> tuple[ModelInput, Plan]:
-    """The scene planned from headers only (nothing decompressed, nothing read), the model on the CPU."""
-    return plan_scene(replace(spec, options=replace(spec.options, device="cpu")), dry=True)
+def axis_lengths(
+    value: Length | None, spacing: tuple[float, ...], *, unit: str, multiple: int = 1
+) -> tuple[int, ...] | None:
+    """A length per axis: the same pixels on every axis, or one physical length over each spacing."""
+    found = [parse_length(value, pixel_size=s, multiple=multiple, unit=unit) for s in spacing]
+    return None if None in found else tuple(int(n) for n in found if n is not None)
 
 
-def predict_footprint(spec: SceneSpec, fed: ModelInput, plan: Plan, device: torch.device) -> tuple[str, Footprint]:
-    """:func:`scene_footprint` of a scene already planned."""
-    source, card = fed.source, fed.predictor.card
-    gpu = device.type == "cuda"
-    band = plan.band_bytes(card.num_classes)
-    batch = spec.options.batch_size or fed.predictor.batch_size
-    if gpu and not spec.options.batch_size:
-        free, _ = torch.cuda.mem_get_info(device)
-        batch = gpu_batch_size(
-            free=free, tile=plan.grid.tile, channels=source.channels, classes=card.num_classes, band=band
-        )
-    batch = min(batch, plan.grid.size)
-    stored = spec.options.probabilities or ("uint8" if spec.options.refine else None)
-    memory = footprint(
-        tile=plan.grid.tile,
-        block=plan.blocks.block,
-        chunk=plan.blocks.chunk[0],
-        channels=source.channels,
-        classes=card.num_classes,
-        batch=batch,
-        params=sum(p.numel() for p in getattr(fed.predictor, "predictor", fed.predictor).model.parameters()),
-        gpu=gpu,
-        readers=spec.options.readers or default_readers(device),
-        pixel_bytes=strip_pixel_bytes(source),
-        probability_bytes=PROBABILITY_DTYPES[stored]().itemsize if stored else 0,
-        tta=spec.options.tta,
-    )
-    overhead = halo_overhead(plan.grid, plan.blocks)
-    work = plan.grid.size * overhead * math.prod(plan.grid.tile) / 1e6
-    summary = (
-        f"{spec.input}: shape {list(plan.grid.shape)}, {card.num_classes} classes, {plan.blocks.size} blocks of "
-        f"{list(plan.blocks.block)}, {plan.grid.size} tiles of {list(plan.grid.tile)} (x{overhead:.3f} with halos, "
-        f"{work:.1f} Mpix of model work), batch {batch} on {device.type}; peak per worker {memory.describe()}"
-    )
-    return summary, memory
+def make_plan(
+    shape: tuple[int, ...],
+    card: ModelCard,
+    options: SegmentOptions,
+    *,
+    pixel_size: float | tuple[float, ...],
+    stride: int,
+    unit: str = "m",
+    flat_axis: int | None = None,
+) -> Plan:
+    """The tiling of a scene; ``pixel_size`` per axis (or one for all axes).
 
-
-def check_fits(spec: SceneSpec, fed: ModelInput, plan: Plan) -> None:
-    """Refuse, before anything is written, a run whose predicted peak exceeds the memory there is.
-
-    A tile of 100000^2 pixels, or metres read as degrees, would otherwise end
-    in a MemoryError after the store exists.
+    ``flat_axis`` makes tiles one pixel thick along that axis with no overlap
+    there: slice-wise inference of a 2-D model on a volume.
     """
-    device = fed.predictor.device
-    _, memory = predict_footprint(spec, fed, plan, device)
-    have = psutil.virtual_memory().total
-    if memory.host > have:
-        raise InputError(
-            f"{spec.input}: a run with tiles of {list(plan.grid.tile)} and blocks of {list(plan.blocks.block)} "
-            f"would need ~{format_bytes(memory.host)} of memory, more than the {format_bytes(have)} here; "
-            "a smaller tile, block or batch size"
+    ndim = len(shape)
+    spacing = (pixel_size,) * ndim if isinstance(pixel_size, int | float) else tuple(pixel_size)
+    tile = axis_lengths(options.tile, spacing, unit=unit, multiple=stride) or (card.tile,) * ndim
+    overlap = axis_lengths(options.overlap, spacing, unit=unit)
+    overlap = (card.overlap,) * ndim if overlap is None else overlap
+    if flat_axis is not None:
+        tile = tuple(1 if a == flat_axis else t for a, t in enumerate(tile))
+        overlap = tuple(0 if a == flat_axis else o for a, o in enumerate(overlap))
+    grid = TileGrid.create(shape, tile, overlap)
+    block = options.block or DEFAULT_BLOCK.get(ndim, DEFAULT_BLOCK[3])
+    chunk = options.chunk or DEFAULT_CHUNK.get(ndim, DEFAULT_CHUNK[3])
+    budget = parse_bytes(options.band_memory)
+    side = fit_block_side(
+        depth=grid.tile[0] + chunk, classes=card.num_classes, ndim=ndim, budget=budget, chunk=chunk, limit=block
+    )
+    # Blocks stream along axis 0, so only their cross-section sets the band's size.
+    blocks = BlockGrid.create(shape, max_block=(block, *(side,) * (ndim - 1)), chunk=chunk)
+    blend_window(options.blend, (1,))  # validates the name early
+    plan = Plan(grid, blocks, options.blend, options.merge, options.tta)
+    if plan.band_bytes(card.num_classes) > budget:
+        warnings.warn(
+            GigasegWarning(
+                f"the stitcher's band takes {format_bytes(plan.band_bytes(card.num_classes))} with blocks of one "
+                f"chunk ({list(blocks.block)}), more than the band memory budget of {format_bytes(budget)}; "
+                "a smaller chunk or a larger band_memory",
+                parameters=("chunk", "band_memory"),
+            ),
+            stacklevel=2,
         )
-    if device.type == "cuda" and memory.device > torch.cuda.get_device_properties(device).total_memory:
-        raise InputError(
-            f"{spec.input}: a run with tiles of {list(plan.grid.tile)} would need ~{format_bytes(memory.device)} "
-            f"of GPU memory, more than {device} has; a smaller tile, block or batch size"
+    return plan
+
+
+def length_spacing(source: Source, options: SegmentOptions) -> tuple[float, ...]:
+    """Pixel size per axis in the unit lengths are given in: metres for rasters, mm for volumes.
+
+    A raster in degrees (EPSG:4326) is measured at its centre latitude, with a
+    warning when a length in metres is given.
+    """
+    georef = getattr(source, "georef", None)
+    if source.unit != "m" or not isinstance(georef, Georef):
+        return tuple(source.spacing)
+    metres = georef.metres_per_pixel((source.shape[0], source.shape[1]))
+    if metres is None:
+        return tuple(source.spacing)
+    lengths = [v for v in (options.tile, options.overlap) if isinstance(v, str) and v.strip().lower().endswith("m")]
+    if lengths and georef.is_geographic:
+        warnings.warn(
+            f"{source.path} is in degrees: {', '.join(lengths)} measured at its centre latitude "
+            f"({metres[1]:.2f} m x {metres[0]:.2f} m per pixel)",
+            GigasegWarning,
+            stacklevel=3,
         )
-
-
-def strip_pixel_bytes(source: Source) -> int:
-    """Bytes per value of the strips the pipeline reads: 8- and 16-bit integers stay as they are."""
-    native = getattr(source, "dtype", None)
-    small = isinstance(source, ReadsNative) and native is not None and native.kind in "iu" and native.itemsize <= 2
-    return native.itemsize if small else 4
-
-
-def describe_scene(spec: SceneSpec) -> str:
-    """The dry run's line for one scene; raises what the run would refuse, output included."""
-    fed, plan = dry_plan(spec)
-    summary, _ = predict_footprint(spec, fed, plan, resolve_device(spec.options.device))
-    check_output(spec, fed, plan)
-    return f"{summary}; output {spec.output}: {existing(spec.output)}"
-
-
-# What a dry run cannot know as the run will: the device it picks, and statistics the
-# run fits to the pixels (a dry run reads headers only).
-DRY_UNKNOWNS = ("options.device", "options.precision", "options.model_input")
-
-
-def check_output(spec: SceneSpec, fed: ModelInput, plan: Plan) -> None:
-    """What the run would refuse about its output: an existing store without --overwrite or
-    --resume, a resume of a store started otherwise, a store another process writes."""
-    output, options = spec.output, spec.options
-    if not Path(output).exists():
-        return
-    if not (options.overwrite or options.resume):
-        raise OutputExistsError(f"output {output} exists; pass --overwrite to replace it or --resume to finish it")
-    holder = read_lock(lock_path(output))
-    if holder is not None and stale_reason(lock_path(output), holder) is None:
-        raise StoreLockedError(f"{output} is being written by {describe(holder)}")
-    if options.resume and is_store(output):
-        current = fingerprint(spec.input, spec.model, pixel_options(plan, fed, options))
-        check_fingerprint(output, open_store(output).attrs.get("fingerprint"), current, ignore=DRY_UNKNOWNS)
-
-
-def existing(output: str | Path) -> str:
-    if not Path(output).exists():
-        return "new"
-    if not is_store(output):
-        return "exists, not a store"
-    store = open_store(output)
-    done = store.done()
-    return "complete" if store.complete else f"incomplete, {int(done.sum())}/{done.size} blocks done"
+    return metres

@@ -24,17 +24,20 @@ import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import zarr
-from tqdm import tqdm
 
 from gigaseg.errors import IncompleteStoreError, InputError
+from gigaseg.io import zarrs
 from gigaseg.io.checksums import read_checked, write_checked
 from gigaseg.io.lock import StoreLock
+from gigaseg.io.nifti import is_nifti
+from gigaseg.io.sources import Source, open_source
 from gigaseg.io.store import MaskStore, open_store, store_path, verify_store
 from gigaseg.jobs.lifeline import die_with_parent
+from gigaseg.jobs.progress import Progress, unit_of
 from gigaseg.refine import (
     RefineOptions,
     get_refiner,
@@ -53,29 +56,11 @@ DEFAULT_BLOCK = {2: 2048, 3: 128}
 BYTES_PER_PIXEL = 400  # pydensecrf's lattice and our copies, measured: ~300 B per pixel
 
 
-class Source(Protocol):
-    """What refinement needs of an image: its shape and windowed reads."""
-
-    shape: tuple[int, ...]
-
-    def read(self, box: Box) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-def open_source(path: str | Path, *, bands: list[int] | None = None) -> Source:
-    """The feature image's source: any GDAL raster (with its bands), or a NIfTI volume."""
-    from gigaseg.io.sources import is_nifti
-    from gigaseg.io.sources import open_source as open_any
-
-    return open_any(path, bands=None if is_nifti(path) else bands)
-
-
 def source_spacing(source: Source) -> tuple[float, ...]:
-    """Voxel size per axis: the source's ``spacing``, else its pixel size, else ones."""
-    spacing = getattr(source, "spacing", None)
-    if spacing is None and getattr(source, "georef", None) is not None:
-        spacing = source.georef.pixel_size
-    spacing = tuple(float(s) for s in (spacing or (1.0,) * len(source.shape)))
-    return spacing if all(s > 0 for s in spacing) else (1.0,) * len(source.shape)
+    """Voxel size per axis: the source's ``spacing``, or ones where it is not positive."""
+    spacing = tuple(float(s) for s in source.spacing)
+    ok = len(spacing) == len(source.shape) and all(s > 0 for s in spacing)
+    return spacing if ok else (1.0,) * len(source.shape)
 
 
 @dataclass(frozen=True)
@@ -150,8 +135,10 @@ def refine_block(job: RefineJob, index: tuple[int, ...]) -> np.ndarray:
     mask, nodata = store.mask, store.nodata
     box = job.blocks.block_box(index)
     window = window_box(box, job.halo, job.blocks.shape)
-    probs = read_probabilities(store, window)
-    valid = store.read(window) != nodata  # both checked against their checksums
+    probs = read_probabilities(store, window)  # checked against its checksums
+    # Validity from the probabilities, which are 0 on nodata and never rewritten: the mask in the
+    # halo is being rewritten by the neighbouring blocks' tasks while this one reads.
+    valid: np.ndarray = np.any(probs, axis=0)
     data, _ = job.source.read(window)
     refined = get_refiner(job.method)(
         probs, job.stretch(data), valid, params=job.params, origin=window.start, spacing=job.spacing
@@ -161,13 +148,15 @@ def refine_block(job: RefineJob, index: tuple[int, ...]) -> np.ndarray:
     write_checked(mask, store.mask_crc, box, labels)
     classes = probs.shape[0]
     counts = np.bincount(np.where(valid[inner[1:]], labels, classes).ravel(), minlength=classes + 1)
-    store.group[COUNTS][index] = counts
-    store.group[PROGRESS][index] = 1
+    zarrs.array(store.group, COUNTS)[index] = counts
+    zarrs.array(store.group, PROGRESS)[index] = 1
     return counts
 
 
 def read_probabilities(store: MaskStore, box: Box) -> np.ndarray:
     """``(K, *box)`` float32 probabilities, checked; uint8 stores hold ``p * 255``."""
+    if store.probabilities is None:
+        raise InputError(f"{store_path(store)} has no probabilities to refine")
     values = read_checked(store.probabilities, store.probabilities_crc, box, "probabilities")
     if values.dtype == np.uint8:
         return values.astype(np.float32) * np.float32(1 / 255)
@@ -207,8 +196,8 @@ class RefineStage:
         self.executor = make_executor(job, workers)
         chunks = job.blocks.chunk
         self.written = np.zeros([math.ceil(n / c) for n, c in zip(job.blocks.shape, chunks, strict=True)], bool)
-        done = done[...] > 0
-        self.pending = {i: self._chunk_slices(self._window(i)) for i in job.blocks.indices() if not done[i]}
+        finished = zarrs.read(done) > 0
+        self.pending = {i: self._chunk_slices(self._window(i)) for i in job.blocks.indices() if not finished[i]}
         self.futures: dict[Future, tuple[int, ...]] = {}
         self._mark_segmented()
 
@@ -247,23 +236,30 @@ class RefineStage:
     def finish(self) -> np.ndarray:
         """Wait for every block; return the label counts (last: nodata) of the whole refined store."""
         self.mark_all_written()
-        total = sum(self.job.blocks.block_box(i).size for i in self.futures.values())
+        blocks = self.job.blocks
+        total = sum(blocks.block_box(i).size for i in blocks.indices())
+        # Per refined block (2048 pixels a side by default). Blocks refined by an earlier run, or
+        # already while segment ran, count at start: the rate and ETA are those of what is left.
+        early = {f for f in self.futures if f.done()}
+        left = sum(blocks.block_box(i).size for f, i in self.futures.items() if f not in early)
+        unit = unit_of(len(blocks.shape))
         try:
-            with tqdm(
-                total=total, disable=not self.progress, unit="px", unit_scale=True, desc="refine", leave=False
-            ) as bar:
+            with Progress(total, desc="refine", unit=unit, enabled=self.progress, initial=total - left) as bar:
                 for future in as_completed(self.futures):
                     future.result()
-                    bar.update(self.job.blocks.block_box(self.futures[future]).size)
+                    if future not in early:
+                        bar.advance(blocks.block_box(self.futures[future]).size)
         finally:
             self.executor.shutdown(cancel_futures=True)
-        counts = self.store.group[COUNTS][...].reshape(-1, len(self.store.classes) + 1).sum(axis=0)
+        counts = zarrs.read(zarrs.array(self.store.group, COUNTS)).reshape(-1, len(self.store.classes) + 1).sum(axis=0)
         names = dict(zip([*self.store.classes, "nodata"], map(int, counts), strict=True))
         self.store.set_attrs(refine={**self.store.attrs.get("refine", {}), "complete": True, "counts": names})
         return counts
 
 
-def start_refine(store: MaskStore, input_path: str | Path, options: RefineOptions, *, bands: list[int]) -> RefineStage:
+def start_refine(
+    store: MaskStore, input_path: str | Path, options: RefineOptions, *, bands: list[int] | None
+) -> RefineStage:
     """Prepare the refinement of ``store`` from the image at ``input_path`` and return the stage.
 
     ``bands`` are the file bands feeding the model; the feature bands follow
@@ -271,15 +267,16 @@ def start_refine(store: MaskStore, input_path: str | Path, options: RefineOption
     With ``options.resume`` the blocks already refined are kept, except those whose
     block + halo touches a segment block that is not done (it will be rewritten).
     """
-    chosen = feature_bands(bands, band_names=_card_band_names(store), explicit=options.feature_bands)
-    source = open_source(input_path, bands=chosen)
+    chosen = feature_bands(bands or [1, 2, 3], band_names=_card_band_names(store), explicit=options.feature_bands)
+    source = open_source(input_path, bands=None if is_nifti(input_path) else chosen)  # a volume feeds all of it
     job = plan_refine(store, source, options, bands=chosen)
     record = job.describe()
     stored = store.attrs.get("refine")
     if options.resume and stored is not None and _comparable(stored) != _comparable(record):
         raise InputError(
             f"cannot resume refinement of {job.store}: it was started with {_comparable(stored)}, "
-            f"not {_comparable(record)}; use --overwrite (or gigaseg refine) to start again"
+            f"not {_comparable(record)}; use overwrite, or refine it again without resuming, to start again",
+            parameters=("overwrite",),
         )
     done = store.progress_array(PROGRESS, job.blocks.counts, reset=not options.resume)
     store.progress_array(COUNTS, job.blocks.counts, reset=not options.resume, width=len(store.classes) + 1)
@@ -294,14 +291,15 @@ def check_resume(store: MaskStore, options: RefineOptions | None) -> None:
     or to refine on resume a store that keeps no probabilities."""
     if options is not None and store.probabilities is None:
         raise InputError(
-            f"{store_path(store)} keeps no probabilities, which --refine needs; "
-            "start again with --overwrite and --refine"
+            f"{store_path(store)} keeps no probabilities, which refine needs; start again with overwrite and refine",
+            parameters=("refine", "overwrite"),
         )
     stored = store.attrs.get("refine")
     if options is None and stored is not None and not stored.get("complete"):
         raise InputError(
-            f"{store_path(store)} was started with --refine {stored.get('method')}; "
-            "resume it with the same --refine options"
+            f"{store_path(store)} was started with refinement by {stored.get('method')}; "
+            "resume it with the same refine options",
+            parameters=("refine",),
         )
 
 
@@ -321,7 +319,7 @@ def _forget_stale(job: RefineJob, store: MaskStore, done: zarr.Array) -> None:
     if grid is None or segment_done.all():
         return
     stale = [grid.block_box(i) for i in grid.indices() if not segment_done[i]]
-    flags = done[...]
+    flags = zarrs.read(done)
     for index in job.blocks.indices():
         window = window_box(job.blocks.block_box(index), job.halo, job.blocks.shape)
         if flags[index] and any(window.intersection(b) for b in stale):
@@ -361,12 +359,14 @@ def refine(
 def check_refinable(store: MaskStore, path: str | Path) -> None:
     if store.probabilities is None:
         raise InputError(
-            f"{path} has no probabilities to refine; segment again with --probabilities uint8 "
-            "(or with --refine, which keeps them)"
+            f"{path} keeps no class scores for refinement; segment again with probabilities 'uint8' "
+            "(or with refine, which keeps them)",
+            parameters=("probabilities", "refine"),
         )
     done = store.done()
     if not done.all():
         raise IncompleteStoreError(
             f"{path} is not fully segmented ({int(done.sum())} of {done.size} blocks); "
-            "finish it with gigaseg segment --resume first"
+            "finish the segmentation with resume first",
+            parameters=("resume",),
         )

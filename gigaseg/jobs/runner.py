@@ -10,12 +10,16 @@ reported and the other scenes go on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import resource
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,20 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from gigaseg.errors import GigasegError
+from gigaseg.errors import GigasegError, InputError
+from gigaseg.io.export import export_mask
+from gigaseg.io.location import exists, is_remote, location, remove_tree
 from gigaseg.io.lock import StoreLock
-from gigaseg.jobs.jobfile import Job, Slurm
-from gigaseg.jobs.segment import (
-    BlockRunner,
-    SceneSpec,
-    Summary,
-    finish_scene,
-    open_runner,
-    pending_blocks,
-    plan_checked,
-)
+from gigaseg.jobs.engine import BlockRunner
+from gigaseg.jobs.jobfile import Cluster, Job, Slurm, job_message, join, load_job
+from gigaseg.jobs.outputs import check_file_output
+from gigaseg.jobs.progress import Progress
+from gigaseg.jobs.scene import SceneSpec, open_runner
+from gigaseg.jobs.segment import Summary, discard_if_empty, finish_scene, pending_blocks, plan_checked, refine_stage
 
 REPORT_NAME = "gigaseg-run-report.json"
 
@@ -64,6 +65,8 @@ class RunReport:
     seconds: float = 0.0
     peak_worker_rss_mb: dict[str, float] = field(default_factory=dict)
     dashboard: str | None = None
+    cluster: str = ""  # what ran the blocks: describe_cluster's line
+    error: str | None = None  # why the run ended early (a cluster that did not start), if it did
 
     @property
     def ok(self) -> bool:
@@ -82,6 +85,8 @@ class RunReport:
         rows.append(
             f"{len(self.scenes)} scenes, {self.workers} workers, {self.seconds:.1f} s, peak worker RSS {peak:.0f} MB"
         )
+        if self.error:
+            rows.append(f"error: {self.error}")
         return "\n".join(rows)
 
 
@@ -98,7 +103,9 @@ class BlockFailed:
     message: str
 
 
-def block_task(spec: SceneSpec, index: tuple[int, ...], torch_threads: int) -> np.ndarray | BlockFailed:
+def block_task(
+    spec: SceneSpec, index: tuple[int, ...], torch_threads: int, model: bytes | None = None
+) -> np.ndarray | BlockFailed:
     """Compute and write one block; the worker keeps the scene's source, model and store.
 
     A user error comes back as :class:`BlockFailed`: no retry, no worker traceback.
@@ -110,6 +117,8 @@ def block_task(spec: SceneSpec, index: tuple[int, ...], torch_threads: int) -> n
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
+    if model is not None:  # the checkpoint's bytes, shipped by Dask: workers need no shared disk
+        spec = replace(spec, model=local_copy(model))
     try:
         return worker_runner(spec).run(index)
     except GigasegError as e:
@@ -117,6 +126,24 @@ def block_task(spec: SceneSpec, index: tuple[int, ...], torch_threads: int) -> n
             return BlockFailed(str(e))
         _unlogged()
         raise
+
+
+_MODELS: dict[int, str] = {}  # hash of shipped checkpoint bytes -> this worker's copy
+
+
+def local_copy(model: bytes) -> str:
+    """A shipped checkpoint as a file in this worker's temporary directory, written once per content."""
+    key = hash(model)  # cached by the bytes object, which Dask keeps for every task of the job
+    if key not in _MODELS or not Path(_MODELS[key]).exists():
+        digest = hashlib.sha256(model).hexdigest()[:20]
+        path = Path(tempfile.gettempdir()) / "gigaseg-models" / f"{digest}.pt"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            partial.write_bytes(model)
+            os.replace(partial, path)
+        _MODELS[key] = str(path)
+    return _MODELS[key]
 
 
 def _from_the_system(error: BaseException) -> bool:
@@ -150,7 +177,7 @@ def _unlogged() -> None:
     log = logging.getLogger("distributed.worker")
     if not any(isinstance(f, _NoGigasegTracebacks) for f in log.filters):
         log.addFilter(_NoGigasegTracebacks())
-    _UNLOGGED.add(key)
+    _UNLOGGED.add(str(key))
 
 
 def worker_runner(spec: SceneSpec) -> BlockRunner:
@@ -209,14 +236,9 @@ class SceneState:
     lock: StoreLock | None = None  # held by the driver for its block tasks, from creation to the end
     futures: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def block_pixels(self) -> int:
-        """Pixels of an average block of this scene, for the progress bar's rate."""
-        plan = self.runner.plan if self.runner else None
-        return math.prod(plan.grid.shape) // plan.blocks.size if plan else 0
-
     left: int = 0
     started: float = field(default_factory=time.perf_counter)
+    created: bool = False  # this run made the store (or replaced it): a failed run removes it if still empty
 
     def release(self) -> None:
         if self.lock is not None:
@@ -224,57 +246,103 @@ class SceneState:
 
 
 def run_job(
-    job: Job,
+    job: Job | str | Path,
     *,
-    base: Path,
+    base: Path | None = None,
     resume: bool = False,
     scheduler: str | None = None,
     slurm: Slurm | None = None,
     workers: int | None = None,
     progress: bool = False,
 ) -> RunReport:
-    """Run every scene of ``job`` and write the run report next to the outputs."""
+    """Run every scene of ``job`` and write the run report next to the outputs.
+
+    ``job`` is a job file's path (its paths are relative to the file) or a
+    :class:`~gigaseg.jobs.jobfile.Job` whose paths are relative to ``base``
+    (the current directory by default).
+    """
     started = time.perf_counter()
-    (base / job.output.dir).mkdir(parents=True, exist_ok=True)
+    if not isinstance(job, Job):
+        base = Path(job).parent if base is None else base
+        job = load_job(job)
+    base = Path(".") if base is None else Path(base)
+    cluster = run_cluster(job, scheduler=scheduler, slurm=slurm, workers=workers)
+    job = job.model_copy(update={"cluster": cluster})
+    specs = job.scenes(resume=resume, base=base)
+    missing = [SceneResult(m.input, "", "failed", m.error) for m in job.missing_inputs(base)]
+    directory = job.output.where(base)
+    if not is_remote(directory):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    report = RunReport([SceneResult(s.input, s.output) for s in specs] + missing, cluster=describe_cluster(cluster))
     scenes: list[SceneState] = []
     try:
-        for spec in job.scenes(resume=resume, base=base):
+        check_cluster(cluster)  # sbatch and dask-jobqueue at hand: checked before any store exists
+        for spec in specs:
             scenes.append(prepare_scene(spec))
-        report = RunReport([s.result for s in scenes])
-        with dask_client(job, scheduler=scheduler, slurm=slurm, workers=workers) as (client, nworkers):
-            report.workers = nworkers
-            report.dashboard = client.dashboard_link
+        report.scenes = [s.result for s in scenes] + missing  # a missing input fails its scene alone
+        if any(state.runner is not None for state in scenes):  # no cluster when every scene failed already
             if progress:
-                print(f"gigaseg: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
-            _run_scenes(client, scenes, job, torch_threads(nworkers, scheduler=scheduler, slurm=slurm), progress)
-            report.peak_worker_rss_mb = {str(k): v for k, v in client.run(_peak_rss_mb).items()}
+                print(f"gigaseg: {report.cluster}", file=sys.stderr)
+            with dask_client(cluster) as (client, nworkers):
+                report.workers = nworkers
+                report.dashboard = client.dashboard_link
+                if progress:
+                    print(f"gigaseg: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
+                _run_scenes(client, scenes, job, torch_threads(nworkers, cluster), progress)
+                report.peak_worker_rss_mb = {str(k): v for k, v in client.run(_peak_rss_mb).items()}
+    except BaseException as e:
+        _ended_early(report, scenes, e)
+        report.seconds = time.perf_counter() - started
+        write_report(report, join(directory, REPORT_NAME))
+        raise
     finally:
         for state in scenes:
             state.release()
     report.seconds = time.perf_counter() - started
-    write_report(report, base / job.output.dir / REPORT_NAME)
+    write_report(report, join(directory, REPORT_NAME))
     return report
 
 
-def torch_threads(workers: int, *, scheduler: str | None, slurm: Slurm | None) -> int:
+def _ended_early(report: RunReport, scenes: list[SceneState], error: BaseException) -> None:
+    """Record why the run stopped, and remove the stores it made that got no block.
+
+    A store with blocks stays for ``--resume``; an empty one would only make the
+    plain rerun ask for ``--overwrite`` or ``--resume``.
+    """
+    if isinstance(error, KeyboardInterrupt):
+        report.error = "interrupted"
+    else:
+        report.error = str(error) if isinstance(error, GigasegError) else f"{type(error).__name__}: {error}"
+    for result in report.scenes:
+        if result.status == "pending":
+            result.error = f"not run: {report.error}"
+    for state in scenes:
+        if state.created and state.runner is not None:
+            discard_if_empty(state.spec.output)  # still under the store's lock
+
+
+def torch_threads(workers: int, cluster: Cluster) -> int:
     """Torch threads per worker: its share of the cores (0: leave a remote worker's default)."""
-    if slurm:
-        return slurm.cores
-    if scheduler:
+    if cluster.kind == "slurm":
+        return (cluster.slurm or Slurm()).cores
+    if cluster.kind == "scheduler":
         return 0
-    return max(1, (os.cpu_count() or 2) // max(1, workers))
+    return cluster.threads_per_worker or max(1, (os.cpu_count() or 2) // max(1, workers))
 
 
 def prepare_scene(spec: SceneSpec) -> SceneState:
     """Open the scene and its store on the driver; a bad input fails this scene alone."""
-    state = SceneState(spec, SceneResult(spec.input, spec.output))
+    state = SceneState(spec, SceneResult(spec.input, spec.export or spec.output))
     try:
+        if spec.export:
+            check_file_output(spec.export, spec.options)
         cpu = replace(spec, options=replace(spec.options, device="cpu"))
         planned = plan_checked(cpu)  # every check before the output is touched
         state.lock = StoreLock(spec.output).acquire()
+        state.created = not exists(spec.output) or spec.options.overwrite
         state.runner = open_runner(cpu, create=True, planned=planned)
     except GigasegError as e:
-        state.result.status, state.result.error = "failed", str(e)
+        state.result.status, state.result.error = "failed", job_message(e)
         state.release()
         return state
     runner = state.runner
@@ -295,7 +363,14 @@ def _run_scenes(client: Any, scenes: list[SceneState], job: Job, threads: int, p
     retries = job.cluster.retries
     resources = {"GPU": 1} if gpu_workers(client) else None  # never two blocks on one GPU
     owner: dict[str, SceneState] = {}
+    sizes: dict[str, int] = {}  # pixels of each submitted block, for the progress bar
     futures = []
+    # Each checkpoint's bytes go to the workers once, through Dask: no worker reads the driver's disk.
+    models = {
+        s.spec.model: client.scatter(Path(s.spec.model).read_bytes(), broadcast=True, hash=True)
+        for s in scenes
+        if s.runner is not None
+    }
     for n, state in enumerate(scenes):
         if state.runner is None:
             continue
@@ -304,22 +379,28 @@ def _run_scenes(client: Any, scenes: list[SceneState], job: Job, threads: int, p
         state.left = len(todo)
         for index in todo:
             key = f"gigaseg-block-{n}-{'-'.join(map(str, index))}-{os.getpid()}"
+            model = models[state.spec.model]
             future = client.submit(
-                block_task, state.spec, index, threads, key=key, retries=retries, pure=False, resources=resources
+                block_task, state.spec, index, threads, model, key=key, retries=retries, pure=False, resources=resources
             )
             futures.append(future)
             owner[key] = state
+            sizes[key] = state.runner.plan.blocks.block_box(index).size
             state.futures[key] = future
         if not todo:
             _finish(state)
-    total = len(futures)
-    started, pixels = time.perf_counter(), 0
-    with tqdm(total=total, disable=not progress, unit="block", desc="blocks") as bar:
+    # Progress per finished block (the driver sees no finer step): pixels with Mpix/s and ETA, scenes done.
+    ready = [s for s in scenes if s.runner is not None]
+    total = sum(int(math.prod(s.runner.plan.grid.shape)) for s in ready if s.runner is not None)
+    unfinished = {id(s): len(s.futures) for s in ready}  # blocks not yet back, per scene
+    with Progress(total, desc="run", enabled=progress, initial=total - sum(sizes.values())) as bar:
+        bar.note(f"scenes {sum(n == 0 for n in unfinished.values())}/{len(ready)}")
         for future in as_completed(futures):
             state = owner[future.key]
-            bar.update(1)
-            pixels += state.block_pixels
-            bar.set_postfix_str(f"{pixels / 1e6 / max(time.perf_counter() - started, 1e-9):.2f} Mpix/s")
+            unfinished[id(state)] -= 1
+            bar.advance(sizes[future.key])
+            finished = sum(unfinished[id(s)] == 0 or s.result.status == "failed" for s in ready)
+            bar.note(f"scenes {finished}/{len(ready)}")
             if state.result.status == "failed":
                 continue
             if future.status == "error":
@@ -350,25 +431,45 @@ def _fail(client: Any, state: SceneState, future: Any, message: str | None = Non
 def _finish(state: SceneState) -> None:
     assert state.runner is not None and state.summary is not None
     state.summary.blocks_skipped = state.result.blocks_skipped
+    spec, runner = state.spec, state.runner
+    # Refinement runs here, on the driver, once every block of the scene is segmented.
+    try:
+        stage = refine_stage(runner, spec.input, spec.options)
+        counts = stage.finish() if stage is not None else None
+    except GigasegError as e:
+        state.result.status, state.result.error = "failed", f"refinement: {e}"
+        return
     seconds = time.perf_counter() - state.started
-    summary = finish_scene(state.runner.store, state.summary, seconds)
+    summary = finish_scene(runner.store, state.summary, seconds, counts)
     state.runner.source.close()
+    if spec.export:
+        try:
+            export_mask(spec.output, spec.export, overwrite=True)
+            remove_tree(spec.output)
+        except GigasegError as e:
+            state.result.status, state.result.error = "failed", f"export: {e}"
+            return
     state.result.status = "done"
     state.result.seconds = seconds
     state.result.mpix_per_s = summary.pixels / 1e6 / seconds if seconds else 0.0
     state.result.counts = summary.counts
 
 
-def write_report(report: RunReport, path: Path) -> Path:
+def write_report(report: RunReport, path: Path | str) -> Path | str:
     return _write_json(path, {**asdict(report), "ok": report.ok})
 
 
-def write_error_report(path: Path, error: str) -> Path:
+def write_error_report(path: Path | str, error: str) -> Path | str:
     return _write_json(path, {"ok": False, "error": error, "scenes": []})
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> Path:
-    """Write atomically: a reader polling for ``path`` never sees half a report."""
+def _write_json(path: Path | str, payload: dict[str, Any]) -> Path | str:
+    """Write atomically: a reader polling for ``path`` never sees half a report (one PUT on object storage)."""
+    if is_remote(path):
+        fs, key = location(path)
+        fs.pipe_file(key, json.dumps(payload, indent=2).encode())
+        return path
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(payload, indent=2))
@@ -376,33 +477,146 @@ def _write_json(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+# --- the cluster ---------------------------------------------------------------------------
+
+WORKER_START_TIMEOUT = 300.0  # seconds for the first worker (every worker, locally) to join
+
+
+class ClusterError(GigasegError, RuntimeError):
+    """The cluster cannot start or be reached: the environment, not the job (exit code 2)."""
+
+
+def run_cluster(
+    job: Job, *, scheduler: str | None = None, slurm: Slurm | None = None, workers: int | None = None
+) -> Cluster:
+    """The job's ``cluster`` with a caller's overrides, each naming its kind explicitly.
+
+    ``scheduler`` (an address) makes it kind scheduler, ``slurm`` kind slurm;
+    ``workers`` sizes a local cluster and is refused for another kind.
+    """
+    cluster = job.cluster
+    if scheduler and slurm:
+        raise InputError("give scheduler or slurm, not both: they are two clusters", parameters=("scheduler", "slurm"))
+    if scheduler:
+        cluster = Cluster(kind="scheduler", scheduler=scheduler, retries=cluster.retries)
+    elif slurm:
+        cluster = Cluster(kind="slurm", slurm=slurm, retries=cluster.retries)
+    if workers is not None:
+        if cluster.kind != "local":
+            raise InputError(
+                f"workers sizes a local cluster, but this run's cluster.kind is {cluster.kind}", parameters=("workers",)
+            )
+        cluster = Cluster(**{**cluster.model_dump(exclude_unset=True), "workers": workers})
+    return cluster
+
+
+def check_cluster(cluster: Cluster) -> None:
+    """Refuse, in one line, a SLURM cluster this machine cannot submit to (no ``sbatch``, no dask-jobqueue)."""
+    if cluster.kind != "slurm":
+        return
+    if shutil.which("sbatch") is None:
+        raise ClusterError("sbatch not found: is SLURM installed? (cluster.kind: slurm)")
+    try:
+        import dask_jobqueue  # noqa: F401
+    except ImportError:
+        raise ClusterError(
+            "dask-jobqueue is not installed: pip install 'gigaseg[slurm]' (cluster.kind: slurm)"
+        ) from None
+
+
+def describe_cluster(cluster: Cluster) -> str:
+    """One line: the cluster's kind and its settings (``--dry-run`` prints it, the report keeps it)."""
+    retries = f"{_n(cluster.retries, 'retry', 'retries')} per block"
+    if cluster.kind == "scheduler":
+        return f"cluster: scheduler {cluster.scheduler}, {retries}"
+    if cluster.kind == "slurm":
+        s = cluster.slurm or Slurm()
+        parts = [f"{_n(s.jobs, 'job')} of {_n(s.cores, 'core')}", f"{s.memory} each", f"walltime {s.walltime}"]
+        parts += [f"queue {s.queue}"] if s.queue else []
+        parts += [f"account {s.account}"] if s.account else []
+        parts += [f"{_n(s.gpus_per_job, 'GPU')} per job"] if s.gpus_per_job else []
+        parts += [f"workers replaced every {s.lifetime}"] if s.lifetime else []
+        return f"cluster: slurm, {', '.join(parts)}, {retries}"
+    n, gpus = local_workers(cluster.workers)
+    threads = torch_threads(n, cluster)
+    each = ", one GPU each" if gpus else ""
+    return f"cluster: local, {_n(n, 'worker')} x {_n(threads, 'thread')}{each}, {retries}"
+
+
+def _n(count: int, noun: str, nouns: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
 @contextmanager
-def dask_client(
-    job: Job, *, scheduler: str | None, slurm: Slurm | None, workers: int | None
-) -> Iterator[tuple[Any, int]]:
-    """A Dask client on an existing scheduler, a SLURM cluster, or a local cluster."""
+def dask_client(cluster: Cluster) -> Iterator[tuple[Any, int]]:
+    """A Dask client on an existing scheduler, a SLURM cluster, or a local cluster, as ``cluster.kind`` says.
+
+    A cluster that cannot start (no scheduler at the address, no worker within
+    :data:`WORKER_START_TIMEOUT`) raises :class:`ClusterError`.
+    """
     from distributed import Client
 
-    settings = job.cluster
-    if scheduler or settings.scheduler:
-        with Client(scheduler or settings.scheduler) as client:
+    if cluster.kind == "scheduler":
+        try:
+            client = Client(cluster.scheduler)
+        except (OSError, TimeoutError) as e:
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {cluster.scheduler}: {e} (cluster.kind: scheduler)"
+            ) from None
+        except Exception as e:  # something else listens there: its reply makes no sense to Dask
+            raise ClusterError(
+                f"{cluster.scheduler} does not answer as a Dask scheduler ({type(e).__name__}) "
+                "(cluster.kind: scheduler)"
+            ) from None
+        with client:
+            _wait_for_workers(client, 1, cluster)  # then the others join as they come
             yield client, len(client.scheduler_info()["workers"])
         return
-    slurm = slurm or settings.slurm
-    cluster = slurm_cluster(slurm) if slurm else local_cluster(workers or settings.workers)
-    with cluster, Client(cluster) as client:
-        expected = slurm.jobs if slurm else len(cluster.workers)
-        client.wait_for_workers(expected, timeout=300)
+    if cluster.kind == "slurm":
+        slurm = cluster.slurm or Slurm()
+        slurm = slurm.model_copy(update={"log_directory": slurm.log_directory or _slurm_logs()})
+        made, expected, wait_for = slurm_cluster(slurm), slurm.jobs, 1  # jobs may wait in the queue
+        cluster = cluster.model_copy(update={"slurm": slurm})
+    else:
+        made = local_cluster(cluster.workers)
+        expected = wait_for = len(made.workers)
+    with made, Client(made) as client:
+        _wait_for_workers(client, wait_for, cluster)
         yield client, expected
+
+
+def _slurm_logs() -> Path:
+    return Path(tempfile.mkdtemp(prefix="gigaseg-slurm-"))
+
+
+def _wait_for_workers(client: Any, n: int, cluster: Cluster) -> None:
+    try:
+        client.wait_for_workers(n, timeout=WORKER_START_TIMEOUT)
+    except TimeoutError:  # distributed's WorkerStartTimeoutError
+        running = len(client.scheduler_info()["workers"])
+        where = {
+            "slurm": f"; see squeue and the worker logs in {getattr(cluster.slurm, 'log_directory', None)}",
+            "scheduler": f"; are workers started for {cluster.scheduler}?",
+        }.get(cluster.kind, "")
+        started = f"only {running} of {n} Dask workers" if running else "no Dask worker"
+        raise ClusterError(
+            f"{started} started within {WORKER_START_TIMEOUT:g} s{where} (cluster.kind: {cluster.kind})"
+        ) from None
+
+
+def local_workers(workers: int | None) -> tuple[int, int]:
+    """Workers of a local cluster (one per GPU, else one per two cores, unless given) and the GPUs."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    return workers or gpus or max(1, (os.cpu_count() or 2) // 2), gpus
 
 
 def local_cluster(workers: int | None) -> Any:
     """One worker per GPU, else one per two cores; one task at a time per worker."""
-    import torch
     from distributed import LocalCluster
 
-    gpus = torch.cuda.device_count()
-    n = workers or gpus or max(1, (os.cpu_count() or 2) // 2)
+    n, gpus = local_workers(workers)
     resources = {"GPU": 1} if gpus else None
     return LocalCluster(
         n_workers=n,
@@ -415,10 +629,11 @@ def local_cluster(workers: int | None) -> Any:
 
 
 def slurm_cluster(settings: Slurm) -> Any:
-    """Workers as SLURM jobs (dask-jobqueue), each one Dask worker with one task slot."""
-    import sys
-    import tempfile
+    """Workers as SLURM jobs (dask-jobqueue), each one Dask worker with one task slot.
 
+    The worker job's script is first put to ``sbatch --test-only``, so a SLURM that
+    cannot take it (no controller, an unknown queue or account) is named at once.
+    """
     from dask_jobqueue import SLURMCluster
 
     extra = ["--nthreads", "1"]
@@ -436,12 +651,41 @@ def slurm_cluster(settings: Slurm) -> Any:
         python=sys.executable,
         worker_extra_args=extra,
         job_extra_directives=[f"--gpus={settings.gpus_per_job}"] if settings.gpus_per_job else [],
-        log_directory=str(settings.log_directory or tempfile.mkdtemp(prefix="gigaseg-slurm-")),
+        log_directory=str(settings.log_directory or _slurm_logs()),
         local_directory=tempfile.gettempdir(),
     )
+    try:
+        check_submission(cluster.job_script())
+    except BaseException:
+        cluster.close()
+        raise
     # adapt keeps the worker count up when a worker's walltime (--lifetime) ends mid-run
     cluster.adapt(minimum_jobs=settings.jobs, maximum_jobs=settings.jobs)
     return cluster
+
+
+SBATCH_TEST_TIMEOUT = 120.0  # seconds for sbatch --test-only to answer
+
+
+def check_submission(script: str) -> None:
+    """Have ``sbatch --test-only`` validate a worker job's script: nothing is submitted."""
+    with tempfile.NamedTemporaryFile("w", prefix="gigaseg-worker-", suffix=".sh") as f:
+        f.write(script)
+        f.flush()
+        try:
+            done = subprocess.run(
+                ["sbatch", "--test-only", f.name],
+                capture_output=True,
+                text=True,
+                timeout=SBATCH_TEST_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ClusterError(f"sbatch cannot test the worker job: {e} (cluster.kind: slurm)") from None
+    if done.returncode != 0:
+        said = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        why = said[-1] if said else f"exit code {done.returncode}"
+        raise ClusterError(f"SLURM refuses the worker jobs: {why} (cluster.kind: slurm)")
 
 
 def plan_lines(job: Job, *, base: Path, resume: bool) -> tuple[list[str], int]:
@@ -449,7 +693,7 @@ def plan_lines(job: Job, *, base: Path, resume: bool) -> tuple[list[str], int]:
 
     Also returns how many scenes would fail.
     """
-    from gigaseg.jobs.plan import describe_scene
+    from gigaseg.jobs.preflight import describe_scene
 
     lines, failing = [], 0
     for spec in job.scenes(resume=resume, base=base):
@@ -458,4 +702,7 @@ def plan_lines(job: Job, *, base: Path, resume: bool) -> tuple[list[str], int]:
         except GigasegError as e:
             lines.append(f"{spec.input}: FAILS: {e}")
             failing += 1
+    for missing in job.missing_inputs(base):  # the run fails these scenes alone, as here
+        lines.append(f"{missing.input}: FAILS: {missing.error}")
+        failing += 1
     return lines, failing

@@ -1,9 +1,10 @@
 """``gigaseg train``: open (image, labels) files as sources, then train.
 
-Files are opened by suffix: ``.npy`` arrays are memory-mapped (the labels'
-number of axes gives the spatial dims; the image may have one more axis,
-channels first), ``.nii``/``.nii.gz`` go to the NIfTI source, anything else to
-GDAL through :class:`GeoTiffSource`. Every source is read tile by tile.
+Files are opened by suffix with :func:`gigaseg.io.sources.open_source`:
+``.npy`` arrays are memory-mapped (the labels' number of axes gives the
+spatial dims; the image may have one more axis, channels first),
+``.nii``/``.nii.gz`` go to the NIfTI source, anything else to GDAL through
+:class:`~gigaseg.io.geotiff.GeoTiffSource`. Every source is read tile by tile.
 Labels may also be vectors (GeoPackage, GeoJSON, Shapefile, ...: points or
 polygons with a class attribute), rasterised onto each tile's grid of the
 image (:class:`~gigaseg.io.vectors.VectorLabels`, reprojected to the image's
@@ -15,59 +16,20 @@ CRS when they differ).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gigaseg.errors import InputError, SourceError
-from gigaseg.io.array import ArraySource
-from gigaseg.io.geotiff import GeoTiffSource
+from gigaseg.errors import InputError
+from gigaseg.io.georef import Georef
+from gigaseg.io.sources import Source, open_source
 from gigaseg.jobs.evaluate import score_lines
 from gigaseg.models.card import ModelCard
 from gigaseg.models.metrics import classification_scores
-from gigaseg.models.training import Log, Pair, Source, TrainConfig, TrainResult, train
+from gigaseg.models.training import Log, Pair, TrainConfig, TrainResult, train
 from gigaseg.tiler import Box
-
-Opener = Callable[[Path, list[int] | None, int | None], Source]
-
-
-def _open_npy(path: Path, bands: list[int] | None, spatial_dims: int | None) -> Source:
-    if spatial_dims is None:  # labels: no channel axis
-        spatial_dims = np.load(path, mmap_mode="r").ndim
-    source = ArraySource.from_npy(path, spatial_dims=spatial_dims)
-    if bands:
-        bad = [b for b in bands if not 1 <= b <= source.channels]
-        if bad:
-            raise InputError(f"bands {bad} do not exist in {path}, which has bands 1..{source.channels}")
-        source = ArraySource(source.array[[b - 1 for b in bands]], spatial_dims=spatial_dims, path=str(path))
-    return source
-
-
-def _open_nifti(path: Path, bands: list[int] | None, spatial_dims: int | None) -> Source:
-    try:
-        from gigaseg.io.nifti import NiftiSource  # the NIfTI source, where it is installed
-    except ImportError:
-        raise SourceError(
-            f"cannot train on {path}: this gigaseg has no NIfTI source yet; save the volume as .npy"
-        ) from None
-    return NiftiSource(path)
-
-
-def _open_raster(path: Path, bands: list[int] | None, spatial_dims: int | None) -> Source:
-    return GeoTiffSource(path, bands=bands)
-
-
-OPENERS: dict[str, Opener] = {".npy": _open_npy, ".nii": _open_nifti, ".nii.gz": _open_nifti}
-
-
-def open_source(path: str | Path, *, bands: list[int] | None = None, spatial_dims: int | None = None) -> Source:
-    """A source for ``path`` chosen by its suffix (GDAL for anything unknown)."""
-    path = Path(path)
-    name = path.name.lower()
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-    return OPENERS.get(suffix, _open_raster)(path, bands, spatial_dims)
 
 
 class VectorLabelSource:
@@ -77,18 +39,25 @@ class VectorLabelSource:
     labels would hold, so training's ``label_offset`` applies to both alike.
     """
 
+    unit = "m"
+
     def __init__(self, vectors: Any, image: Source, *, offset: int = 0) -> None:
-        georef = getattr(image, "georef", None)
-        if georef is None or len(image.shape) != 2:
-            raise InputError(
-                f"vector labels {vectors.path} need a georeferenced 2-D image, not {getattr(image, 'path', image)}"
-            )
+        georef = image.georef
+        if not isinstance(georef, Georef) or len(image.shape) != 2:
+            raise InputError(f"vector labels {vectors.path} need a georeferenced 2-D image, not {image.path}")
         self.vectors, self.georef, self.offset = vectors, georef, offset
         self.shape, self.path = tuple(image.shape), vectors.path
+        self.spacing = tuple(image.spacing)
 
     @property
     def channels(self) -> int:
         return 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"vectors": str(self.vectors.path), "offset": self.offset}
+
+    def close(self) -> None:
+        """Nothing to release: the vectors are in memory."""
 
     def read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         labels = self.vectors.rasterize(box, self.georef)
@@ -96,7 +65,9 @@ class VectorLabelSource:
         return (labels.astype(np.float32) + np.float32(self.offset))[None], valid
 
 
-def open_labels(path: Path, image_path: Path, *, bands: list[int] | None, config: TrainConfig | None) -> Pair:
+def open_labels(
+    path: str | Path, image_path: str | Path, *, bands: list[int] | None, config: TrainConfig | None
+) -> Pair:
     """The pair of ``image_path`` and its labels ``path``: a raster, or vectors burnt onto its grid."""
     from gigaseg.io.vectors import VectorLabels, is_vector_path
 
@@ -113,26 +84,26 @@ def open_labels(path: Path, image_path: Path, *, bands: list[int] | None, config
 
 
 def open_pairs(
-    images: Sequence[Path],
-    labels: Sequence[Path],
+    images: Sequence[str | Path],
+    labels: Sequence[str | Path],
     *,
     bands: list[int] | None = None,
     config: TrainConfig | None = None,
 ) -> list[Pair]:
     """``images[i]`` paired with ``labels[i]`` (a raster, or vector labels when ``config`` is given)."""
     if len(images) != len(labels):
-        raise InputError(f"{len(images)} images but {len(labels)} label files; give one --labels per --image")
+        raise InputError(f"{len(images)} images but {len(labels)} label files; give one label file per image")
     return [open_labels(label, image, bands=bands, config=config) for image, label in zip(images, labels, strict=True)]
 
 
 def run_train(
-    images: Sequence[Path],
-    labels: Sequence[Path],
+    images: Sequence[str | Path],
+    labels: Sequence[str | Path],
     out: Path,
     config: TrainConfig,
     *,
-    val_images: Sequence[Path] = (),
-    val_labels: Sequence[Path] = (),
+    val_images: Sequence[str | Path] = (),
+    val_labels: Sequence[str | Path] = (),
     bands: list[int] | None = None,
     resume: bool = False,
     overwrite: bool = False,

@@ -19,7 +19,7 @@ from typing import Any
 
 from gigaseg.errors import InputError
 from gigaseg.io.sources import Oriented, SliceContext, Source, sample_voxels
-from gigaseg.models import ModelCard, Predictor
+from gigaseg.models import ModelCard, Predictor, Scorer
 from gigaseg.models.intensity import fit_intensity, needs_sample
 from gigaseg.models.views import ViewPredictor
 from gigaseg.tiler.axes import AxisView
@@ -32,7 +32,7 @@ class ModelInput:
     """The source and predictor the blocks use, and how tiles are shaped for them."""
 
     source: Source
-    predictor: Predictor | ViewPredictor
+    predictor: Scorer
     normalize: Normalize
     flat_axis: int | None = None  # scene axis along which tiles are one voxel thick
     record: dict[str, Any] = field(default_factory=dict)
@@ -57,11 +57,11 @@ def model_input(
     view = axis_view(source, canonical=canonical)
     flat = None if slice_axis is None else view.order[slice_axis]
     fed: Source = source
-    if flat is not None and context:
+    if slice_axis is not None and flat is not None and context:
         fed = SliceContext(source, axis=flat, slices=context, reverse=view.flip[slice_axis])
     if len(source.shape) == 3:
         check_volume_channels(card, source, context)
-    wrapped = predictor
+    wrapped: Scorer = predictor
     if flat is not None or not view.is_identity:
         wrapped = ViewPredictor(predictor, view, slice_axis=slice_axis)
     normalize = normalizer(card, source) if fit else card.normalizer()
@@ -79,19 +79,26 @@ def check_dims(source: Source, card: ModelCard, *, slice_axis: int | None, conte
         if card.spatial_dims == 3:
             raise InputError(f"{card.arch} is a 3-D model but {path} is a 2-D raster")
         if slice_axis is not None or context or canonical:
-            raise InputError(f"--slice-axis, --context and --canonical are for 3-D volumes; {path} is 2-D")
+            raise InputError(
+                f"slice_axis, context and canonical are for 3-D volumes; {path} is 2-D",
+                parameters=("slice_axis", "context", "canonical"),
+            )
         return
     if card.spatial_dims == 2 and slice_axis is None:
         raise InputError(
             f"{path} is a 3-D volume but {card.arch} is a 2-D model; run it slice by slice "
-            "with --slice-axis 0, 1 or 2 (the volume's i, j or k axis; 2 is axial in RAS-like volumes)"
+            "with slice_axis 0, 1 or 2 (the volume's i, j or k axis; 2 is axial in RAS-like volumes)",
+            parameters=("slice_axis",),
         )
     if card.spatial_dims == 3 and (slice_axis is not None or context):
-        raise InputError(f"--slice-axis and --context run 2-D models slice by slice, but {card.arch} is 3-D")
+        raise InputError(
+            f"slice_axis and context run 2-D models slice by slice, but {card.arch} is 3-D",
+            parameters=("slice_axis", "context"),
+        )
     if slice_axis is not None and slice_axis not in (0, 1, 2):
-        raise InputError(f"--slice-axis must be 0, 1 or 2, got {slice_axis}")
+        raise InputError(f"slice_axis must be 0, 1 or 2, got {slice_axis}", parameters=("slice_axis",))
     if context < 0:
-        raise InputError(f"--context must be 0 or more slices, got {context}")
+        raise InputError(f"context must be 0 or more slices, got {context}", parameters=("context",))
 
 
 def axis_view(source: Source, *, canonical: bool) -> AxisView:
@@ -99,7 +106,9 @@ def axis_view(source: Source, *, canonical: bool) -> AxisView:
     if isinstance(source, Oriented):
         return source.axis_view(canonical=canonical)
     if canonical:
-        raise InputError(f"--canonical needs an oriented volume (NIfTI); {source.path} has no orientation")
+        raise InputError(
+            f"canonical needs an oriented volume (NIfTI); {source.path} has no orientation", parameters=("canonical",)
+        )
     return AxisView.identity(len(source.shape))
 
 
@@ -109,9 +118,10 @@ def check_volume_channels(card: ModelCard, source: Source, context: int) -> None
         return
     raise InputError(
         f"the model takes {card.in_channels} channels but {source.path} gives "
-        f"{source.channels * slices} ({source.channels} volume(s) x {slices} slice(s)); "
-        "choose volumes with --volume (a number, or 'channels' for all) and neighbouring "
-        "slices with --context"
+        f"{source.channels * slices} ({source.channels} per slice x {slices} slice(s)); "
+        "choose volumes with volume (a number, or 'channels' for all) and neighbouring "
+        "slices with context",
+        parameters=("volume", "context"),
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from gigaseg.errors import ModelError, SourceError
 from gigaseg.models.intensity import Intensity, check_spec
+from gigaseg.tiler.grid import tiling_problem
 
 
 @dataclass
@@ -58,8 +59,8 @@ class ModelCard:
             )
         if self.spatial_dims not in (2, 3):
             raise ModelError(f"model card: spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if not 0 <= self.overlap < self.tile:
-            raise ModelError(f"model card: need 0 <= overlap < tile, got tile {self.tile}, overlap {self.overlap}")
+        if problem := tiling_problem(self.tile, self.overlap):
+            raise ModelError(f"model card: {problem}")
 
     @property
     def num_classes(self) -> int:

@@ -45,6 +45,8 @@ def save_checkpoint(
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict; clear errors for files that are not one."""
     path = str(path)
+    if os.path.isdir(path):
+        raise SourceError(f"model {path} is a directory, not a checkpoint file (.pt)")
     if not os.path.isfile(path):
         raise SourceError(f"model {path} does not exist")
     try:
@@ -86,7 +88,7 @@ def load_checkpoint(path: str | Path, *, card: ModelCard | None = None) -> tuple
     elif card is not None:
         state = data.get("state_dict", data)
     else:
-        raise ModelError(f"{path} is a plain state_dict without a model card; give the card with --card")
+        raise ModelError(f"{path} is a plain state_dict without a ModelCard; give one with card", parameters=("card",))
     model = create_model(card)
     _load_weights(model, state, path, card)
     return model.eval(), card

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -33,6 +34,36 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@runtime_checkable
+class Scorer(Protocol):
+    """What the block engine needs of a model: tiles in, class scores out, on one device.
+
+    :class:`Predictor` is one; :class:`~gigaseg.models.views.ViewPredictor` is
+    another, a predictor seen through an axis view (NIfTI, slice-wise).
+    """
+
+    @property
+    def card(self) -> ModelCard: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def model(self) -> nn.Module: ...
+    @property
+    def stride(self) -> int: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def scores_order(self) -> tuple[int, ...] | None: ...
+    @property
+    def defers_softmax(self) -> bool: ...
+
+    def check_tile(self, tile: tuple[int, ...]) -> None: ...
+
+    def scores(self, x: torch.Tensor, *, logits: bool = False) -> torch.Tensor: ...
+
+
 class Predictor:
     """Run a network over batches of tiles and return per-class scores.
 
@@ -43,7 +74,7 @@ class Predictor:
     when merging probabilities.
     """
 
-    scores_order = None  # scores come C-contiguous, in the tiles' own axis order
+    scores_order: tuple[int, ...] | None = None  # scores come C-contiguous, in the tiles' own axis order
 
     def __init__(
         self,
@@ -71,7 +102,8 @@ class Predictor:
         # about a second per process, more than it saved on scenes up to 16384^2 (bench/RESULTS.md).
         keep_freed_memory()
         memory_format = torch.channels_last if card.spatial_dims == 2 else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=memory_format).eval()
+        # Module.to takes a device and a memory format only in separate calls (its documented signatures).
+        self.model = model.to(self.device).to(memory_format=memory_format).eval()
         self._memory_format = memory_format
 
     def check_tile(self, tile: tuple[int, ...]) -> None:
@@ -80,7 +112,8 @@ class Predictor:
         if bad:
             fixed = tuple(-(-t // self.stride) * self.stride for t in tile)
             raise InputError(
-                f"tile {tile} is not a multiple of {self.stride}, which {self.card.arch} needs; use --tile {fixed[0]}"
+                f"tile {tile} is not a multiple of {self.stride}, which {self.card.arch} needs; set tile to {fixed[0]}",
+                parameters=("tile",),
             )
 
     @property
@@ -117,11 +150,12 @@ class Predictor:
         if padded != tuple(shape):
             x = pad_to(x, padded)
         softmax = self.merge == "probs" and not (logits and self.defers_softmax)
-        total = None
+        total: torch.Tensor | None = None
         for axes in self.flips:
             scores = self._scores(x.flip(axes) if axes else x, softmax=softmax)
             scores = scores.flip(axes) if axes else scores
             total = scores if total is None else total.add_(scores)
+        assert total is not None, "self.flips always holds at least the identity ()"
         if len(self.flips) > 1:
             total = total.div_(len(self.flips))
         return total[(slice(None), slice(None), *(slice(0, n) for n in shape))]

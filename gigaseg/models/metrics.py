@@ -66,7 +66,7 @@ def classification_scores(matrix: np.ndarray, classes: Sequence[str]) -> dict[st
     }
     expected = float((truth * predicted).sum()) / total**2 if total else None
     accuracy = float(tp.sum()) / total if total else None
-    kappa = None if expected is None or expected == 1 else (accuracy - expected) / (1 - expected)
+    kappa = None if expected is None or accuracy is None or expected == 1 else (accuracy - expected) / (1 - expected)
     return {
         "classes": per_class,
         "macro": {key: float(values[present].mean()) if present.any() else None for key, values in per.items()},

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import segmentation_models_pytorch as smp
 import torch
@@ -31,7 +32,9 @@ class FCN(nn.Module):
     def __init__(self, encoder: nn.Module, classes: int) -> None:
         super().__init__()
         self.encoder = encoder
-        self.classifier = nn.Conv2d(encoder.out_channels[-1], classes, kernel_size=1)
+        # smp encoders list their feature maps' channels; nn.Module types unknown attributes as Tensor | Module.
+        out_channels = cast(Sequence[int], encoder.out_channels)
+        self.classifier = nn.Conv2d(out_channels[-1], classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.classifier(self.encoder(x)[-1])

@@ -69,7 +69,10 @@ def load_encoder_weights(model: nn.Module, path: str | Path, *, encoder: str | N
     """Load ``path`` into ``model.encoder`` (see the module docstring); its sha256."""
     target = getattr(model, "encoder", None)
     if not isinstance(target, nn.Module) or not hasattr(target, "out_channels"):
-        raise ModelError(f"--encoder-weights needs a 2-D network with an smp encoder; {type(model).__name__} has none")
+        raise ModelError(
+            f"encoder_weights needs a 2-D network with an smp encoder; {type(model).__name__} has none",
+            parameters=("encoder_weights",),
+        )
     wanted = target.state_dict()
     state = _match_names(read_state_dict(path), wanted, path, encoder)
     first = _first_conv(target)

@@ -33,6 +33,7 @@ def receptive_field(model: nn.Module, card: ModelCard, *, size: int | None = Non
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)
+    assert x.grad is not None, "backward() did not reach the input"
     reached = x.grad.abs().sum(dim=(0, 1)).numpy() > 0
     extents = [np.flatnonzero(reached.any(axis=other)) for other in _other_axes(reached.ndim)]
     return int(max((e[-1] - e[0] + 1 for e in extents if len(e)), default=0))

@@ -48,7 +48,7 @@ def create_model(card: ModelCard) -> nn.Module:
 def output_stride(model: nn.Module) -> int:
     """The factor a tile's side must be a multiple of (1 for fully local models)."""
     encoder = getattr(model, "encoder", None)
-    return int(getattr(encoder, "output_stride", None) or getattr(model, "output_stride", 1))
+    return int(getattr(encoder, "output_stride", 0) or getattr(model, "output_stride", 1))
 
 
 SMP_NAMES = {

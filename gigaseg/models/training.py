@@ -2,10 +2,11 @@
 
 Nothing reads a whole scene: each step reads ``batch_size`` random tiles through
 the sources' ``read(box)``, in a thread while the model trains on the previous
-batch. A source is anything with ``.shape`` (spatial), ``.channels`` and
-``.read(box) -> (float32 (C, *box.shape), valid box.shape)``: a GeoTIFF, a NIfTI
-volume, an :class:`~gigaseg.io.array.ArraySource`. A labels source has one
-channel of class indices; its invalid (nodata) pixels are not trained on.
+batch. A source is a :class:`gigaseg.io.sources.Source` (training uses its
+``.shape``, ``.channels`` and ``.read(box) -> (float32 (C, *box.shape), valid
+box.shape)``): a GeoTIFF, a NIfTI volume, an
+:class:`~gigaseg.io.array.ArraySource`. A labels source has one channel of
+class indices; its invalid (nodata) pixels are not trained on.
 
 Labels may be sparse (points or patches of a survey, the rest nodata). Before
 training, the labels (one band) are read once, block by block, to count the
@@ -29,11 +30,11 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from tqdm import tqdm
 
 import gigaseg
 from gigaseg.errors import InputError, OutputExistsError
+from gigaseg.io.sources import Source
 from gigaseg.models.card import ModelCard
 from gigaseg.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from gigaseg.models.inference import resolve_device
@@ -56,17 +58,6 @@ IGNORE = -100  # label of pixels that are not trained on (F.cross_entropy's defa
 Log = Callable[[str], None]
 SAMPLING = ("auto", "uniform", "labelled", "balanced")
 DENSE = 0.5  # "auto" samples uniformly where at least this share of the training blocks is labelled
-
-
-class Source(Protocol):
-    """What training reads from: spatial shape, channels, and boxes of pixels."""
-
-    shape: tuple[int, ...]
-
-    @property
-    def channels(self) -> int: ...
-
-    def read(self, box: Box) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -113,7 +104,7 @@ class TrainConfig:
     mean: list[float] | None = None  # per band; estimated from training tiles when None
     std: list[float] | None = None
     tile: int = 256
-    overlap: int = 32  # recommended in the card for inference
+    overlap: int | None = None  # recommended in the card for inference; tile // 8 when None
     batch_size: int = 8
     epochs: int = 10
     steps: int = 100  # per epoch
@@ -167,7 +158,9 @@ def train(
     all_pairs = pairs + (val_pairs or [])
     check_pairs(all_pairs, config)
     if out.exists() and not (resume or overwrite):
-        raise OutputExistsError(f"{out} exists; use --overwrite to replace it or --resume to continue")
+        raise OutputExistsError(
+            f"{out} exists; use overwrite to replace it or resume to continue", parameters=("overwrite", "resume")
+        )
     split = split_regions(pairs, val_pairs, config)
     device = resolve_device(config.device)
     state = _resume_state(out, config, log) if resume else None
@@ -267,7 +260,8 @@ def to_classes(values: np.ndarray, labelled: np.ndarray, config: TrainConfig, *,
         raise InputError(
             f"labels {where} hold value {value}, which is no class index "
             f"{config.label_offset}..{config.label_offset + classes - 1}; mark unlabelled pixels as the labels' "
-            "nodata or with --ignore-index, and use --label-offset 1 for labels that start at 1"
+            "nodata or with ignore_index, and use label_offset 1 for labels that start at 1",
+            parameters=("ignore_index", "label_offset"),
         )
     return labels
 
@@ -304,8 +298,9 @@ def split_regions(pairs: list[Pair], val_pairs: list[Pair] | None, config: Train
         split = Split(census(pairs, config), census(val_pairs, config, first=len(pairs)), "separate pairs")
         if not sum(r.labelled for r in split.val):
             raise InputError(
-                f"validation holds no labelled pixel: the {len(val_pairs)} --val-labels files are all nodata"
-                f"{_ignored(config)}; give validation labels"
+                f"validation holds no labelled pixel: the labels of the {len(val_pairs)} validation pairs are all "
+                f"nodata{_ignored(config)}; give validation labels",
+                parameters=("ignore_index", "label_offset"),
             )
     else:
         blocks = census(pairs, config)
@@ -316,18 +311,22 @@ def split_regions(pairs: list[Pair], val_pairs: list[Pair] | None, config: Train
             side = block_side(tuple(pairs[0].labels.shape), config)
             raise InputError(
                 f"validation holds no labelled pixel: the scenes' {total} labelled pixels lie in "
-                f"{labelled_blocks} block(s) of {side} px, so none can be held out; give --val-image/--val-labels"
-                + (f" or a smaller --val-block (now {side})" if total else "")
+                f"{labelled_blocks} block(s) of {side} px, so none can be held out; give val_images and val_labels"
+                + (f" or a smaller val_block (now {side})" if total else ""),
+                parameters=("val_images", "val_labels", "val_block"),
             )
     if not sum(r.labelled for r in split.train):
-        raise InputError(f"the training labels hold no labelled pixel: they are all nodata{_ignored(config)}")
+        raise InputError(
+            f"the training labels hold no labelled pixel: they are all nodata{_ignored(config)}",
+            parameters=("ignore_index", "label_offset"),
+        )
     return split
 
 
 def _ignored(config: TrainConfig) -> str:
     if config.ignore_index is None and not config.label_offset:
         return ""
-    return f" or ignored (--ignore-index {config.ignore_index}, --label-offset {config.label_offset})"
+    return f" or ignored (ignore_index {config.ignore_index}, label_offset {config.label_offset})"
 
 
 def choose_validation(blocks: list[Region], fraction: float, rng: np.random.Generator) -> set[int]:
@@ -382,7 +381,7 @@ def random_point(box: Box, rng: np.random.Generator) -> tuple[int, ...]:
     return tuple(int(rng.integers(a, b)) for a, b in zip(box.start, box.stop, strict=True))
 
 
-def mask_labels(labels: np.ndarray, box: Box, *, keep: list[Box] | None = None, drop: list[Box] = ()) -> None:
+def mask_labels(labels: np.ndarray, box: Box, *, keep: Sequence[Box] | None = None, drop: Sequence[Box] = ()) -> None:
     """Set ``labels`` (of ``box``) to ``IGNORE`` outside the ``keep`` boxes and inside the ``drop`` ones."""
     if keep is not None:
         inside = np.zeros(labels.shape, bool)
@@ -398,7 +397,7 @@ def mask_labels(labels: np.ndarray, box: Box, *, keep: list[Box] | None = None, 
 
 
 def read_sample(
-    pair: Pair, box: Box, config: TrainConfig, *, keep: list[Box] | None = None, drop: list[Box] = ()
+    pair: Pair, box: Box, config: TrainConfig, *, keep: Sequence[Box] | None = None, drop: Sequence[Box] = ()
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image ``(C, *tile)``, validity and int64 labels of ``box``, padded up to the tile.
 
@@ -426,7 +425,9 @@ def band_statistics(
     tiles: int = 32,
 ) -> tuple[list[float], list[float]]:
     """Per-band mean and standard deviation of the valid pixels of random training tiles."""
-    total = square = count = 0.0
+    total: np.ndarray | float = 0.0  # per-band sums from the first tile on
+    square: np.ndarray | float = 0.0
+    count = 0.0
     for _ in range(tiles):
         region = pick_region(regions, rng)
         shape = tuple(pairs[region.pair].image.shape)
@@ -437,7 +438,7 @@ def band_statistics(
         total, square, count = total + pixels.sum(1), square + (pixels**2).sum(1), count + valid.sum()
     if not count:
         raise InputError("no valid pixels found in training tiles; is the whole image nodata?")
-    mean = total / count
+    mean = np.asarray(total / count)
     std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
     return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]
 
@@ -461,7 +462,7 @@ def make_card(pairs: list[Pair], regions: list[Region], config: TrainConfig, rng
         mean=mean,
         std=std,
         tile=config.tile,
-        overlap=config.overlap,
+        overlap=config.tile // 8 if config.overlap is None else config.overlap,
     )
 
 
@@ -559,7 +560,8 @@ class Sampler:
 def choose_box(sampler: Sampler, weights: np.ndarray, rng: np.random.Generator) -> tuple[int, Box]:
     """A training tile; with ``candidates > 1``, of that many the one whose labels weigh most
     (nnU-Net-style oversampling of small structures, without scanning whole labels)."""
-    best, best_score = None, -1.0
+    best: tuple[int, Box] | None = None
+    best_score = -1.0
     for _ in range(sampler.config.candidates):
         pair, box = sampler.box(rng)
         if sampler.config.candidates == 1:
@@ -569,6 +571,7 @@ def choose_box(sampler: Sampler, weights: np.ndarray, rng: np.random.Generator) 
         score = float(weights[labels[labels != IGNORE]].sum())
         if score > best_score:
             best, best_score = (pair, box), score
+    assert best is not None, "no candidate tile drawn (candidates < 1?) or none scored"
     return best
 
 
@@ -667,19 +670,17 @@ class _Run:
             lambda: make_batch(self.sampler, self.card, rng, weights=self.weights),
             config.steps,
         )
-        bar = tqdm(
-            batches,
-            total=config.steps,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for step, (images, labels) in enumerate(bar):
-            lr = learning_rate(epoch * config.steps + step, config.epochs * config.steps, config.lr)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            losses.append(self._step(images, labels))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        from gigaseg.jobs.progress import Progress  # the commands' bar, shown on a terminal only
+
+        desc = f"epoch {epoch + 1}/{config.epochs}"
+        with Progress(config.steps, desc=desc, unit="step", enabled=progress) as bar:  # steps/s, the epoch's ETA
+            for step, (images, labels) in enumerate(batches):
+                lr = learning_rate(epoch * config.steps + step, config.epochs * config.steps, config.lr)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                losses.append(self._step(images, labels))
+                bar.note(f"loss {losses[-1]:.3f}")
+                bar.advance()
         return float(np.mean(losses))
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -726,7 +727,8 @@ def read_validation(
     if not (validation.labels != IGNORE).any():
         raise InputError(
             f"validation holds no labelled pixel: its {int(counts.sum())} labelled pixels all fall on the "
-            "images' nodata; give --val-image/--val-labels or another --seed"
+            "images' nodata; give val_images and val_labels or another seed",
+            parameters=("val_images", "val_labels", "seed"),
         )
     return validation
 

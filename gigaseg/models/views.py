@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from gigaseg.models.card import ModelCard
 from gigaseg.models.inference import Predictor
@@ -32,6 +33,10 @@ class ViewPredictor:
     @property
     def stride(self) -> int:
         return self.predictor.stride
+
+    @property
+    def model(self) -> nn.Module:
+        return self.predictor.model
 
     @property
     def precision(self) -> str:

@@ -135,7 +135,7 @@ def _inference(unary: np.ndarray, positions: np.ndarray, colours: np.ndarray, pa
     except ImportError:
         raise InputError(
             "the crf refinement needs pydensecrf2 (pip install pydensecrf2); "
-            "--refine crf-torch and --refine superpixel do without"
+            "the crf-torch and superpixel refinements do without"
         ) from None
 
     labels, count = unary.shape

@@ -37,8 +37,9 @@ def feature_bands(
     if band_names:
         lowered = [name.strip().lower() for name in band_names]
         picks = [next((i for i, n in enumerate(lowered) if n in names), None) for names in RGB_NAMES]
-        if all(p is not None for p in picks):
-            return [selected[p] for p in picks]
+        found = [p for p in picks if p is not None]
+        if len(found) == len(picks):
+            return [selected[p] for p in found]
     return list(selected[:3])
 
 

@@ -26,7 +26,7 @@ def shapes_labels(shape: tuple[int, ...], *, classes: int = 3, count: int = 12, 
             for o in offsets:
                 inside &= np.abs(o) <= 1
         else:
-            inside = sum(o**2 for o in offsets) <= 1
+            inside = np.asarray(sum(o**2 for o in offsets) <= 1)  # sum() is typed int | array
         labels[inside] = 1 + i % (classes - 1)
     return labels
 

@@ -119,9 +119,11 @@ class _Solver:
         self.padded = tuple(-(-(f + n) // c) * c for f, n, c in zip(self.front, self.shape, self.cell, strict=True))
         self.cells = tuple(p // c for p, c in zip(self.padded, self.cell, strict=True))
         self.valid = self._pad(torch.from_numpy(valid).to(device)[None].float())
-        p = torch.from_numpy(np.clip(probabilities, EPSILON, None)).to(device)
+        # nodata pixels take no part whatever they hold (NaN included): their values are replaced,
+        # since a weight of zero does not cancel a NaN
+        p = torch.from_numpy(np.clip(np.where(valid, probabilities, 1.0), EPSILON, None, dtype=np.float32)).to(device)
         self.unary = self._pad(torch.log(p / p.sum(0, keepdim=True)))  # -U
-        feats = self._pad(torch.from_numpy(features.astype(np.float32)).to(device) / params.srgb)
+        feats = self._pad(torch.from_numpy(np.where(valid, features, 0).astype(np.float32)).to(device) / params.srgb)
         self.kernel = _separable_gaussian(params.gaussian_sxy, scale, device)
         self.norm_gauss = self._gaussian(self.valid).clamp_min(1e-6).rsqrt() * self.valid
         counts = self._pool(self.valid)
@@ -159,7 +161,7 @@ class _Solver:
         with a strided view of the cell sums (computed in slabs to bound memory).
         """
         self.reach = tuple(math.ceil(3 * self.params.sxy / (c * s)) for c, s in zip(self.cell, scale, strict=True))
-        spatial = 0.0
+        spatial = torch.zeros((), device=means.device, dtype=torch.float32)
         for axis, (r, c, s) in enumerate(zip(self.reach, self.cell, scale, strict=True)):
             shape = [1] * len(self.cell)
             shape[axis] = -1

@@ -75,7 +75,7 @@ def axis_origins(size: int, tile: int, stride: int) -> tuple[int, ...]:
 def _per_axis(value: int | Shape, ndim: int, name: str) -> Shape:
     values = (value,) * ndim if isinstance(value, int) else tuple(value)
     if len(values) != ndim:
-        raise InputError(f"{name} has {len(values)} values but the scene has {ndim} axes")
+        raise InputError(f"{name} has {len(values)} values but the scene has {ndim} axes", parameters=(name,))
     return values
 
 
@@ -96,11 +96,8 @@ class TileGrid:
         if any(n < 1 for n in self.shape):
             raise InputError(f"the scene is empty: shape {self.shape}")
         for t, o in zip(self.tile, self.overlap, strict=True):
-            if o < 0 or t <= 2 * o:
-                raise InputError(
-                    f"tile must be larger than twice the overlap, but the tile is {t} "
-                    f"and the overlap is {o}; use a smaller --overlap or a larger --tile"
-                )
+            if problem := tiling_problem(t, o):
+                raise InputError(problem, parameters=("tile", "overlap"))
 
     @property
     def ndim(self) -> int:
@@ -139,6 +136,29 @@ class TileGrid:
     def tiles_overlapping(self, box: Box) -> tuple[range, ...]:
         """Per-axis index ranges of every tile that overlaps ``box``."""
         return tuple(self.axis_range(ax, a, b) for ax, (a, b) in enumerate(zip(box.start, box.stop, strict=False)))
+
+    def row_box(self, row: int, ranges: tuple[range, ...]) -> Box:
+        """The box of tile row ``row`` (axis 0) over the other axes' tile ``ranges``: a strip."""
+        first = self.tile_box((row, *(r[0] for r in ranges[1:])))
+        last = self.tile_box((row, *(r[-1] for r in ranges[1:])))
+        return first.union(last)
+
+    def row_tiles(self, row: int, ranges: tuple[range, ...]) -> list[Index]:
+        """Indices of the tiles of row ``row`` over the other axes' ``ranges``, in grid order."""
+        return [(row, *rest) for rest in itertools.product(*ranges[1:])]
+
+
+def tiling_problem(tile: int, overlap: int) -> str | None:
+    """The one rule for a tile side and its overlap (grids and model cards): ``tile > 2 x overlap >= 0``.
+
+    Beyond it a tile's interior would be covered by its neighbours' edges alone.
+    """
+    if overlap < 0 or tile <= 2 * overlap:
+        return (
+            f"tile must be larger than twice overlap, but tile is {tile} "
+            f"and overlap is {overlap}; use a smaller overlap or a larger tile"
+        )
+    return None
 
 
 def to_pixels(length: float, pixel_size: float, *, multiple: int = 1) -> int:
@@ -194,7 +214,7 @@ class BlockGrid:
 
 def _balanced_block(size: int, limit: int, chunk: int) -> int:
     if limit < 1 or chunk < 1:
-        raise InputError(f"block and chunk sizes must be positive, got {limit} and {chunk}")
+        raise InputError(f"block and chunk must be positive, got {limit} and {chunk}", parameters=("block", "chunk"))
     if size <= chunk:
         return size
     count = math.ceil(size / limit)

@@ -288,6 +288,7 @@ class Stitcher:
         size, stride = self._tile[1], self._stride[1]
         overlap, n = size - stride, len(scores)
         part = tile.with_axis(1, tile.start[1], tile.stop[1] + (n - 1) * stride).intersection(self.region)
+        assert part is not None, "an even run lies inside the region"
         src = part.slices((tile.start[0], part.start[1]))
         column = tile.start[1] - self.region.start[1]  # the first tile's column in the band
         for rows, inside in self._band_rows(tile, (src[0], slice(0, size))):
@@ -367,23 +368,24 @@ class Stitcher:
         kind = "float32" if scores is True else scores or None
         if kind is not None and kind not in PROBABILITY_DTYPES:
             raise ValueError(f"probabilities must be one of {PROBABILITY_DTYPES}, got {kind!r}")
-        labels, probabilities = [], []
+        label_parts, probability_parts = [], []
         for rows, offsets in self._ring(self.start, until):
             band, valid = self._scores[:, rows], self._valid[rows]
-            labels.append(self._labels(band, valid))
+            label_parts.append(self._labels(band, valid))
             if kind:
                 absolute = slice(self.start + offsets.start, self.start + offsets.stop)
-                probabilities.append(self._probabilities(band, valid, absolute, kind))
+                probability_parts.append(self._probabilities(band, valid, absolute, kind))
             band.zero_()
         box = self.region.with_axis(0, self.start, until)
         self.start = until
-        labels, probabilities = _join(labels, 0), _join(probabilities, 1) if kind else None
+        labels, probabilities = _join(label_parts, 0), _join(probability_parts, 1) if kind else None
         if self.device.type == "cpu":
             return Released(box, labels, probabilities)
-        host = [_pinned_copy(t) for t in (labels, probabilities) if t is not None]
+        host_labels = _pinned_copy(labels)
+        host_scores = None if probabilities is None else _pinned_copy(probabilities)
         ready = torch.cuda.Event()
         ready.record()
-        return Released(box, *(t.numpy() for t in host), ready=ready)
+        return Released(box, host_labels.numpy(), None if host_scores is None else host_scores.numpy(), ready=ready)
 
     def _labels(self, band: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | np.ndarray:
         """The argmax of the band's rows, ``nodata`` where invalid, in the store's dtype and scene order."""
@@ -450,7 +452,8 @@ def softmax(scores: torch.Tensor) -> torch.Tensor:
             dims = (*range(1, scores.ndim), 0)
             return torch.softmax(scores.permute(*dims), -1).permute(scores.ndim - 1, *range(scores.ndim - 1))
         return torch.softmax(scores.contiguous(), 0)
-    axes = sorted(range(1, scores.ndim), key=lambda a: -scores.stride(a))  # the memory order
+    strides = scores.stride()
+    axes = sorted(range(1, scores.ndim), key=lambda a: -strides[a])  # the memory order
     inverse = [axes.index(a) + 1 for a in range(1, scores.ndim)]
     return torch.softmax(scores.permute(0, *axes), 0).permute(0, *inverse)
 

@@ -71,4 +71,6 @@ def _profile(kind: str | Profile) -> Profile:
     try:
         return WINDOWS[kind]
     except KeyError:
-        raise InputError(f"blend must be one of {sorted(WINDOWS)} or a callable, got {kind!r}") from None
+        raise InputError(
+            f"blend must be one of {sorted(WINDOWS)} or a callable, got {kind!r}", parameters=("blend",)
+        ) from None

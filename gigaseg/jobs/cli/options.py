@@ -1,15 +1,57 @@
-"""Refinement on the command line: the ``--refine`` options of ``segment`` and ``gigaseg refine``."""
+"""Click helpers shared by the commands: value parsers and the ``--refine`` options.
+
+The refinement options serve both ``gigaseg segment --refine`` and ``gigaseg refine``.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
 from gigaseg.refine import REFINERS, RefineOptions
+
+
+def parse_bands(value: str | None) -> tuple[int, ...] | None:
+    if not value:
+        return None
+    try:
+        return tuple(int(b) for b in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"bands must be comma-separated numbers, got {value!r}") from None
+
+
+def parse_volume(value: str | None) -> int | str | None:
+    if value is None or value == "channels":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"volume must be a number or 'channels', got {value!r}") from None
+
+
+def parse_json_object(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not valid JSON ({e}): {value!r}") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"must be a JSON object such as '{{\"encoder_depth\": 3}}', got {value!r}")
+    return parsed
+
+
+def parse_numbers(value: str, name: str, *, count: int) -> list[float]:
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != count:
+        raise click.BadParameter(f"{name} must be {count} comma-separated numbers, got {value!r}")
+    return numbers
+
 
 # (option, keyword, type, help); None defaults mean "the method's default for 2-D or 3-D".
 PARAMETER_OPTIONS = [
@@ -34,6 +76,7 @@ PARAMETER_OPTIONS = [
     ("--superpixel-compactness", "superpixel_compactness", float, "SLIC compactness [0.3]."),
 ]
 PREFIXES = {"crf": "crf_", "crf-torch": "crf_", "superpixel": "superpixel_"}
+METHODS = click.Choice(sorted(REFINERS))
 
 
 def refine_options(command: Callable) -> Callable:
@@ -68,7 +111,7 @@ def refine_from(method: str | None, kw: dict[str, Any]) -> RefineOptions | None:
     return RefineOptions(
         method=method,
         params=params,
-        feature_bands=_numbers(common["feature_bands"], int, "--feature-bands"),
+        feature_bands=_number_list(common["feature_bands"], int, "--feature-bands"),
         percentiles=_percentiles(common["stretch"]),
         block=common["refine_block"],
         halo=common["refine_halo"],
@@ -85,35 +128,10 @@ def _percentiles(text: str) -> tuple[float, float]:
     return low, high
 
 
-def _numbers(text: str | None, kind: type, flag: str) -> list | None:
+def _number_list(text: str | None, kind: type, flag: str) -> list | None:
     if not text:
         return None
     try:
         return [kind(v) for v in text.split(",")]
     except ValueError:
         raise click.BadParameter(f"{flag} must be comma-separated numbers, got {text!r}") from None
-
-
-METHODS = click.Choice(sorted(REFINERS))
-
-
-@click.command("refine")
-@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
-@click.option("--image", required=True, type=click.Path(path_type=Path), help="The image the store was made from.")
-@click.option("--method", type=METHODS, default="crf", show_default=True)
-@click.option("--resume", is_flag=True, help="Keep the blocks an interrupted refinement finished.")
-@refine_options
-def refine(store_path: Path, image: Path, method: str, resume: bool, **kw: Any) -> None:
-    """Refine the labels of STORE (which has probabilities) with a CRF or superpixels."""
-    from dataclasses import replace
-
-    from gigaseg.jobs.refine import refine as run
-
-    options = replace(refine_from(method, kw), resume=resume)
-    store, counts, seconds = run(store_path, image, options)
-    pixels = int(counts.sum())
-    names = ", ".join(f"{n} {int(c)}" for n, c in zip(store.classes, counts[:-1], strict=True))
-    click.echo(
-        f"{store_path}: refined {pixels} px with {method} in {seconds:.1f} s "
-        f"({pixels / 1e6 / max(seconds, 1e-9):.2f} Mpix/s); {names}; nodata {int(counts[-1])}"
-    )

@@ -1,0 +1,242 @@
+"""Real servers on loopback for the cloud tests: an S3 server (moto's server mode) and an
+HTTP server that honours Range requests (Python's ``http.server`` does not), both
+counting what they serve. Loaded as a pytest plugin by ``conftest.py``.
+
+``s3`` points GDAL (``AWS_S3_ENDPOINT``, ``AWS_HTTPS=NO``, ``AWS_VIRTUAL_HOSTING=FALSE``)
+and boto3/s3fs (``AWS_ENDPOINT_URL``) at the server with test keys, for the whole
+session; each test gets its own bucket. Locally the tests skip when the server
+cannot start; under ``CI=true`` they fail (``require``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "gigaseg-test",
+    "AWS_SECRET_ACCESS_KEY": "gigaseg-test",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_HTTPS": "NO",
+    "AWS_VIRTUAL_HOSTING": "FALSE",
+    "AWS_NO_SIGN_REQUEST": "NO",
+}
+_BUCKETS = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(port: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@dataclass
+class S3Server:
+    """A running S3-compatible server; ``endpoint`` is ``http://127.0.0.1:PORT``."""
+
+    endpoint: str
+    process: subprocess.Popen
+
+    def env(self) -> dict[str, str]:
+        host = self.endpoint.removeprefix("http://")
+        return {**S3_ENV, "AWS_S3_ENDPOINT": host, "AWS_ENDPOINT_URL": self.endpoint}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server | None]:
+    """moto's S3 server on a loopback port, or None when it cannot start."""
+    program = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    if program is None:
+        yield None
+        return
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([program, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out)
+    try:
+        yield S3Server(f"http://127.0.0.1:{port}", process) if _wait_for(port, 30) else None
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(10)
+
+
+@pytest.fixture
+def s3(s3_server: S3Server | None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the loopback S3 server, as ``s3://bucket``; GDAL and s3fs point at it."""
+    from tests.conftest import require
+
+    require(s3_server is not None, "moto's S3 server (pip install 'moto[server]') did not start")
+    assert s3_server is not None
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    import boto3
+
+    bucket = f"gigaseg-test-{os.getpid()}-{next(_BUCKETS)}"
+    boto3.client("s3", endpoint_url=s3_server.endpoint).create_bucket(Bucket=bucket)
+    _forget_cached_clients()
+    return f"s3://{bucket}"
+
+
+def _forget_cached_clients() -> None:
+    """s3fs caches filesystems by arguments, not by environment: start each test afresh."""
+    with contextlib.suppress(ImportError):
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+@dataclass
+class Served:
+    """What the range server served, from its log: one entry per GET, ``(path, bytes sent)``."""
+
+    log: Path
+
+    @property
+    def gets(self) -> list[tuple[str, int]]:
+        if not self.log.exists():
+            return []
+        return [tuple(json.loads(line)) for line in self.log.read_text().splitlines() if line]  # type: ignore[misc]
+
+    @property
+    def bytes(self) -> int:
+        return sum(n for _, n in self.gets)
+
+    def clear(self) -> None:
+        self.log.write_text("")
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    """``http.server``'s file handler plus single-range ``Range: bytes=a-b`` requests (206).
+
+    ``log`` gets a JSON line per GET; ``control`` may hold ``{"fail": n, "status": 503}``:
+    the next ``n`` requests get that status (a flaky server), counting down.
+    """
+
+    log: Path
+    control: Path
+    protocol_version = "HTTP/1.1"  # keep-alive, as object stores serve
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def _fault(self) -> bool:
+        try:
+            fault = json.loads(self.control.read_text())
+        except (OSError, ValueError):
+            return False
+        if fault.get("fail", 0) <= 0:
+            return False
+        fault["fail"] -= 1
+        self.control.write_text(json.dumps(fault))
+        self.send_response(int(fault.get("status", 503)))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
+    def do_HEAD(self) -> None:
+        if not self._fault():
+            super().do_HEAD()
+
+    def do_GET(self) -> None:
+        if self._fault():
+            return
+        path = Path(self.translate_path(self.path))
+        match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+        if not path.is_file() or match is None:
+            self._count(path.stat().st_size if path.is_file() else 0)
+            super().do_GET()
+            return
+        size = path.stat().st_size
+        first, last = match.groups()
+        start = int(first) if first else max(0, size - int(last))
+        stop = min(size - 1, int(last)) if first and last else size - 1
+        if start >= size:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        with path.open("rb") as f:
+            f.seek(start)
+            body = f.read(stop - start + 1)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{stop}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self._count(len(body))
+
+    def end_headers(self) -> None:
+        self.send_header("Accept-Ranges", "bytes")
+        super().end_headers()
+
+    def _count(self, sent: int) -> None:
+        with self.log.open("a") as f:
+            f.write(json.dumps([self.path, sent]) + "\n")
+
+
+@dataclass
+class RangeServer:
+    """Files under ``root`` at ``url``; ``served`` counts the GETs and their bytes."""
+
+    root: Path
+    url: str
+    served: Served
+    control: Path
+
+    def fail_next(self, count: int, status: int = 503) -> None:
+        """The next ``count`` requests get ``status``."""
+        self.control.write_text(json.dumps({"fail": count, "status": status}))
+
+
+def serve(root: str, port: int, log: str, control: str) -> None:
+    """Run the range server (in its own process: GDAL may hold the GIL while it waits on a socket)."""
+    handler = type("Handler", (RangeHandler,), {"log": Path(log), "control": Path(control)})
+    server = ThreadingHTTPServer(("127.0.0.1", port), partial(handler, directory=root))
+    server.serve_forever()
+
+
+@pytest.fixture
+def range_server(tmp_path: Path) -> Iterator[RangeServer]:
+    """An HTTP server on loopback, in a child process, serving ``tmp_path / "www"`` with Range support."""
+    root, log, control = tmp_path / "www", tmp_path / "range-server.log", tmp_path / "range-server.json"
+    root.mkdir()
+    port = free_port()
+    code = f"from tests.servers import serve; serve({str(root)!r}, {port}, {str(log)!r}, {str(control)!r})"
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+    from gigaseg.io.remote import forget_all
+
+    forget_all()  # GDAL caches by URL, and an earlier test's server may have had this port
+    try:
+        assert _wait_for(port, 30), "the range server did not start"
+        yield RangeServer(root, f"http://127.0.0.1:{port}", Served(log), control)
+    finally:
+        process.terminate()
+        process.wait(10)
