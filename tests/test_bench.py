@@ -237,3 +237,18 @@ def test_sparse_labels_are_points_or_a_few_polygons_per_class_in_the_training_ro
 def test_unknown_case_is_refused():
     with pytest.raises(SystemExit, match="unknown cases"):
         main(["--cases", "99"])
+
+
+@pytest.mark.slow
+def test_object_storage_case_measures_both_models_and_the_bytes_fetched(quick, s3_server):
+    """Case 11 at tiny sizes against the loopback servers: every speed has a value, and reads fetch
+    only the scene's tiles (that ratio holds at any size; the speed targets are judged at full size)."""
+    from tests.conftest import require
+
+    require(s3_server is not None, "moto's S3 server did not start")
+    rows = CASES[11](quick)
+    names = [r.name for r in rows]
+    assert [n.split(":")[0] for n in names[:6]] == ["conv"] * 3 + ["unet"] * 3, names
+    assert all(r.value is not None and r.value > 0 for r in rows), table(rows)
+    fetched = rows[-1]
+    assert fetched.name == "HTTP bytes fetched / compressed tile bytes" and 0.9 <= fetched.value <= 1.2, table(rows)

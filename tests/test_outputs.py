@@ -30,6 +30,20 @@ def test_the_output_format_follows_the_name(name, kind):
     assert output_format(name) == kind
 
 
+@pytest.mark.parametrize(
+    ("output", "staging"),
+    [
+        ("m.tif", ".m.tif.zarr"),
+        ("out/m.tif", "out/.m.tif.zarr"),
+        ("/a/m.nii.gz", "/a/.m.nii.gz.zarr"),
+        ("s3://b/p/m.tif", "s3://b/p/.m.tif.zarr"),
+        ("s3://b/m.tif", "s3://b/.m.tif.zarr"),
+    ],
+)
+def test_the_staging_store_sits_beside_the_output(output, staging):
+    assert staging_store(output) == staging
+
+
 def test_an_unknown_suffix_says_what_is_accepted():
     with pytest.raises(InputError, match=r"must end in \.zarr .*\.tif or \.tiff .*\.nii or \.nii\.gz"):
         output_format("mask.png")

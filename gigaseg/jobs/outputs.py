@@ -32,8 +32,8 @@ def output_format(output: str) -> str:
 
 def staging_store(output: str) -> str:
     """The Zarr store a file output is segmented into before it is exported."""
-    path = PurePosixPath(str(output).rstrip("/"))
-    return str(path.with_name(f".{path.name}.zarr"))
+    parent, _, name = str(output).rstrip("/").rpartition("/")  # a path or a URL: keep its "s3://"
+    return f"{parent}/.{name}.zarr" if parent else f".{name}.zarr"
 
 
 def check_file_output(output: str, options: SegmentOptions) -> None:
