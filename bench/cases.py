@@ -489,7 +489,7 @@ def sparse_labels(ctx: Context) -> list[Row]:
     return sparse_vs_forest(ctx)
 
 
-# --- 11. object storage ----------------------------------------------------------------------
+# --- 16. object storage (11-15 are the GPU cases, bench/gpu.py) -------------------------------
 
 
 def object_storage(ctx: Context) -> list[Row]:
@@ -510,5 +510,5 @@ CASES: dict[int, Callable[[Context], list[Row]]] = {
     8: many_classes,
     9: verification,
     10: sparse_labels,
-    11: object_storage,
+    16: object_storage,
 }

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -131,6 +132,9 @@ class Served:
         self.log.write_text("")
 
 
+_FAULTS = threading.Lock()  # the server's handler threads share the fault counters
+
+
 class RangeHandler(SimpleHTTPRequestHandler):
     """``http.server``'s file handler plus single-range ``Range: bytes=a-b`` requests (206).
 
@@ -146,14 +150,21 @@ class RangeHandler(SimpleHTTPRequestHandler):
         pass
 
     def _fault(self) -> bool:
+        """Fail this request if the current fault (``control``) has failures left.
+
+        Failures served are appended to a file per fault generation, under a lock: a
+        request still in flight from before ``fail_next`` can never undo a new setting.
+        """
         try:
             fault = json.loads(self.control.read_text())
         except (OSError, ValueError):
             return False
-        if fault.get("fail", 0) <= 0:
-            return False
-        fault["fail"] -= 1
-        self.control.write_text(json.dumps(fault))
+        served = self.control.with_name(f"{self.control.name}.{fault.get('generation', 0)}")
+        with _FAULTS:
+            if fault.get("fail", 0) <= (len(served.read_text()) if served.exists() else 0):
+                return False
+            with served.open("a") as f:
+                f.write("x")
         self.send_response(int(fault.get("status", 503)))
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -210,10 +221,18 @@ class RangeServer:
     url: str
     served: Served
     control: Path
+    generation: int = 0
 
     def fail_next(self, count: int, status: int = 503) -> None:
-        """The next ``count`` requests get ``status``."""
-        self.control.write_text(json.dumps({"fail": count, "status": status}))
+        """The next ``count`` requests get ``status`` (a new fault: earlier ones end)."""
+        self.generation += 1
+        self.control.write_text(json.dumps({"fail": count, "status": status, "generation": self.generation}))
+
+    def failures_left(self) -> int:
+        """Failures of the current fault not yet served."""
+        served = self.control.with_name(f"{self.control.name}.{self.generation}")
+        fault = json.loads(self.control.read_text()) if self.control.exists() else {}
+        return int(fault.get("fail", 0)) - (len(served.read_text()) if served.exists() else 0)
 
 
 def serve(root: str, port: int, log: str, control: str) -> None:

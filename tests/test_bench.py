@@ -241,12 +241,12 @@ def test_unknown_case_is_refused():
 
 @pytest.mark.slow
 def test_object_storage_case_measures_both_models_and_the_bytes_fetched(quick, s3_server):
-    """Case 11 at tiny sizes against the loopback servers: every speed has a value, and reads fetch
+    """Case 16 at tiny sizes against the loopback servers: every speed has a value, and reads fetch
     only the scene's tiles (that ratio holds at any size; the speed targets are judged at full size)."""
     from tests.conftest import require
 
     require(s3_server is not None, "moto's S3 server did not start")
-    rows = CASES[11](quick)
+    rows = CASES[16](quick)
     names = [r.name for r in rows]
     assert [n.split(":")[0] for n in names[:6]] == ["conv"] * 3 + ["unet"] * 3, names
     assert all(r.value is not None and r.value > 0 for r in rows), table(rows)

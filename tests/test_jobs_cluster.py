@@ -295,7 +295,7 @@ def test_the_readme_job_files_are_valid(tmp_path):
             name = body.split(":", 1)[0].removeprefix("# ")  # each block's first line names its file
             (tmp_path / name).write_text(body)
             kinds[name] = load_job(tmp_path / name).cluster.kind
-    assert kinds == {"job.yaml": "local", "slurm-job.yaml": "slurm"}
+    assert kinds == {"job.yaml": "local", "slurm-job.yaml": "slurm", "cloud-job.yaml": "scheduler"}
 
 
 def test_the_readme_example_runs_as_written_up_to_its_dry_run(tmp_path, monkeypatch):

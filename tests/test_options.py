@@ -106,3 +106,31 @@ def test_the_readme_documents_every_flag() -> None:
     for name, _, _, how in declared(SegmentOptions):
         if how.cli:
             assert f"`{flag_of(SegmentOptions, name)}`" in table, name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--zarr-format", "4"], "--zarr-format must be one of 2, 3, got '4'"),
+        (["--blend", "box"], "--blend must be one of 'gaussian', 'cosine', 'constant', got 'box'"),
+        (["--block", "abc"], "--block must be a whole number, got 'abc'"),
+        (["--tile", "abc"], "--tile must be pixels (512), CRS units (3840m) or millimetres (80mm), got 'abc'"),
+        (["--tile", "16", "--overlap", "8"], "--tile must be larger than twice --overlap"),
+    ],
+)
+def test_bad_flag_values_are_one_line_naming_the_flag(tmp_path, args, message):
+    from tests.conftest import one_error, run
+
+    result = run("segment", tmp_path / "in.tif", "--model", tmp_path / "m.pt", "--out", tmp_path / "o.zarr", *args)
+    one_error(result, message)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [({"zarr_format": 4}, "zarr_format"), ({"bands": "1,2"}, "bands"), ({"probabilities": "x"}, "probabilities")],
+)
+def test_bad_python_values_are_input_errors_naming_the_keyword(values, named):
+    with pytest.raises(InputError, match=f"^{named} must be") as caught:
+        check_options(SegmentOptions(**values))
+    assert caught.value.parameters == (named,)

@@ -366,15 +366,18 @@ def _libgdal() -> Any:
     """The GDAL library rasterio runs on (the same one: its config and caches), or None."""
     import rasterio  # noqa: F401  (loads GDAL)
 
-    candidates: list[str] = []
-    try:
-        with open("/proc/self/maps") as maps:
-            candidates += sorted({line.split()[-1] for line in maps if "libgdal" in line.rsplit("/", 1)[-1]})
-    except OSError:
-        pass
+    # rasterio's own copy first: pyogrio's wheels bring another libgdal into the same process,
+    # and its caches are not the ones rasterio reads through
     here = Path(rasterio.__file__).parent
+    candidates: list[str] = []
     for pattern in ("../rasterio.libs/libgdal*", ".dylibs/libgdal*", "../rasterio/.dylibs/libgdal*"):
         candidates += sorted(glob.glob(str(here / pattern)))
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = sorted({line.split()[-1] for line in maps if "libgdal" in line.rsplit("/", 1)[-1]})
+        candidates += sorted(loaded, key=lambda path: "rasterio" not in path)
+    except OSError:
+        pass
     found = ctypes.util.find_library("gdal")
     if found:
         candidates.append(found)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from gigaseg.errors import InputError
 from gigaseg.io.nifti import DEFAULT_CACHE_MAX
 from gigaseg.jobs.memory import parse_bytes
 from gigaseg.refine import RefineOptions
+from gigaseg.tiler.grid import tiling_problem
 
 Length = int | str  # pixels, or a string such as "3840m" in CRS units or "80mm"
 
@@ -172,10 +174,14 @@ class SegmentOptions:
 
 def check_options(options: SegmentOptions) -> None:
     """Refuse values that cannot be: counts below their minimum, bad sizes, negative lengths."""
-    for name, _, _, how in declared(SegmentOptions):
+    for name, kind, _, how in declared(SegmentOptions):
         value = getattr(options, name)
         if value is None:
             continue
+        choices = literal_values(kind)
+        if choices and value not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            raise InputError(f"{name} must be one of {allowed}, got {value!r}", parameters=(name,))
         if how.minimum is not None and (not isinstance(value, int) or isinstance(value, bool) or value < how.minimum):
             least = "1" if how.minimum == 1 else str(how.minimum)
             raise InputError(f"{name} must be a whole number of at least {least}, got {value!r}", parameters=(name,))
@@ -184,16 +190,32 @@ def check_options(options: SegmentOptions) -> None:
                 how.check(value)
             except InputError as e:
                 raise InputError(f"{name}: {e}", parameters=(name,)) from None
+    bands = options.bands
+    if bands is not None and (isinstance(bands, str) or not all(isinstance(b, int) and b >= 1 for b in bands)):
+        raise InputError(f"bands must be band numbers from 1, such as (4, 3, 2), got {bands!r}", parameters=("bands",))
     for name in ("tile", "overlap"):
         value = getattr(options, name)
-        number = str(value).strip().lower().removesuffix("mm").removesuffix("m")
-        try:
-            negative = value is not None and float(number) < (1 if name == "tile" else 0)
-        except ValueError:
-            continue  # parse_length names the bad unit
-        if negative:
+        if value is None:
+            continue
+        text = str(value).strip().lower()
+        if not re.fullmatch(r"-?\d+|-?\d+(\.\d+)?(m|mm)", text):
+            raise InputError(
+                f"{name} must be pixels (512), CRS units (3840m) or millimetres (80mm), got {value!r}",
+                parameters=(name,),
+            )
+        if float(text.removesuffix("mm").removesuffix("m")) < (1 if name == "tile" else 0):
             least = "1 pixel" if name == "tile" else "0"
             raise InputError(f"{name} must be at least {least}, got {value!r}", parameters=(name,))
+    tile, overlap = options.tile, options.overlap
+    if isinstance(tile, int) and isinstance(overlap, int) and (problem := tiling_problem(tile, overlap)):
+        raise InputError(problem, parameters=("tile", "overlap"))
+
+
+def literal_values(kind: Any) -> tuple[Any, ...]:
+    """The values of a ``Literal[...]`` type (also inside ``... | None``); () for any other type."""
+    if get_origin(kind) is Literal:
+        return get_args(kind)
+    return tuple(v for arg in get_args(kind) if get_origin(arg) is Literal for v in get_args(arg))
 
 
 def cache_bytes(value: int | str | None) -> int:

@@ -12,6 +12,7 @@ from pathlib import PurePosixPath
 
 from gigaseg.errors import InputError, OutputExistsError
 from gigaseg.io.location import location
+from gigaseg.io.nifti import is_nifti
 from gigaseg.jobs.options import SegmentOptions
 
 # format -> the suffixes that name it; a name without a suffix is a Zarr store (a directory)
@@ -36,11 +37,22 @@ def staging_store(output: str) -> str:
     return f"{parent}/.{name}.zarr" if parent else f".{name}.zarr"
 
 
-def check_file_output(output: str, options: SegmentOptions) -> None:
-    """Refuse an existing file output unless ``overwrite``; ``resume`` goes on from the staging store."""
+def check_file_output(output: str, options: SegmentOptions, input_path: str) -> bool:
+    """Refuse what cannot be written before anything is; True when ``resume`` finds ``output`` written.
+
+    A NIfTI output copies its input's header, so it needs a NIfTI input. An
+    existing output is refused unless ``overwrite``; with ``resume`` an
+    interrupted run goes on from its staging store, and a finished one is done.
+    """
+    if output_format(output) == "nifti" and not is_nifti(input_path):
+        raise InputError(
+            f"output {output} is NIfTI, which copies the input's header, but {input_path} is not a NIfTI volume; "
+            "write a .tif or .zarr",
+            parameters=("output",),
+        )
     fs, path = location(output)
     if not fs.exists(path) or options.overwrite:
-        return
-    if options.resume and fs.exists(location(staging_store(output))[1]):
-        return
+        return False
+    if options.resume:
+        return not fs.exists(location(staging_store(output))[1])
     raise OutputExistsError(f"output {output} exists; pass overwrite to replace it", parameters=("overwrite",))

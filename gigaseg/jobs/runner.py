@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from gigaseg.errors import GigasegError, InputError
 from gigaseg.io.export import export_mask
@@ -104,7 +105,7 @@ class BlockFailed:
 
 
 def block_task(
-    spec: SceneSpec, index: tuple[int, ...], torch_threads: int, model: bytes | None = None
+    spec: SceneSpec, index: tuple[int, ...], torch_threads: int, model: str | None = None
 ) -> np.ndarray | BlockFailed:
     """Compute and write one block; the worker keeps the scene's source, model and store.
 
@@ -117,8 +118,8 @@ def block_task(
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    if model is not None:  # the checkpoint's bytes, shipped by Dask: workers need no shared disk
-        spec = replace(spec, model=local_copy(model))
+    if model is not None:  # the digest of a checkpoint shipped by ShipModels: workers need no shared disk
+        spec = replace(spec, model=shipped_model(model))
     try:
         return worker_runner(spec).run(index)
     except GigasegError as e:
@@ -128,22 +129,39 @@ def block_task(
         raise
 
 
-_MODELS: dict[int, str] = {}  # hash of shipped checkpoint bytes -> this worker's copy
+def shipped_model(digest: str) -> str:
+    """Where :class:`ShipModels` wrote the checkpoint ``digest`` on this worker."""
+    return str(Path(tempfile.gettempdir()) / "gigaseg-models" / f"{digest}.pt")
 
 
-def local_copy(model: bytes) -> str:
-    """A shipped checkpoint as a file in this worker's temporary directory, written once per content."""
-    key = hash(model)  # cached by the bytes object, which Dask keeps for every task of the job
-    if key not in _MODELS or not Path(_MODELS[key]).exists():
-        digest = hashlib.sha256(model).hexdigest()[:20]
-        path = Path(tempfile.gettempdir()) / "gigaseg-models" / f"{digest}.pt"
-        if not path.exists():
+class ShipModels(WorkerPlugin):
+    """A Dask worker plugin carrying checkpoints' bytes: every worker, and every one that joins
+    later (SLURM workers retire and are replaced), writes them to its own temporary directory.
+
+    Unlike scattered data, a plugin outlives the workers that first held it.
+    """
+
+    def __init__(self, models: dict[str, bytes]) -> None:
+        self.models = models  # digest -> checkpoint bytes
+
+    def setup(self, worker: Any) -> None:
+        for digest, data in self.models.items():
+            path = Path(shipped_model(digest))
+            if path.exists():
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            partial.write_bytes(model)
+            partial.write_bytes(data)
             os.replace(partial, path)
-        _MODELS[key] = str(path)
-    return _MODELS[key]
+
+
+def ship_models(client: Any, paths: set[str]) -> dict[str, str]:
+    """Register the checkpoints at ``paths`` with the cluster; returns path -> digest."""
+    data = {path: Path(path).read_bytes() for path in sorted(paths)}
+    digests = {path: hashlib.sha256(raw).hexdigest()[:24] for path, raw in data.items()}
+    plugin = ShipModels({digests[p]: raw for p, raw in data.items()})
+    client.register_plugin(plugin, name="gigaseg-models-" + "-".join(sorted(digests.values())))
+    return digests
 
 
 def _from_the_system(error: BaseException) -> bool:
@@ -334,8 +352,9 @@ def prepare_scene(spec: SceneSpec) -> SceneState:
     """Open the scene and its store on the driver; a bad input fails this scene alone."""
     state = SceneState(spec, SceneResult(spec.input, spec.export or spec.output))
     try:
-        if spec.export:
-            check_file_output(spec.export, spec.options)
+        if spec.export and check_file_output(spec.export, spec.options, spec.input):
+            state.result.status = "done"  # --resume: an earlier run wrote this scene's file
+            return state
         cpu = replace(spec, options=replace(spec.options, device="cpu"))
         planned = plan_checked(cpu)  # every check before the output is touched
         state.lock = StoreLock(spec.output).acquire()
@@ -366,11 +385,7 @@ def _run_scenes(client: Any, scenes: list[SceneState], job: Job, threads: int, p
     sizes: dict[str, int] = {}  # pixels of each submitted block, for the progress bar
     futures = []
     # Each checkpoint's bytes go to the workers once, through Dask: no worker reads the driver's disk.
-    models = {
-        s.spec.model: client.scatter(Path(s.spec.model).read_bytes(), broadcast=True, hash=True)
-        for s in scenes
-        if s.runner is not None
-    }
+    models = ship_models(client, {s.spec.model for s in scenes if s.runner is not None})
     for n, state in enumerate(scenes):
         if state.runner is None:
             continue
@@ -426,6 +441,8 @@ def _fail(client: Any, state: SceneState, future: Any, message: str | None = Non
         message = f"block failed after retries: {detail}"
     state.result.status, state.result.error = "failed", message
     client.cancel([f for key, f in state.futures.items() if key != future.key])
+    if state.created:  # a store this run made that got no block would only block the rerun
+        discard_if_empty(state.spec.output)
 
 
 def _finish(state: SceneState) -> None:
@@ -506,6 +523,8 @@ def run_cluster(
             raise InputError(
                 f"workers sizes a local cluster, but this run's cluster.kind is {cluster.kind}", parameters=("workers",)
             )
+        if workers < 1:
+            raise InputError(f"workers must be a whole number of at least 1, got {workers}", parameters=("workers",))
         cluster = Cluster(**{**cluster.model_dump(exclude_unset=True), "workers": workers})
     return cluster
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gigaseg.errors import DamagedStoreError
+from gigaseg.errors import DamagedStoreError, OutputExistsError
 from gigaseg.io.export import export_mask
 from gigaseg.io.location import exists, remove_tree
 from gigaseg.io.lock import StoreLock
@@ -105,7 +105,10 @@ def segment_to_file(
 
     An interrupted run leaves the staging store; ``resume`` finishes it and exports.
     """
-    check_file_output(output, options)
+    if check_file_output(output, options, str(input_path)):
+        raise OutputExistsError(
+            f"output {output} is complete; pass overwrite to write it again", parameters=("overwrite",)
+        )
     staging = staging_store(output)
     summary = segment(input_path, model_path, staging, options, card=card)
     export_mask(staging, output, overwrite=True, progress=options.progress)

@@ -12,6 +12,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import click
 
+from gigaseg.errors import GigasegError, InputError
 from gigaseg.jobs.options import Option, declared, flag_of
 
 
@@ -34,15 +35,16 @@ def click_settings(kind: Any, default: Any, how: Option) -> dict[str, Any]:
     if base is bool:
         return {"is_flag": True, "default": default, "help": text}
     settings: dict[str, Any] = {"default": default, "help": text, "show_default": default is not None}
-    if get_origin(base) is Literal:
+    if get_origin(base) is Literal:  # checked by the library (check_options): one line, by flag
         values = get_args(base)
-        settings["type"] = click.Choice([str(v) for v in values])
+        settings["metavar"] = "[" + "|".join(str(v) for v in values) + "]"
         settings["default"] = None if default is None else str(default)
-        settings["callback"] = _converter(lambda text: next(v for v in values if str(v) == text))
+        settings["callback"] = _converter(lambda text: next((v for v in values if str(v) == text), text))
     elif how.parse is not None:
         settings["callback"] = _converter(how.parse)
-    elif base is int:
-        settings["type"] = int  # bounds are checked by the library (check_options): one line, by flag
+    elif base is int:  # parsed here, bounds checked by the library (check_options): one line, by flag
+        settings["metavar"] = "INTEGER"
+        settings["callback"] = _converter(int)
     elif base is float:
         settings["type"] = float
     return settings
@@ -59,6 +61,12 @@ def _converter(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Pa
     """A click callback: text -> value; a bad value raises the library's error (one line, by flag)."""
 
     def convert(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        return parse(value) if isinstance(value, str) else value
+        try:
+            return parse(value) if isinstance(value, str) else value
+        except ValueError as e:
+            if isinstance(e, GigasegError):
+                raise
+            name = param.name or "value"
+            raise InputError(f"{name} must be a whole number, got {value!r}", parameters=(name,)) from None
 
     return convert

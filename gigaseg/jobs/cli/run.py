@@ -87,6 +87,8 @@ def _cluster(job: Any, kw: dict[str, Any]) -> Any:
     if slurm_flags and kind != "slurm":
         flag = "--slurm-" + next(iter(slurm_flags)).replace("_", "-")
         raise InputError(f"{flag} sets a SLURM cluster, but this run's cluster is {kind} ({why}); add --slurm")
+    if kw["workers"] is not None and kw["workers"] < 1:
+        raise InputError(f"--workers must be a whole number of at least 1, got {kw['workers']}")
     if kw["workers"] is not None and kind != "local":
         raise InputError(f"--workers sizes a local cluster, but this run's cluster is {kind} ({why}); add --local")
     same = kind == file.kind  # the file's settings of that kind still apply
