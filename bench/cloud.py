@@ -120,7 +120,7 @@ def _speed(model: str, side: int, seconds: dict[str, list[float]]) -> list[Row]:
     mpix, runs = side * side / 1e6, len(seconds["local"])
     return [
         Row(
-            "11",
+            "16",
             f"{model}: local file -> local store, {side}^2",
             mpix / local,
             "Mpix/s",
