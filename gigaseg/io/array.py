@@ -11,6 +11,7 @@ import numpy as np
 
 from gigaseg.errors import InputError, SourceError
 from gigaseg.io.georef import Georef
+from gigaseg.io.geotiff import check_bands
 from gigaseg.io.niftiref import NiftiRef
 from gigaseg.tiler import Box
 
@@ -61,7 +62,7 @@ class ArraySource:
         self._array: np.ndarray | None = array
         self._file: str | None = None  # a .npy file mapped again on demand (from_npy)
         self._expand = expand
-        self.bands = _check_bands(bands, array.shape[0], self.path)
+        self.bands = check_bands(bands, array.shape[0], self.path)
         self.shape: tuple[int, ...] = tuple(int(n) for n in array.shape[1:])
         self.dtype = array.dtype
         self.nodata = nodata
@@ -141,15 +142,6 @@ class ArraySource:
         """Let a file's memory map go (the next read maps it again); an in-memory array stays."""
         if self._file is not None:
             self._array = None
-
-
-def _check_bands(bands: list[int] | None, count: int, path: str) -> list[int]:
-    if not bands:
-        return list(range(1, count + 1))
-    bad = [b for b in bands if not 1 <= b <= count]
-    if bad:
-        raise InputError(f"bands {bad} do not exist in {path}, which has bands 1..{count}")
-    return list(bands)
 
 
 def _check_spacing(spacing: tuple[float, ...] | None, ndim: int) -> tuple[float, ...]:

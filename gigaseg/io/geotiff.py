@@ -133,7 +133,7 @@ class GeoTiffSource(ThreadLocalHandles):
         self.path = str(path)
         self.nodata_rule = nodata_rule
         with rasterio.Env(**self._gdal_env()), self._open() as ds:
-            self.bands = _check_bands(bands, ds.count, self.path)
+            self.bands = check_bands(bands, ds.count, self.path)
             self.shape: tuple[int, int] = (ds.height, ds.width)
             self.dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
             self.nodata = ds.nodata
@@ -315,7 +315,8 @@ def _pixel_interleaved(bands: int, shape: tuple[int, ...], dtype: np.dtype) -> n
     return np.moveaxis(np.empty((*shape, bands), dtype), -1, 0)
 
 
-def _check_bands(bands: list[int] | None, count: int, path: str) -> list[int]:
+def check_bands(bands: list[int] | None, count: int, path: str) -> list[int]:
+    """The 1-based ``bands`` asked for (all when None), each refused unless the source has it."""
     if not bands:
         return list(range(1, count + 1))
     bad = [b for b in bands if not 1 <= b <= count]
