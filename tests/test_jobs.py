@@ -71,12 +71,29 @@ def assert_outputs_equal(job_dir, masks):
         ("inputs: [\n", "not valid YAML"),
         ("inputs: [a.tif]\nmodel: m.pt\ntiling: {band_memory: lots}\n", "tiling.band_memory"),
         ("inputs: [a.tif]\nmodel: m.pt\ntiling: {readers: 0}\n", "tiling.readers"),
+        # a value no member of `int | str` takes: the key as written, not pydantic's `tiling.tile.int`
+        (
+            "inputs: [a.tif]\nmodel: m.pt\ntiling: {tile: [1, 2]}\n",
+            r"tiling\.tile: Input should be a valid integer or Input should be a valid string; got \[1, 2\]$",
+        ),
     ],
 )
 def test_bad_job_files_name_the_problem(tmp_path, text, message):
     (tmp_path / "job.yaml").write_text(text)
     with pytest.raises(InputError, match=message):
         load_job(tmp_path / "job.yaml")
+
+
+def test_inputs_of_the_same_stem_are_refused_with_a_hint_that_fits_the_name(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_tiff(tmp_path / folder / "x.tif", np.ones((3, 8, 8), np.uint8))
+    (tmp_path / "job.yaml").write_text("inputs: [a/x.tif, b/x.tif]\nmodel: m.pt\n")
+    with pytest.raises(InputError, match="both map to output .*x_mask.zarr; they have the same stem"):
+        load_job(tmp_path / "job.yaml").scenes(base=tmp_path)
+    (tmp_path / "job.yaml").write_text("inputs: [a/x.tif, b/x.tif]\nmodel: m.pt\noutput: {name: m.zarr}\n")
+    with pytest.raises(InputError, match=r"make output.name \('m.zarr'\) tell them apart, e.g. with \{stem\}"):
+        load_job(tmp_path / "job.yaml").scenes(base=tmp_path)
 
 
 def test_inputs_that_name_no_file_are_missing_scenes_not_a_refused_job(tmp_path):

@@ -86,6 +86,17 @@ def test_an_interrupted_tif_output_resumes_from_its_staging_store(tmp_path, make
         assert np.array_equal(a.read(), b.read())
 
 
+def test_errors_of_a_tif_output_name_the_tif_and_where_it_is_staged(tmp_path, make_tiff, pointwise_model):
+    from gigaseg.errors import StoreLockedError
+    from gigaseg.io.lock import StoreLock
+
+    cog = tmp_path / "mask.tif"
+    staging = staging_store(str(cog))
+    with StoreLock(staging), pytest.raises(StoreLockedError) as refused:
+        segment(make_tiff(), pointwise_model, cog)
+    assert str(refused.value).startswith(f"{cog} (staged in {staging}) is being written by ")
+
+
 def test_the_cli_writes_a_cog_and_refuses_an_unknown_suffix(tmp_path, make_tiff, pointwise_model):
     scene = make_tiff()
     ok = CliRunner().invoke(

@@ -1,6 +1,7 @@
 """Mask stores on object storage: ``--out s3://bucket/out.zarr`` keeps every contract of a store on disk.
 
-Against moto's S3 server on loopback (the ``s3`` fixture of ``tests/servers.py``):
+Against moto's S3 server on loopback (the ``s3`` fixture of ``tests/servers.py``), and
+the main contracts again on SeaweedFS (``seaweedfs``), a second S3 implementation:
 a COG on S3 in, a Zarr store on S3 out, equal bit for bit to a local run's;
 ``verify``/``info``; refusal of an existing output and ``--overwrite``; the lock
 object (conditional PUT, heartbeat, staleness); SIGKILL then ``--resume``; export
@@ -108,6 +109,52 @@ def test_an_existing_s3_output_is_refused_and_replaced_with_overwrite(s3, small)
     one_error(run("segment", tif, "--model", model, "--out", f"{s3}/notes", "--overwrite"), "not a gigaseg Zarr store")
     missing = "s3://no-such-bucket-for-gigaseg/out.zarr"
     one_error(run("segment", tif, "--model", model, "--out", missing), "s3://no-such-bucket-for-gigaseg", "not exist")
+
+
+def test_folder_markers_left_where_a_store_was_are_nothing(s3, small):
+    """SeaweedFS keeps an empty ``dir/`` object for each "directory" whose objects were deleted
+    (the AWS console makes such folder markers too): a removed store is not an existing output."""
+    from gigaseg.io.location import exists
+
+    tif, model = small
+    out = f"{s3}/gone.zarr"
+    fs = s3fs_()
+    fs.pipe({f"{out}/": b"", f"{out}/mask/": b"", f"{out}/mask_crc32/": b""})
+    assert not exists(out)
+    result = run("segment", tif, "--model", model, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert exists(out) and read_complete(out)
+    fs.pipe(f"{s3}/other.zarr/mask/0.0", b"a chunk, not a marker")
+    assert exists(f"{s3}/other.zarr")
+
+
+def test_seaweedfs_a_second_s3_server_keeps_the_same_contracts(seaweedfs, reference):
+    """SeaweedFS serves ranges as S3 does and keeps folder markers for emptied "directories":
+    a COG in and a store out there equal a local run's, ``--overwrite`` and a rerun after the
+    store is removed find no leftover, and the lock's conditional PUT refuses a second holder."""
+    from gigaseg.io.location import remove_tree
+    from gigaseg.io.lock import StoreLock
+
+    cog, model, local = reference
+    source = upload_input(seaweedfs, cog)
+    out = f"{seaweedfs}/masks/out.zarr"
+    for extra in ([], ["--overwrite"]):
+        result = run("segment", source, "--model", model, "--out", out, *ARGS, *extra)
+        assert result.exit_code == 0, result.output
+    mask, probs, complete = read(out)
+    clean_mask, clean_probs, _ = read(local)
+    assert complete is True
+    assert np.array_equal(mask, clean_mask) and np.array_equal(probs, clean_probs)
+    assert run("verify", out).stdout.strip() == f"{out}: 72 chunks match their checksums"
+    remove_tree(out)  # SeaweedFS keeps masks/out.zarr/mask/ and the rest as folder markers
+    fs = s3fs_()
+    fs.invalidate_cache()
+    assert fs.ls(out)  # it lists them
+    result = run("segment", source, "--model", model, "--out", out, *ARGS)
+    assert result.exit_code == 0, result.output
+    assert read_complete(out)
+    with StoreLock(out):
+        one_error(run("segment", source, "--model", model, "--out", out, *ARGS, "--resume"), "is being written by")
 
 
 def read_complete(out):

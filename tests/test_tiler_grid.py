@@ -91,6 +91,20 @@ def test_halo_overhead_at_default_settings_is_small():
     assert halo_overhead(grid, blocks) <= 1.10
 
 
+def test_a_box_reads_as_rows_and_columns_in_messages():
+    assert str(Box((0, 512), (512, 1024))) == "rows 0-511, columns 512-1023"
+    assert str(Box((0, 0, 0), (4, 5, 6))) == "slices 0-3, rows 0-4, columns 0-5"
+
+
+def test_a_length_shorter_than_a_pixel_is_refused_not_made_one_pixel():
+    from gigaseg.jobs.plan import parse_length
+
+    assert parse_length("3840m", pixel_size=10.0) == 384 and parse_length("0m", pixel_size=10.0) == 0
+    assert parse_length("80mm", pixel_size=0.8, unit="mm") == 100
+    with pytest.raises(InputError, match=r"^64mm is less than one pixel here \(pixels of 10 m\)"):
+        parse_length("64mm", pixel_size=10.0)  # millimetres on a 10 m grid: meant for a volume
+
+
 def test_lengths_in_crs_units_round_to_the_model_stride():
     assert to_pixels(5120, 10.0, multiple=32) == 512
     assert to_pixels(5000, 10.0, multiple=32) == 512

@@ -83,12 +83,6 @@ def read_per_chunk(array: zarr.Array) -> tuple[np.ndarray, np.ndarray]:
         return values, bad
 
 
-def checksum_array(group: zarr.Group, name: str) -> zarr.Array | None:
-    """The checksums of array ``name``, or None for a store written before they were kept."""
-    found = group.get(name + SUFFIX)
-    return found if isinstance(found, zarr.Array) else None
-
-
 def chunk_counts(array: zarr.Array) -> tuple[int, ...]:
     """Chunks per spatial axis of a mask or probabilities array."""
     shape, chunks = spatial(array)

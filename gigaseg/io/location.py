@@ -10,6 +10,7 @@ whether a new output can go there, and remove a tree. URLs go through
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from pathlib import Path
@@ -55,7 +56,30 @@ def exists(path: str | Path) -> bool:
     if not is_remote(path):
         return Path(path).exists()
     fs, root = location(path)
-    return bool(fs.exists(root))
+    return _holds_objects(fs, root)
+
+
+def _holds_objects(fs: Any, root: str) -> bool:
+    """Whether an object lies at or anywhere under ``root``.
+
+    Folder markers (empty objects named ``prefix/``, which the AWS console
+    makes, and SeaweedFS keeps for every "directory" its deleted objects left)
+    are nothing: else a removed store would block the rerun that writes it
+    again. The walk stops at the first object, which a store has at its top
+    (``.zgroup``).
+    """
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return False
+    if any(entry["type"] != "directory" and not _marker(entry) for entry in entries):
+        return True
+    below = {str(entry["name"]).rstrip("/") for entry in entries if entry["type"] == "directory"} - {root}
+    return any(_holds_objects(fs, name) for name in below)
+
+
+def _marker(entry: dict[str, Any]) -> bool:
+    return str(entry["name"]).endswith("/") and not entry.get("size")
 
 
 def is_store(path: str | Path) -> bool:
@@ -73,8 +97,18 @@ def remove_tree(path: str | Path) -> None:
         shutil.rmtree(path)
         return
     fs, root = location(path)
-    fs.rm(root, recursive=True)
+    with contextlib.suppress(FileNotFoundError):  # nothing there
+        fs.rm(root, recursive=True)
     fs.invalidate_cache(root)
+
+
+def write_files(path: str | Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` (relative name: contents) under ``path``; on object storage as one concurrent batch of PUTs."""
+    fs, root = location(path)
+    if not is_remote(path):
+        for name in files:
+            Path(root, name).parent.mkdir(parents=True, exist_ok=True)
+    fs.pipe({f"{root}/{name}": value for name, value in files.items()})
 
 
 def check_parent(path: str | Path) -> None:

@@ -172,11 +172,11 @@ class ObjectStoreLock(StoreLock):
             try:
                 with fs.open(key, "xb") as f:
                     f.write(json.dumps(self._record()).encode())
-            except FileExistsError:
+            except OSError as e:
+                if not _object_exists(e):
+                    raise OutputError(f"cannot create the lock {self.path}: {e.strerror or e}") from None
                 took = self._delete_if_stale() or took
                 continue
-            except OSError as e:
-                raise OutputError(f"cannot create the lock {self.path}: {e.strerror or e}") from None
             if took is not None:
                 self._confirm(*took)
             self.held = True
@@ -239,6 +239,20 @@ class ObjectStoreLock(StoreLock):
                 "its stale lock at the same time; wait for that run to finish, or stop it"
             )
         warnings.warn(f"took over the stale lock of {self.output}: {describe(holder)} ({why})", stacklevel=4)
+
+
+def _object_exists(error: OSError) -> bool:
+    """Whether a conditional PUT (``If-None-Match: *``) was refused because the object exists.
+
+    s3fs says ``FileExistsError`` when the answer names the condition (AWS, moto);
+    SeaweedFS answers ``412 PreconditionFailed`` without naming it, and the PUT
+    carried no other condition.
+    """
+    if isinstance(error, FileExistsError):
+        return True
+    answer = getattr(error.__cause__, "response", None) or {}
+    status = answer.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return bool(answer.get("Error", {}).get("Code") == "PreconditionFailed" or status == 412)
 
 
 def read_lock(path: Path | str) -> dict[str, Any] | None:

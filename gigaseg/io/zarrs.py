@@ -9,7 +9,8 @@ holds something else.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, overload
 
 import numpy as np
 import zarr
@@ -26,6 +27,38 @@ def optional_array(group: zarr.Group, name: str) -> zarr.Array | None:
     """``group[name]`` when it exists, which must then be an array; else None."""
     found = group.get(name)
     return None if found is None else _checked(group, name, found)
+
+
+def members(group: zarr.Group, names: tuple[str, ...]) -> dict[str, zarr.Array | zarr.Group]:
+    """The members of ``group`` among ``names`` that exist, looked up at once.
+
+    Each lookup reads a node's metadata documents; on object storage those are a
+    few requests each, so one thread per name turns a dozen round trips into one.
+    (zarr's own ``Group.members`` lists the prefix first, and warns of anything
+    there that is not a node.)
+    """
+    with ThreadPoolExecutor(len(names)) as pool:
+        found = dict(zip(names, pool.map(group.get, names), strict=True))
+    return {name: node for name, node in found.items() if node is not None}
+
+
+@overload
+def member(
+    group: zarr.Group, found: Mapping[str, zarr.Array | zarr.Group], name: str, *, optional: Literal[False] = False
+) -> zarr.Array: ...
+@overload
+def member(
+    group: zarr.Group, found: Mapping[str, zarr.Array | zarr.Group], name: str, *, optional: Literal[True]
+) -> zarr.Array | None: ...
+def member(
+    group: zarr.Group, found: Mapping[str, zarr.Array | zarr.Group], name: str, *, optional: bool = False
+) -> zarr.Array | None:
+    """``found[name]`` (from :func:`members`), which must be an array; None when missing and ``optional``."""
+    if name not in found:
+        if optional:
+            return None
+        raise KeyError(name)
+    return _checked(group, name, found[name])
 
 
 def read(node: zarr.Array, selection: Any = Ellipsis) -> np.ndarray:

@@ -187,10 +187,12 @@ class Job(JobOptions):  # type: ignore[misc,valid-type]
             output = join(directory, render_name(self.output.name, stem=stem))
             where = output if is_remote(directory) else _inside(Path(output), Path(directory), self.output.name)
             if where in seen:
-                raise InputError(
-                    f"inputs {seen[where]} and {path} both map to output {output}; "
-                    f"make output.name ({self.output.name!r}) tell them apart, e.g. with {{stem}}"
+                hint = (
+                    "they have the same stem: put them in separate jobs, or rename one"
+                    if "{stem}" in self.output.name
+                    else f"make output.name ({self.output.name!r}) tell them apart, e.g. with {{stem}}"
                 )
+                raise InputError(f"inputs {seen[where]} and {path} both map to output {output}; {hint}")
             seen[where] = path
             final = str(output)  # a store, or a file exported from its staging store (gigaseg.jobs.outputs)
             store, export = (final, None) if output_format(final) == "zarr" else (staging_store(final), final)
@@ -365,11 +367,25 @@ def load_job(path: str | Path) -> Job:
 
 
 def _first_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
+    """The first error, its key as the job file writes it; a value no member of a union
+    (``tile: int | str``) takes is one error that says what each would have taken."""
+    errors = error.errors()
+    first, where = errors[0], _key(errors[0]["loc"])
     if first["type"] == "extra_forbidden":
         return f"unknown key {where!r}"
-    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    message = first["msg"].removeprefix("Value error, ")
+    same = [e for e in errors if _key(e["loc"]) == where]
+    message = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in same))
+    if len(same) > 1:
+        message = f"{message}; got {first['input']!r}"
+    left = len(errors) - len(same)
+    more = f" (and {left} more)" if left else ""
     named = where and not message.startswith(f"{where}.")  # "cluster.slurm is ...": no "cluster: " before it
     return f"{where}: {message}{more}" if named else f"{message}{more}"
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    """``tiling.tile`` from pydantic's ``("tiling", "tile", "int")``: without the union member tried."""
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and (p in _MEMBER_TAGS or "[" in p)))
+
+
+_MEMBER_TAGS = {"int", "str", "float", "bool", "list", "dict", "tuple", "none", "literal"}

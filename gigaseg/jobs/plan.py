@@ -55,16 +55,24 @@ def parse_length(value: Length | None, *, pixel_size: float, multiple: int = 1, 
     if value is None or isinstance(value, int):
         return value
     text = str(value).strip().lower()
+    suffix = next((s for s in ("mm", "m") if text.endswith(s)), "")
     try:
-        for suffix in ("mm", "m"):
-            if text.endswith(suffix):
-                length = float(text[: -len(suffix)]) * UNITS_IN_METRES[suffix] / UNITS_IN_METRES[unit]
-                return to_pixels(length, pixel_size, multiple=multiple)
-        return int(text)
+        number = float(text.removesuffix(suffix)) if suffix else int(text)
     except ValueError:
         raise InputError(
             f"a length must be pixels (512), CRS units (3840m) or millimetres (80mm), got {value!r}"
         ) from None
+    if not suffix:
+        return int(number)
+    length = number * UNITS_IN_METRES[suffix] / UNITS_IN_METRES[unit]
+    if length == 0:
+        return 0
+    if length < pixel_size / 2:
+        raise InputError(
+            f"{value} is less than one pixel here (pixels of {pixel_size:g} {unit}); "
+            "give pixels (512) or a longer length"
+        )
+    return to_pixels(length, pixel_size, multiple=multiple)
 
 
 def axis_lengths(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gigaseg.errors import DamagedStoreError, OutputExistsError
+from gigaseg.errors import DamagedStoreError, GigasegError, OutputExistsError
 from gigaseg.io.export import export_mask
 from gigaseg.io.location import exists, remove_tree
 from gigaseg.io.lock import StoreLock
@@ -110,7 +110,11 @@ def segment_to_file(
             f"output {output} is complete; pass overwrite to write it again", parameters=("overwrite",)
         )
     staging = staging_store(output)
-    summary = segment(input_path, model_path, staging, options, card=card)
+    try:
+        summary = segment(input_path, model_path, staging, options, card=card)
+    except GigasegError as e:  # name the file asked for; the staging store is where it stands
+        message = str(e).replace(staging, f"{output} (staged in {staging})", 1)
+        raise type(e)(message, parameters=e.parameters) from None
     export_mask(staging, output, overwrite=True, progress=options.progress)
     remove_tree(staging)
     summary.output = output
@@ -209,6 +213,5 @@ def finish_scene(store: MaskStore, summary: Summary, seconds: float, counts: np.
     summary.pixels = int(counts.sum())
     summary.seconds = seconds
     summary.unit = "voxels" if store.mask.ndim == 3 else "px"
-    store.set_attrs(summary=asdict(summary))
-    store.finish()
+    store.finish(summary=asdict(summary))
     return summary

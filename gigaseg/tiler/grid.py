@@ -27,6 +27,12 @@ class Box:
     start: Shape
     stop: Shape
 
+    def __str__(self) -> str:
+        """As messages name it: ``rows 0-511, columns 512-1023`` (inclusive, as GIS tools count)."""
+        axes = {2: ("rows", "columns"), 3: ("slices", "rows", "columns")}.get(len(self.start))
+        names = axes or tuple(f"axis {i}" for i in range(len(self.start)))
+        return ", ".join(f"{n} {a}-{b - 1}" for n, a, b in zip(names, self.start, self.stop, strict=True))
+
     @property
     def shape(self) -> Shape:
         return tuple(b - a for a, b in zip(self.start, self.stop, strict=True))
