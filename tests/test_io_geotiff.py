@@ -196,11 +196,21 @@ def test_missing_and_non_raster_inputs_give_clear_errors(tmp_path):
         GeoTiffSource(text)
 
 
-def test_no_crs_warns_and_keeps_pixel_coordinates(tmp_path):
-    path = write_tiff(tmp_path / "plain.tif", np.zeros((1, 8, 8), np.uint8), crs=None, transform=None)
-    with pytest.warns(GigasegWarning, match="no CRS"):
+def test_no_crs_warns_once_and_keeps_pixel_coordinates(tmp_path, pointwise_model):
+    """gigaseg's own warning, once: not rasterio's NotGeoreferencedWarning besides it, on
+    reading nor on exporting the mask (which has no georeferencing to write either)."""
+    from gigaseg import segment
+
+    path = write_tiff(tmp_path / "plain.tif", np.zeros((3, 8, 8), np.uint8), crs=None, transform=None)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         source = GeoTiffSource(path)
+        segment(path, pointwise_model, tmp_path / "m.tif")
     assert source.georef.crs_wkt is None
+    assert {str(w.message) for w in seen} == {f"{path} has no CRS: the mask keeps pixel coordinates"}
+    assert all(w.category is GigasegWarning for w in seen)
+    with rasterio.open(tmp_path / "m.tif") as exported:
+        assert exported.crs is None and exported.transform.is_identity
 
 
 def test_sources_survive_pickling_and_reopen(make_tiff):

@@ -16,7 +16,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio does not export the base class
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from gigaseg.errors import GigasegError, InputError, OutputError, OutputExistsError
@@ -203,11 +203,14 @@ def _write_tiled(store: MaskStore, path: Path, *, on_rows: Callable[[int], None]
         "blockysize": 512,
         "compress": "DEFLATE",
         "BIGTIFF": "IF_SAFER",
-        "transform": georef.affine,
-        "crs": georef.crs_wkt,
     }
+    if georef.crs_wkt is not None or not georef.affine.is_identity:  # else no georeferencing to write, as read
+        profile.update(transform=georef.affine, crs=georef.crs_wkt)
     rows = mask.chunks[0]
-    with rasterio.open(path, "w", **profile) as dst:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # no CRS: said once, when the input was read
+        dst = rasterio.open(path, "w", **profile)
+    with dst:
         for start in range(0, height, rows):
             stop = min(start + rows, height)
             rows_box = Box((start, 0), (stop, width))

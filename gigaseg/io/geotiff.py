@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from gigaseg.errors import GigasegWarning, InputError, SourceError  # GigasegWarning: imported from here too
@@ -59,7 +59,9 @@ def open_dataset(path: str) -> rasterio.DatasetReader:
     (missing, a directory). A network failure is retryable (:func:`open_error`).
     """
     try:
-        with rasterio.Env(**gdal_options(path)):
+        with rasterio.Env(**gdal_options(path)), warnings.catch_warnings():
+            # gigaseg says it once, plainly ("... has no CRS"), where it matters: for the mask
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(gdal_path(path))
     except RasterioError as e:
         error = open_error(path, e)
