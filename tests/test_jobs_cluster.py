@@ -188,7 +188,8 @@ def test_slurm_without_sbatch_is_one_line_exit_2_and_leaves_no_store(job_dir, mo
 
 
 def test_a_slurm_that_refuses_the_worker_jobs_leaves_no_empty_store(job_dir, monkeypatch):
-    """sbatch --test-only fails (an unknown queue): one line, exit 2, the plain rerun works."""
+    """sbatch --test-only fails (an unknown queue): one line, exit 2, from the run and from its
+    dry run; the plain rerun works."""
     bin_dir = fake_sbatch(job_dir / "bin", 'echo "sbatch: error: invalid partition specified: gpu" >&2\nexit 1')
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     job = write_job(job_dir, SLURM)
@@ -197,8 +198,10 @@ def test_a_slurm_that_refuses_the_worker_jobs_leaves_no_empty_store(job_dir, mon
         "gigaseg: error: SLURM refuses the worker jobs: sbatch: error: invalid partition specified: gpu "
         "(cluster.kind: slurm)"
     )
-    assert not stores(job_dir)  # the stores were made, then removed: no block reached them
+    assert not stores(job_dir)  # refused before any store was made
     assert "invalid partition" in json.loads((job_dir / "out" / REPORT_NAME).read_text())["error"]
+    dry = invoke("run", job, "--dry-run")  # the dry run puts the same worker job to sbatch --test-only
+    assert one_error_line(dry) == line and dry.stdout.startswith("cluster: slurm")
     result = invoke("run", job, "--local", "--workers", "1")  # no --overwrite needed
     assert result.exit_code == 0, result.output
     assert stores(job_dir) == ["s0_mask.zarr", "s1_mask.zarr"]

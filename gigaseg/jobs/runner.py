@@ -530,7 +530,9 @@ def run_cluster(
 
 
 def check_cluster(cluster: Cluster) -> None:
-    """Refuse, in one line, a SLURM cluster this machine cannot submit to (no ``sbatch``, no dask-jobqueue)."""
+    """Refuse, in one line, a SLURM cluster this machine cannot submit to: no ``sbatch``, no
+    dask-jobqueue, or a worker job ``sbatch --test-only`` turns down (an unknown queue or
+    account, a walltime or memory over the queue's limits). Nothing is submitted."""
     if cluster.kind != "slurm":
         return
     if shutil.which("sbatch") is None:
@@ -541,6 +543,7 @@ def check_cluster(cluster: Cluster) -> None:
         raise ClusterError(
             "dask-jobqueue is not installed: pip install 'gigaseg[slurm]' (cluster.kind: slurm)"
         ) from None
+    check_submission(worker_script(cluster.slurm or Slurm()))
 
 
 def describe_cluster(cluster: Cluster) -> str:
@@ -650,37 +653,45 @@ def local_cluster(workers: int | None) -> Any:
 def slurm_cluster(settings: Slurm) -> Any:
     """Workers as SLURM jobs (dask-jobqueue), each one Dask worker with one task slot.
 
-    The worker job's script is first put to ``sbatch --test-only``, so a SLURM that
-    cannot take it (no controller, an unknown queue or account) is named at once.
+    :func:`check_cluster` has put the worker job to ``sbatch --test-only`` before
+    (``run_job`` and ``--dry-run`` call it first).
     """
     from dask_jobqueue import SLURMCluster
 
+    cluster = SLURMCluster(**_worker_job(settings))
+    # adapt keeps the worker count up when a worker's walltime (--lifetime) ends mid-run
+    cluster.adapt(minimum_jobs=settings.jobs, maximum_jobs=settings.jobs)
+    return cluster
+
+
+def _worker_job(settings: Slurm) -> dict[str, Any]:
+    """dask-jobqueue's settings of one worker job: one Dask worker with one task slot."""
     extra = ["--nthreads", "1"]
     if settings.lifetime:
         extra += ["--lifetime", settings.lifetime, "--lifetime-stagger", "2s"]
     if settings.gpus_per_job:
         extra += ["--resources", f"GPU={settings.gpus_per_job}"]
-    cluster = SLURMCluster(
-        queue=settings.queue,
-        account=settings.account,
-        cores=settings.cores,
-        processes=1,
-        memory=settings.memory,
-        walltime=settings.walltime,
-        python=sys.executable,
-        worker_extra_args=extra,
-        job_extra_directives=[f"--gpus={settings.gpus_per_job}"] if settings.gpus_per_job else [],
-        log_directory=str(settings.log_directory or _slurm_logs()),
-        local_directory=tempfile.gettempdir(),
-    )
-    try:
-        check_submission(cluster.job_script())
-    except BaseException:
-        cluster.close()
-        raise
-    # adapt keeps the worker count up when a worker's walltime (--lifetime) ends mid-run
-    cluster.adapt(minimum_jobs=settings.jobs, maximum_jobs=settings.jobs)
-    return cluster
+    return {
+        "queue": settings.queue,
+        "account": settings.account,
+        "cores": settings.cores,
+        "processes": 1,
+        "memory": settings.memory,
+        "walltime": settings.walltime,
+        "python": sys.executable,
+        "worker_extra_args": extra,
+        "job_extra_directives": [f"--gpus={settings.gpus_per_job}"] if settings.gpus_per_job else [],
+        "log_directory": str(settings.log_directory or tempfile.gettempdir()),  # a run sets its own
+        "local_directory": tempfile.gettempdir(),
+    }
+
+
+def worker_script(settings: Slurm) -> str:
+    """The batch script of one worker job, as the run would submit it (no scheduler is started:
+    the address in it is a stand-in)."""
+    from dask_jobqueue.slurm import SLURMJob
+
+    return str(SLURMJob(scheduler="tcp://127.0.0.1:8786", name="gigaseg-worker", **_worker_job(settings)).job_script())
 
 
 SBATCH_TEST_TIMEOUT = 120.0  # seconds for sbatch --test-only to answer
