@@ -204,9 +204,9 @@ def test_resume_skips_done_blocks_and_gives_the_same_bits(tmp_path, make_tiff, u
 def determinism_off():
     """Every switch ``--deterministic`` turns, off; put back as it was after the test.
 
-    The switches are process-wide and gigaseg leaves them on after a run (the predictor,
-    cached for the process, turns them on once). Calling the fixture's value turns them
-    off again between runs.
+    The switches are process-wide; gigaseg turns them on around each forward pass of a
+    deterministic run and back after it (cuBLAS's workspace setting stays: cuBLAS reads it
+    once). Calling the fixture's value turns them off again between runs.
     """
     import os
 
@@ -234,7 +234,8 @@ def determinism_off():
 
 
 def spy_on_forwards(monkeypatch):
-    """Record, at every forward pass of every predictor, its flag and torch's switches."""
+    """Record, as the network of every predictor starts each forward pass, the predictor's
+    flag and torch's switches."""
     import os
 
     from gigaseg.models.inference import Predictor
@@ -243,18 +244,24 @@ def spy_on_forwards(monkeypatch):
     forward = Predictor._scores
 
     def spy(self, x, **kw):
-        cudnn = torch.backends.cudnn
-        seen.append(
-            (
-                self.deterministic,
-                torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled(),
-                cudnn.deterministic,
-                cudnn.benchmark,
-                os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8"),
+        def record(module, inputs):
+            cudnn = torch.backends.cudnn
+            seen.append(
+                (
+                    self.deterministic,
+                    torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled(),
+                    cudnn.deterministic,
+                    cudnn.benchmark,
+                    os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8"),
+                )
             )
-        )
-        return forward(self, x, **kw)
+
+        hook = self.model.register_forward_pre_hook(record)
+        try:
+            return forward(self, x, **kw)
+        finally:
+            hook.remove()
 
     monkeypatch.setattr(Predictor, "_scores", spy)
     return seen
@@ -279,6 +286,8 @@ def test_deterministic_option_holds_during_the_run_and_is_fingerprinted(
         seen.clear()
         segment(tif, unet_model, tmp_path / name, SegmentOptions(probabilities="float32", deterministic=flag))
         assert seen and set(seen) == {DETERMINISTIC if flag else DEFAULT}
+        # and after the run, as before it: a later run without the flag is not made deterministic
+        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
         assert read_store(tmp_path / name).attrs["gigaseg"]["fingerprint"]["options"]["deterministic"] is flag
     a, b = read_store(tmp_path / "default.zarr"), read_store(tmp_path / "deterministic.zarr")
     assert np.array_equal(a["probabilities"][:], b["probabilities"][:])  # the CPU's kernels are deterministic anyway

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -96,8 +98,8 @@ class Predictor:
         self.stride = output_stride(model)
         self.flips = flip_axes(card.spatial_dims) if tta else [()]
         self.deterministic = deterministic
-        if deterministic:
-            use_deterministic_kernels()
+        if deterministic:  # read when cuBLAS starts: set before the first forward, left set
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # cuDNN's autotuner (torch.backends.cudnn.benchmark) stays off: on the H200 it cost
         # about a second per process, more than it saved on scenes up to 16384^2 (bench/RESULTS.md).
         keep_freed_memory()
@@ -187,7 +189,7 @@ class Predictor:
         softmax along a short innermost axis is slower than the conversion.
         """
         x = x.contiguous(memory_format=self._memory_format)
-        with self._autocast():
+        with self._autocast(), deterministic_kernels() if self.deterministic else contextlib.nullcontext():
             out = self.model(x)
         if not softmax:
             return out.float() if self.device.type == "cpu" else out.float().contiguous()
@@ -207,16 +209,28 @@ class Predictor:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def use_deterministic_kernels() -> None:
-    """Bit-reproducible CUDA runs: cuDNN's autotuner and atomics-based kernels may
-    otherwise pick different algorithms per run. (CPU runs are deterministic already.)
+@contextlib.contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    """Bit-reproducible CUDA kernels while the network runs: cuDNN's autotuner and
+    atomics-based kernels may otherwise pick different algorithms per run. (CPU runs
+    are deterministic already.) torch's switches are process-wide; they are put back
+    as they were after each forward, so a later run without the option is not slowed
+    (nor its ops without a deterministic kernel warned of).
     """
-    import os
-
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    cudnn = torch.backends.cudnn
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.deterministic,
+        cudnn.benchmark,
+    )
+    cudnn.benchmark, cudnn.deterministic = False, True
     torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]
 
 
 def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
