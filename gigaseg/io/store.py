@@ -44,7 +44,7 @@ from gigaseg.io.checksums import (
     write_checked,
 )
 from gigaseg.io.georef import Georef
-from gigaseg.io.location import check_parent, exists, is_remote, remove_tree, write_files
+from gigaseg.io.location import check_parent, exists, is_remote, list_files, remove_tree, write_files
 from gigaseg.io.location import is_store as location_is_store
 from gigaseg.io.niftiref import NiftiRef
 from gigaseg.tiler import Box
@@ -95,7 +95,9 @@ def prepare_output(path: str | Path, *, overwrite: bool) -> None:
     """
     if not is_remote(path) and Path(path).is_symlink():
         raise OutputError(f"{path} is a symbolic link to {Path(path).resolve()}; give that path as the output")
-    if exists(path):
+    if exists(path) and cut_short(path):
+        remove_tree(path)  # a store whose making was cut short holds nothing yet: made again, no flag needed
+    elif exists(path):
         if not overwrite:
             raise OutputExistsError(
                 f"output {path} exists; pass overwrite to replace it or resume to finish it",
@@ -107,6 +109,23 @@ def prepare_output(path: str | Path, *, overwrite: bool) -> None:
     elif is_remote(path):
         remove_tree(path)  # folder markers alone (see location.exists): zarr would take one for a group in itself
     check_output_dir(path)
+
+
+def cut_short(path: str | Path) -> bool:
+    """Whether ``path`` holds what a store's making leaves when it is killed half way: array
+    documents and coordinates, but not yet the group's own document (written last) nor any block.
+
+    Checked only where something that is no store is found (a listing of the prefix).
+    """
+    if is_store(path):
+        return False
+    names = list_files(path)
+    documents = {".zarray", ".zattrs", ".zgroup", "zarr.json"}
+    drafted = all(name.rsplit("/", 1)[-1] in documents or name in _COORDINATE_CHUNKS for name in names)
+    return drafted and any(name in ("mask/.zarray", "mask/zarr.json") for name in names)
+
+
+_COORDINATE_CHUNKS = {"x/0", "y/0", "x/c/0", "y/c/0"}  # zarr v2 and v3 keys of the one chunk each holds
 
 
 def check_output_dir(path: str | Path) -> None:
@@ -138,7 +157,11 @@ def _create(path: str | Path, layout: StoreLayout) -> MaskStore:
     """
     documents: dict[str, Any] = {}
     _draft(zarr.storage.MemoryStore(documents), layout)
-    write_files(path, {key: value.to_bytes() for key, value in documents.items()})
+    files = {key: value.to_bytes() for key, value in documents.items()}
+    # The group's own documents last: until they land the prefix is no store, and a run killed
+    # before then leaves what `cut_short` recognises and the rerun replaces.
+    write_files(path, {key: value for key, value in files.items() if "/" in key})
+    write_files(path, {key: value for key, value in files.items() if "/" not in key})
     return MaskStore(zarr.open_group(str(path), mode="r+"))
 
 
@@ -341,6 +364,11 @@ class MaskStore:
     def __init__(self, group: zarr.Group) -> None:
         self.group = group
         found = zarrs.members(group, MEMBERS)
+        if "blocks_done" not in found and "mask" in found:  # without it nothing says what is written
+            raise DamagedStoreError(
+                f"{store_path(group)}: its blocks_done array is missing; segment it again with overwrite",
+                parameters=("overwrite",),
+            )
         self.mask: zarr.Array = zarrs.member(group, found, "mask")
         self.probabilities: zarr.Array | None = zarrs.member(group, found, "probabilities", optional=True)
         self.blocks_done: zarr.Array = zarrs.member(group, found, "blocks_done")
@@ -528,15 +556,16 @@ class MaskStore:
         return array
 
 
-def store_path(store: MaskStore) -> str:
-    """Where a store lives: its directory, or its URL."""
-    root = getattr(store.group.store, "root", None)
+def store_path(store: MaskStore | zarr.Group) -> str:
+    """Where a store (or its group) lives: its directory, or its URL."""
+    where = (store.group if isinstance(store, MaskStore) else store).store
+    root = getattr(where, "root", None)
     if root is not None:
         return str(root)
-    fs, path = getattr(store.group.store, "fs", None), getattr(store.group.store, "path", None)
+    fs, path = getattr(where, "fs", None), getattr(where, "path", None)
     if fs is not None and path is not None:  # zarr's FsspecStore: s3://bucket/prefix/out.zarr
         return str(fs.unstrip_protocol(path))
-    return str(store.group.store)
+    return str(where)
 
 
 def remove_partials(path: str | Path) -> int:

@@ -23,6 +23,7 @@ from gigaseg.io.store import (
     MaskStore,
     StoreLayout,
     create_store,
+    cut_short,
     open_store,
     remove_partials,
     restore_bookkeeping,
@@ -161,7 +162,7 @@ def open_output(spec: SceneSpec, plan: Plan, fed: ModelInput) -> MaskStore:
     """Create the store; with resume, reopen it if it was started with this very input, model and options."""
     options, card = spec.options, fed.predictor.card
     current = fingerprint(spec.input, spec.model, pixel_options(plan, fed, options))
-    if options.resume and exists(spec.output):  # a directory, or a prefix on object storage
+    if options.resume and exists(spec.output) and not cut_short(spec.output):  # a directory, or a prefix
         from gigaseg.jobs.refine import check_resume  # refinement builds on this module
 
         remove_partials(spec.output)
