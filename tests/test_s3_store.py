@@ -146,15 +146,23 @@ def test_seaweedfs_a_second_s3_server_keeps_the_same_contracts(seaweedfs, refere
     assert complete is True
     assert np.array_equal(mask, clean_mask) and np.array_equal(probs, clean_probs)
     assert run("verify", out).stdout.strip() == f"{out}: 72 chunks match their checksums"
-    remove_tree(out)  # SeaweedFS keeps masks/out.zarr/mask/ and the rest as folder markers
     fs = s3fs_()
-    fs.invalidate_cache()
-    assert fs.ls(out)  # it lists them
+    fs.rm(out, recursive=True)  # every object, as another tool deletes them: SeaweedFS keeps the
+    fs.invalidate_cache()  # directories (masks/out.zarr/mask/, ...) and lists them
+    assert fs.ls(out)
     result = run("segment", source, "--model", model, "--out", out, *ARGS)
     assert result.exit_code == 0, result.output
     assert read_complete(out)
     with StoreLock(out):
         one_error(run("segment", source, "--model", model, "--out", out, *ARGS, "--resume"), "is being written by")
+    cog = f"{seaweedfs}/cogs/out.tif"  # staged in cogs/.out.tif.zarr, removed with its directories
+    result = run("segment", source, "--model", model, "--out", cog, *ARGS)
+    assert result.exit_code == 0, result.output
+    fs.invalidate_cache()
+    assert fs.ls(f"{seaweedfs}/cogs") == [cog.removeprefix("s3://")]
+    remove_tree(f"{seaweedfs}/masks")
+    fs.invalidate_cache()
+    assert not fs.exists(f"{seaweedfs}/masks")
     nested = f"{seaweedfs}/masks/nested.zarr"  # deleting deep/er/ makes SeaweedFS keep deep/: a level a pass
     fs.pipe(f"{nested}/deep/er/", b"")
     result = run("segment", source, "--model", model, "--out", nested, *ARGS)

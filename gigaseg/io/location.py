@@ -101,6 +101,9 @@ def remove_tree(path: str | Path) -> None:
         fs.rm(root, recursive=True)
     fs.invalidate_cache(root)
     _remove_directories(fs, root)
+    with contextlib.suppress(FileNotFoundError):  # and the prefix's own, which its parent lists
+        fs.rm_file(f"{root}/")
+    fs.invalidate_cache(root.rsplit("/", 1)[0])
 
 
 def _remove_directories(fs: Any, root: str) -> None:
