@@ -210,27 +210,20 @@ def determinism_off():
     """
     import os
 
-    cudnn = torch.backends.cudnn
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        cudnn.deterministic,
-        cudnn.benchmark,
-        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-    )
+    from gigaseg.models.inference import kernel_switches, set_kernel_switches
+
+    saved, workspace = kernel_switches(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
 
     def off():
-        torch.use_deterministic_algorithms(False)
-        cudnn.deterministic = cudnn.benchmark = False
+        set_kernel_switches((False, False, False, False))
         os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
     off()
     yield off
-    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-    cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]
+    set_kernel_switches(saved)
     os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-    if saved[4] is not None:
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[4]
+    if workspace is not None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def spy_on_forwards(monkeypatch):
@@ -238,24 +231,16 @@ def spy_on_forwards(monkeypatch):
     flag and torch's switches."""
     import os
 
-    from gigaseg.models.inference import Predictor
+    from gigaseg.models.inference import Predictor, kernel_switches
 
     seen = []
     forward = Predictor._scores
 
     def spy(self, x, **kw):
         def record(module, inputs):
-            cudnn = torch.backends.cudnn
-            seen.append(
-                (
-                    self.deterministic,
-                    torch.are_deterministic_algorithms_enabled(),
-                    torch.is_deterministic_algorithms_warn_only_enabled(),
-                    cudnn.deterministic,
-                    cudnn.benchmark,
-                    os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8"),
-                )
-            )
+            algorithms, warn_only, deterministic, benchmark = kernel_switches()
+            workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")
+            seen.append((self.deterministic, algorithms, warn_only, deterministic, benchmark, workspace))
 
         hook = self.model.register_forward_pre_hook(record)
         try:

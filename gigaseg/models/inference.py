@@ -217,20 +217,34 @@ def deterministic_kernels() -> Iterator[None]:
     as they were after each forward, so a later run without the option is not slowed
     (nor its ops without a deterministic kernel warned of).
     """
-    cudnn = torch.backends.cudnn
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        cudnn.deterministic,
-        cudnn.benchmark,
-    )
-    cudnn.benchmark, cudnn.deterministic = False, True
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    saved = kernel_switches()
+    set_kernel_switches(DETERMINISTIC_SWITCHES)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]
+        set_kernel_switches(saved)
+
+
+Switches = tuple[bool, bool, bool, bool]
+DETERMINISTIC_SWITCHES: Switches = (True, True, True, False)
+
+
+def kernel_switches() -> Switches:
+    """torch's process-wide kernel switches: deterministic algorithms, only warning where an op
+    has none, cuDNN's deterministic kernels, cuDNN's autotuner."""
+    cudnn = torch.backends.cudnn
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        bool(cudnn.deterministic),
+        bool(cudnn.benchmark),
+    )
+
+
+def set_kernel_switches(switches: Switches) -> None:
+    algorithms, warn_only, deterministic, benchmark = switches
+    torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, benchmark
 
 
 def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
