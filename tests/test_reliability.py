@@ -580,6 +580,20 @@ def test_verify_passes_a_sound_store_and_tells_apart_unwritten_blocks(tmp_path, 
     assert result.exit_code == 0 and "INCOMPLETE: 15 of 30 blocks written" in result.stdout
 
 
+def test_a_deleted_coordinate_chunk_is_damage_that_resume_writes_again(tmp_path, finished):
+    """Coordinates have no checksum: a deleted chunk reads as NaN, which verify names and resume
+    writes again from the mask's georeferencing (found by a red-team pass: resume said complete)."""
+    tif, model, out = finished
+    before = zarr.open_group(str(out), mode="r")["x"][:]
+    (out / "x" / "0").unlink()
+    runner = CliRunner()
+    assert "its x coordinates are missing" in one_error(runner.invoke(cli, ["verify", str(out)]), "is damaged")
+    resumed = segment_cli(tif, model, out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert np.array_equal(zarr.open_group(str(out), mode="r")["x"][:], before)
+    assert runner.invoke(cli, ["verify", str(out)]).exit_code == 0
+
+
 def garble(path):
     data = bytearray(path.read_bytes())
     data[10:14] = b"\xff\xff\xff\xff"

@@ -320,11 +320,16 @@ def _write_coordinates(group: zarr.Group, georef: Georef, shape: tuple[int, int]
     _array(group, "spatial_ref", (), (), np.int32, 0, group.metadata.zarr_format, [], ref_attrs)
     if not georef.is_rectilinear:
         return  # rotated grids have no 1-D coordinates; GeoTransform above says it all
-    for name, size, origin, step in (("y", shape[0], f, e), ("x", shape[1], c, a)):
-        values = pixel_centres(origin, step, size)
+    for name, values in coordinates(georef, shape).items():
         fmt = group.metadata.zarr_format
-        arr = _array(group, name, (size,), (size,), np.float64, np.nan, fmt, [name], {"axis": name.upper()})
+        arr = _array(group, name, values.shape, values.shape, np.float64, np.nan, fmt, [name], {"axis": name.upper()})
         arr[:] = values
+
+
+def coordinates(georef: Georef, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The pixel centres along ``y`` and ``x`` of a rectilinear grid."""
+    a, _, c, _, e, f = georef.transform
+    return {"y": pixel_centres(f, e, shape[0]), "x": pixel_centres(c, a, shape[1])}
 
 
 def pixel_centres(origin: float, step: float, size: int) -> np.ndarray:
@@ -505,7 +510,24 @@ class MaskStore:
         done = self.done()
         if self.complete and not done.all():
             return f"it says complete but records only {int(done.sum())} of {done.size} blocks done"
+        lost = self.lost_coordinates()
+        if lost:
+            return f"its {' and '.join(lost)} coordinates are missing"
         return None
+
+    def lost_coordinates(self) -> list[str]:
+        """The coordinate arrays (``y``, ``x``) whose values are gone (a deleted chunk reads as NaN)."""
+        found = zarrs.members(self.group, ("y", "x"))
+        arrays = {name: node for name, node in found.items() if isinstance(node, zarr.Array)}
+        return [name for name, array in arrays.items() if np.isnan(zarrs.read(array)).any()]
+
+    def restore_coordinates(self) -> list[str]:
+        """Write again the coordinates :meth:`lost_coordinates` finds, from the mask's georeferencing."""
+        lost = self.lost_coordinates()
+        values = coordinates(self.georef, self.mask.shape) if lost else {}
+        for name in lost:
+            zarrs.array(self.group, name)[...] = values[name]
+        return lost
 
     def finish(self, **values: Any) -> None:
         """Mark the store complete, with ``values`` (the summary) in its attributes; only valid

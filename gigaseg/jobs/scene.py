@@ -172,6 +172,7 @@ def open_output(spec: SceneSpec, plan: Plan, fed: ModelInput) -> MaskStore:
         warn_kept_layout(store, options)
         if restore_bookkeeping(spec.output):
             store = open_store(spec.output, mode="r+")
+        store.restore_coordinates()  # a deleted coordinate chunk: its values follow from the georeferencing
         repair(store, plan)
         return store
     layout = StoreLayout(
