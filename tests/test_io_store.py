@@ -126,7 +126,7 @@ def test_a_store_cut_short_while_made_is_made_again_without_a_flag(tmp_path, zar
     write = store_module.write_files
 
     def killed_before_the_group(path, files):
-        if any("/" not in name for name in files):
+        if ".zgroup" in files or "zarr.json" in files:
             raise KeyboardInterrupt  # SIGINT between the two batches
         write(path, files)
 
@@ -143,6 +143,40 @@ def test_a_store_cut_short_while_made_is_made_again_without_a_flag(tmp_path, zar
     assert not store_module.cut_short(out)  # a block's data is there: not ours to remove
     with pytest.raises(OutputExistsError, match="exists; pass overwrite"):
         create_store(out, layout)
+
+
+def test_only_the_exact_leftover_of_a_cut_short_store_is_replaced_unasked(tmp_path, monkeypatch):
+    """A directory with anything a store's making does not leave (a link, a FIFO, a file of
+    another name, a block's chunk) is the user's: refused, not deleted. Nor is the current
+    directory (or one above it) ever an output."""
+    import os
+
+    from gigaseg.io.store import cut_short
+
+    layout = StoreLayout(shape=(4, 4), chunks=(4, 4), block_counts=(1, 1), classes=["a"], georef=Georef(None))
+    for extra in ("link", "fifo", "notes/.zattrs", "blocks_done/0.0", "mask/0.0", ""):
+        out = tmp_path / f"case-{extra.replace('/', '-') or 'empty-dirs'}"
+        (out / "mask").mkdir(parents=True)
+        (out / "x").mkdir()
+        if extra == "link":
+            (out / "data").symlink_to(tmp_path)
+        elif extra == "fifo":
+            os.mkfifo(out / "pipe")
+        elif extra:
+            (out / extra).parent.mkdir(parents=True, exist_ok=True)
+            (out / extra).write_text("{}")
+        if extra:
+            assert not cut_short(out), extra
+            with pytest.raises(OutputExistsError):
+                create_store(out, layout)
+        else:  # only the arrays' directories, made before their documents: cut short
+            assert cut_short(out)
+            create_store(out, layout)
+    monkeypatch.chdir(tmp_path / "case-empty-dirs")
+    for here in (".", "./", ".."):
+        with pytest.raises(OutputError, match="is the current directory or one above it"):
+            create_store(here, layout, overwrite=True)
+    assert (tmp_path / "case-empty-dirs" / ".zgroup").exists()
 
 
 def test_a_store_without_its_block_records_is_one_clear_error(tmp_path):

@@ -71,6 +71,10 @@ def assert_outputs_equal(job_dir, masks):
         ("inputs: [\n", "not valid YAML"),
         ("inputs: [a.tif]\nmodel: m.pt\ntiling: {band_memory: lots}\n", "tiling.band_memory"),
         ("inputs: [a.tif]\nmodel: m.pt\ntiling: {readers: 0}\n", "tiling.readers"),
+        ("inputs: [a.tif]\nmodel: m.pt\ncluster: {kind: slurm, slurm: {memory: lots}}\n", "memory: must be a size"),
+        ("inputs: [a.tif]\nmodel: m.pt\ncluster: {kind: slurm, slurm: {lifetime: abc}}\n", "must be a duration"),
+        # a value goes into the worker job's script as it is: no second directive through it
+        ("inputs: [a.tif]\nmodel: m.pt\ncluster: {kind: slurm, slurm: {queue: 'debug --wrap=id'}}\n", "one word"),
         # a value no member of `int | str` takes: the key as written, not pydantic's `tiling.tile.int`
         (
             "inputs: [a.tif]\nmodel: m.pt\ntiling: {tile: [1, 2]}\n",

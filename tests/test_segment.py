@@ -253,6 +253,7 @@ def spy_on_forwards(monkeypatch):
 
 
 DETERMINISTIC = (True, True, True, True, False, True)  # flag, algorithms, warn only, cuDNN, no autotuner, cuBLAS
+DETERMINISTIC_CPU = (*DETERMINISTIC[:-1], False)  # no CUDA, no cuBLAS setting in the environment
 DEFAULT = (False, False, False, False, False, False)
 
 
@@ -261,16 +262,19 @@ def test_deterministic_option_holds_during_the_run_and_is_fingerprinted(
 ):
     """On the CPU the flag cannot change a bit, so what is checked is what it does: while
     the network runs, torch uses deterministic algorithms (warning, not failing, where an op
-    has none), cuDNN deterministic kernels without its autotuner, cuBLAS a fixed workspace;
-    without the flag none of that is forced. The store's fingerprint records the flag, so a
-    resume with the other setting is refused. Bit-identical GPU runs: the CUDA test below."""
+    has none), cuDNN deterministic kernels without its autotuner (cuBLAS's fixed workspace,
+    a setting in the environment, only for CUDA); without the flag none of that is forced.
+    The store's fingerprint records the flag, so a resume with the other setting is refused.
+    Bit-identical GPU runs: the CUDA test below."""
     seen = spy_on_forwards(monkeypatch)
     tif = make_tiff((3, 100, 90))
     for name, flag in (("default.zarr", False), ("deterministic.zarr", True)):
         determinism_off()
         seen.clear()
-        segment(tif, unet_model, tmp_path / name, SegmentOptions(probabilities="float32", deterministic=flag))
-        assert seen and set(seen) == {DETERMINISTIC if flag else DEFAULT}
+        options = SegmentOptions(probabilities="float32", deterministic=flag, device="cpu")
+        segment(tif, unet_model, tmp_path / name, options)
+        assert seen and set(seen) == {DETERMINISTIC_CPU if flag else DEFAULT}
+        assert "CUBLAS_WORKSPACE_CONFIG" not in __import__("os").environ
         # and after the run, as before it: a later run without the flag is not made deterministic
         assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
         assert read_store(tmp_path / name).attrs["gigaseg"]["fingerprint"]["options"]["deterministic"] is flag

@@ -103,6 +103,8 @@ def test_a_length_shorter_than_a_pixel_is_refused_not_made_one_pixel():
     assert parse_length("80mm", pixel_size=0.8, unit="mm") == 100
     with pytest.raises(InputError, match=r"^64mm is less than one pixel here \(pixels of 10 m\)"):
         parse_length("64mm", pixel_size=10.0)  # millimetres on a 10 m grid: meant for a volume
+    with pytest.raises(InputError, match=r"^9.9m is less than one pixel"):
+        parse_length("9.9m", pixel_size=10.0)  # not rounded up to a 1-pixel tile
 
 
 def test_lengths_in_crs_units_round_to_the_model_stride():

@@ -11,6 +11,7 @@ whether a new output can go there, and remove a tree. URLs go through
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -97,8 +98,10 @@ def remove_tree(path: str | Path) -> None:
         shutil.rmtree(path)
         return
     fs, root = location(path)
-    with contextlib.suppress(FileNotFoundError):  # nothing there
-        fs.rm(root, recursive=True)
+    # the objects under the prefix, not one named as the prefix itself (which `rm(root, recursive)` takes too)
+    below = [name for name in fs.find(root) if name.startswith(f"{root}/")]
+    if below:
+        fs.rm(below)
     fs.invalidate_cache(root)
     _remove_directories(fs, root)
     with contextlib.suppress(FileNotFoundError):  # and the prefix's own, which its parent lists
@@ -123,13 +126,21 @@ def _remove_directories(fs: Any, root: str) -> None:
     fs.invalidate_cache(root)
 
 
-def list_files(path: str | Path) -> list[str]:
-    """Every file (object) under ``path``, by its name relative to it; folder markers are no files."""
+def list_entries(path: str | Path) -> list[str]:
+    """Everything at and under ``path``, by name relative to it: files as they are, directories
+    with a trailing ``/``, anything else (a symbolic link, a FIFO) with a trailing ``@``. On
+    object storage, its objects (one at ``path`` itself is ``""``), folder markers left out."""
     if not is_remote(path):
-        return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*") if p.is_file())
+        found = []
+        for top, directories, files in os.walk(path):  # not into symbolic links
+            for name in directories + files:
+                full = Path(top, name)
+                kind = "@" if full.is_symlink() else "/" if full.is_dir() else "" if full.is_file() else "@"
+                found.append(f"{full.relative_to(path)}{kind}")
+        return sorted(found)
     fs, root = location(path)
-    found = fs.find(root, detail=True)
-    return sorted(name[len(root) + 1 :] for name, entry in found.items() if not _marker(entry) and name != root)
+    objects = fs.find(root, detail=True)
+    return sorted(name[len(root) + 1 :] for name, entry in objects.items() if not _marker(entry))
 
 
 def write_files(path: str | Path, files: dict[str, bytes]) -> None:

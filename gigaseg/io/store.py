@@ -44,7 +44,7 @@ from gigaseg.io.checksums import (
     write_checked,
 )
 from gigaseg.io.georef import Georef
-from gigaseg.io.location import check_parent, exists, is_remote, list_files, remove_tree, write_files
+from gigaseg.io.location import check_parent, exists, is_remote, list_entries, remove_tree, write_files
 from gigaseg.io.location import is_store as location_is_store
 from gigaseg.io.niftiref import NiftiRef
 from gigaseg.tiler import Box
@@ -95,6 +95,8 @@ def prepare_output(path: str | Path, *, overwrite: bool) -> None:
     """
     if not is_remote(path) and Path(path).is_symlink():
         raise OutputError(f"{path} is a symbolic link to {Path(path).resolve()}; give that path as the output")
+    if not is_remote(path) and Path(path).resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        raise OutputError(f"{path} is the current directory or one above it; name the store, as in {path}/mask.zarr")
     if exists(path) and cut_short(path):
         remove_tree(path)  # a store whose making was cut short holds nothing yet: made again, no flag needed
     elif exists(path):
@@ -112,20 +114,29 @@ def prepare_output(path: str | Path, *, overwrite: bool) -> None:
 
 
 def cut_short(path: str | Path) -> bool:
-    """Whether ``path`` holds what a store's making leaves when it is killed half way: array
-    documents and coordinates, but not yet the group's own document (written last) nor any block.
+    """Whether ``path`` holds only what a store's making leaves when it is killed half way: some
+    of its arrays' directories, documents and coordinates, but not the group's own document
+    (written last), nor a block, nor anything a store does not have.
 
     Checked only where something that is no store is found (a listing of the prefix).
     """
     if is_store(path):
         return False
-    names = list_files(path)
-    documents = {".zarray", ".zattrs", ".zgroup", "zarr.json"}
-    drafted = all(name.rsplit("/", 1)[-1] in documents or name in _COORDINATE_CHUNKS for name in names)
-    return drafted and any(name in ("mask/.zarray", "mask/zarr.json") for name in names)
+    entries = list_entries(path)
+    return bool(entries) and all(_drafted(entry.removesuffix("/")) for entry in entries)
 
 
-_COORDINATE_CHUNKS = {"x/0", "y/0", "x/c/0", "y/c/0"}  # zarr v2 and v3 keys of the one chunk each holds
+def _drafted(name: str) -> bool:
+    """Whether ``name`` (relative to the store) is one a store has before its first block."""
+    array, _, inside = name.partition("/")
+    if not inside:
+        return array in DRAFTED_ARRAYS or array == ".zattrs"  # the group's attributes go before .zgroup
+    coordinate = array in ("x", "y") and inside in ("0", "c", "c/0")  # zarr v2 and v3 keys of its one chunk
+    return array in DRAFTED_ARRAYS and (inside in (".zarray", ".zattrs", "zarr.json") or coordinate)
+
+
+MEMBERS = ("mask", "probabilities", "blocks_done", "block_counts", "mask" + SUFFIX, "probabilities" + SUFFIX)
+DRAFTED_ARRAYS = {*MEMBERS, "spatial_ref", "x", "y"}
 
 
 def check_output_dir(path: str | Path) -> None:
@@ -139,9 +150,11 @@ def is_store(path: str | Path) -> bool:
 
 def create_store(path: str | Path, layout: StoreLayout, *, overwrite: bool = False) -> MaskStore:
     """Create an empty, incomplete store for ``layout`` at ``path``."""
-    prepare_output(path, overwrite=overwrite)
     try:
+        prepare_output(path, overwrite=overwrite)
         return _create(path, layout)
+    except OutputError:
+        raise
     except OSError as e:
         raise OutputError(f"cannot create {path}: {e.strerror or e}") from None
 
@@ -158,10 +171,11 @@ def _create(path: str | Path, layout: StoreLayout) -> MaskStore:
     documents: dict[str, Any] = {}
     _draft(zarr.storage.MemoryStore(documents), layout)
     files = {key: value.to_bytes() for key, value in documents.items()}
-    # The group's own documents last: until they land the prefix is no store, and a run killed
-    # before then leaves what `cut_short` recognises and the rerun replaces.
-    write_files(path, {key: value for key, value in files.items() if "/" in key})
-    write_files(path, {key: value for key, value in files.items() if "/" not in key})
+    # The group's own document (.zgroup; zarr.json in v3) last: until it lands the prefix is no
+    # store, and a run killed before then leaves what `cut_short` recognises and the rerun replaces.
+    group = {key: value for key, value in files.items() if key in (".zgroup", "zarr.json")}
+    write_files(path, {key: value for key, value in files.items() if key not in group})
+    write_files(path, group)
     return MaskStore(zarr.open_group(str(path), mode="r+"))
 
 
@@ -358,9 +372,6 @@ def _neighbours(value: float, ulps: int = 4) -> list[float]:
         lo, hi = float(np.nextafter(lo, -np.inf)), float(np.nextafter(hi, np.inf))
         out += [lo, hi]
     return out
-
-
-MEMBERS = ("mask", "probabilities", "blocks_done", "block_counts", "mask" + SUFFIX, "probabilities" + SUFFIX)
 
 
 class MaskStore:

@@ -103,6 +103,37 @@ class Slurm(Strict):
     account: str | None = None
     log_directory: Path | None = None
 
+    @field_validator("queue", "account", "walltime", "memory", "lifetime")
+    @classmethod
+    def _one_word(cls, value: str | None) -> str | None:
+        """Each goes into the worker job's script as it is: a blank or a line break there would
+        be a directive of its own (``debug\n#SBATCH --output=...``)."""
+        if value is not None and (not value or any(c.isspace() or not c.isprintable() for c in value)):
+            raise ValueError(f"must be one word without blanks or control characters, got {value!r}")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _bytes(cls, value: str) -> str:
+        from dask.utils import parse_bytes
+
+        try:
+            parse_bytes(value)
+        except ValueError:
+            raise ValueError(f"must be a size such as 8GB or 500MiB, got {value!r}") from None
+        return value
+
+    @field_validator("lifetime")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        from dask.utils import parse_timedelta
+
+        try:
+            parse_timedelta(value) if value is not None else None
+        except (ValueError, KeyError):
+            raise ValueError(f"must be a duration such as 50m or 2h, got {value!r}") from None
+        return value
+
 
 ClusterKind = Literal["local", "scheduler", "slurm"]
 

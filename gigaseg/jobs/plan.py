@@ -67,7 +67,7 @@ def parse_length(value: Length | None, *, pixel_size: float, multiple: int = 1, 
     length = number * UNITS_IN_METRES[suffix] / UNITS_IN_METRES[unit]
     if length == 0:
         return 0
-    if length < pixel_size / 2:
+    if length < pixel_size:  # rounding 0.6 px up to a tile or overlap of 1 px is not what was meant
         raise InputError(
             f"{value} is less than one pixel here (pixels of {pixel_size:g} {unit}); "
             "give pixels (512) or a longer length"

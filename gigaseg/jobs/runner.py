@@ -691,7 +691,8 @@ def worker_script(settings: Slurm) -> str:
     the address in it is a stand-in)."""
     from dask_jobqueue.slurm import SLURMJob
 
-    return str(SLURMJob(scheduler="tcp://127.0.0.1:8786", name="gigaseg-worker", **_worker_job(settings)).job_script())
+    stand_in = settings.model_copy(update={"log_directory": Path(tempfile.gettempdir())})  # dask-jobqueue makes it
+    return str(SLURMJob(scheduler="tcp://127.0.0.1:8786", name="gigaseg-worker", **_worker_job(stand_in)).job_script())
 
 
 SBATCH_TEST_TIMEOUT = 120.0  # seconds for sbatch --test-only to answer

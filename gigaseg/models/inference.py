@@ -98,7 +98,7 @@ class Predictor:
         self.stride = output_stride(model)
         self.flips = flip_axes(card.spatial_dims) if tta else [()]
         self.deterministic = deterministic
-        if deterministic:  # read when cuBLAS starts: set before the first forward, left set
+        if deterministic and self.device.type == "cuda":  # read when cuBLAS starts: set before it, left set
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # cuDNN's autotuner (torch.backends.cudnn.benchmark) stays off: on the H200 it cost
         # about a second per process, more than it saved on scenes up to 16384^2 (bench/RESULTS.md).
