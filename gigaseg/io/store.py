@@ -97,19 +97,20 @@ def prepare_output(path: str | Path, *, overwrite: bool) -> None:
         raise OutputError(f"{path} is a symbolic link to {Path(path).resolve()}; give that path as the output")
     if not is_remote(path) and Path(path).resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
         raise OutputError(f"{path} is the current directory or one above it; name the store, as in {path}/mask.zarr")
-    if exists(path) and cut_short(path):
+    if not exists(path):
+        if is_remote(path):
+            remove_tree(path)  # folder markers alone (see location.exists): zarr would take one for a group in itself
+    elif cut_short(path):
         remove_tree(path)  # a store whose making was cut short holds nothing yet: made again, no flag needed
-    elif exists(path):
-        if not overwrite:
-            raise OutputExistsError(
-                f"output {path} exists; pass overwrite to replace it or resume to finish it",
-                parameters=("overwrite", "resume"),
-            )
-        if not is_store(path):
-            raise OutputError(f"refusing to overwrite {path}: it is not a gigaseg Zarr store")
+    elif not overwrite:
+        raise OutputExistsError(
+            f"output {path} exists; pass overwrite to replace it or resume to finish it",
+            parameters=("overwrite", "resume"),
+        )
+    elif not is_store(path):
+        raise OutputError(f"refusing to overwrite {path}: it is not a gigaseg Zarr store")
+    else:
         remove_tree(path)
-    elif is_remote(path):
-        remove_tree(path)  # folder markers alone (see location.exists): zarr would take one for a group in itself
     check_output_dir(path)
 
 
