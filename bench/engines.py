@@ -124,7 +124,7 @@ def forward(*, input: str, model: str, batch_size: int, tiles: int, distinct: in
 
     net, card = _load(model)
     grid, pool = _tile_pool(input, card, distinct)
-    pool = card.normalize(pool)
+    pool = card.normalize_tiles(pool)
     layout = torch.channels_last if len(grid.tile) == 2 else torch.contiguous_format
     count = math.ceil(tiles / batch_size)
     batches = [
@@ -308,7 +308,7 @@ def _image(path: str) -> np.ndarray:
 
 
 def _normalised(path: str, card: Any) -> np.ndarray:
-    return card.normalize(_image(path)[None])[0]
+    return card.normalize_tiles(_image(path)[None])[0]
 
 
 def _padded(tile: np.ndarray, size: tuple[int, ...]) -> np.ndarray:

@@ -57,9 +57,16 @@ def require(available: bool, reason: str) -> None:
 
 
 def write_tiff(
-    path: Path, data: np.ndarray, *, crs: str | None = UTM, transform=UTM_TRANSFORM, nodata=None, **profile
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = UTM,
+    transform=UTM_TRANSFORM,
+    nodata=None,
+    descriptions: tuple[str, ...] = (),
+    **profile,
 ) -> Path:
-    """Write ``(bands, h, w)`` data as a tiled GeoTIFF."""
+    """Write ``(bands, h, w)`` data as a tiled GeoTIFF (bands named by ``descriptions``)."""
     bands, height, width = data.shape
     options = {"tiled": True, "blockxsize": 256, "blockysize": 256} if min(height, width) >= 256 else {}
     with rasterio.open(
@@ -76,6 +83,8 @@ def write_tiff(
         **{**options, **profile},
     ) as dst:
         dst.write(data)
+        for band, name in enumerate(descriptions, start=1):
+            dst.set_band_description(band, name)
     return path
 
 

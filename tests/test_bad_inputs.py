@@ -113,7 +113,7 @@ FAILURES = [
     (["segment", "{d}/text.tif", "--model", "{d}/m.pt"], "cannot read"),
     (["segment", "{d}/empty.tif", "--model", "{d}/m.pt"], "cannot read"),
     (["segment", "{d}/truncated.tif", "--model", "{d}/m.pt"], "cannot read"),
-    (["segment", "{d}/good.tif", "--model", "{d}/notes.pt"], "not a checkpoint"),
+    (["segment", "{d}/good.tif", "--model", "{d}/notes.pt"], "is not a model gigaseg can read"),
     (["segment", "{d}/good.tif", "--model", "{d}/missing.pt"], "does not exist"),
     (["segment", "{d}/good.tif", "--model", "{d}/unet.pt", "--card", "{d}/card.json"], "do not fit"),
     (["segment", "{d}/good.tif", "--model", "{d}/lying.pt"], "do not fit"),

@@ -53,7 +53,7 @@ def test_organ_model_segments_a_volume_it_never_saw(organs):
     model, card = organs
     assert card.spatial_dims == 3 and card.in_channels == 1
     volume, truth = organ_volume((80, 80, 80), seed=999)  # the training size
-    tiles = card.normalize(volume[None, None].copy())
+    tiles = card.normalize_tiles(volume[None, None].copy())
     mask = Predictor(model, card, device="cpu", batch_size=1)(tiles)[0].argmax(axis=0)
     for organ in (1, 2, 3):
         dice = 2 * ((mask == organ) & (truth == organ)).sum() / ((mask == organ).sum() + (truth == organ).sum())

@@ -98,7 +98,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path, inputs):
     cases = [
         (("segment", tmp_path / "missing.tif", "--model", model, "--out", out), "does not exist"),
         (("segment", text, "--model", model, "--out", out), "cannot read"),
-        (("segment", tif, "--model", text, "--out", out), "not a checkpoint"),
+        (("segment", tif, "--model", text, "--out", out), "is not a model gigaseg can read"),
         (("segment", tif, "--model", model, "--out", out, "--bands", "1,2"), "takes 3 channels but 2 are selected"),
         (
             ("segment", tif, "--model", model, "--out", out, "--tile", 32, "--overlap", 16),

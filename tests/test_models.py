@@ -123,4 +123,4 @@ def test_normalisation_is_the_same_for_planar_and_interleaved_tiles(shape):
     expected = (tiles - mean) / std
     interleaved = np.moveaxis(np.ascontiguousarray(np.moveaxis(tiles, 1, -1)), -1, 1)
     for x in (tiles.copy(), interleaved):
-        assert np.array_equal(card.normalize(x), expected)
+        assert np.array_equal(card.normalize_tiles(x), expected)

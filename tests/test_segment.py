@@ -16,7 +16,7 @@ from tests.conftest import UTM_TRANSFORM, needs_cuda, write_tiff
 def whole_image_scores(model_path, image, *, softmax=True):
     """The oracle: the network run once over the whole image, no tiles."""
     model, card = load_checkpoint(model_path)
-    x = card.normalize(image[None].astype(np.float32).copy())
+    x = card.normalize_tiles(image[None].astype(np.float32).copy())
     with torch.inference_mode():
         out = model(torch.from_numpy(x))
         out = torch.softmax(out, 1) if softmax else out
@@ -93,7 +93,7 @@ def test_streamed_blocks_match_a_whole_scene_stitch(tmp_path, make_tiff, unet_mo
     for r in range(grid.counts[0]):
         for c in range(grid.counts[1]):
             box = grid.tile_box((r, c))
-            x = card.normalize(image[(slice(None), *box.slices())][None].copy())
+            x = card.normalize_tiles(image[(slice(None), *box.slices())][None].copy())
             with torch.inference_mode():
                 p = torch.softmax(model(torch.from_numpy(x)), 1)[0].numpy()
             acc[(slice(None), *box.slices())] += p * window

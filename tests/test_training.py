@@ -268,7 +268,7 @@ def test_candidates_oversample_tiles_with_rare_classes():
 def test_clip_windows_intensities_before_normalising():
     card = ModelCard(arch="conv", in_channels=1, classes=["a"], clip=[-100.0, 100.0], mean=[0.0], std=[100.0])
     tiles = np.array([[[-1000.0, 50.0, 700.0]]], np.float32)[None]
-    np.testing.assert_allclose(card.normalize(tiles)[0, 0, 0], [-1.0, 0.5, 1.0])
+    np.testing.assert_allclose(card.normalize_tiles(tiles)[0, 0, 0], [-1.0, 0.5, 1.0])
     with pytest.raises(ModelError, match="clip must be"):
         ModelCard(arch="conv", in_channels=1, classes=["a"], clip=[5.0, 1.0])
 

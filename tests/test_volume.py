@@ -57,7 +57,7 @@ def whole_volume(model_path, path, *, canonical=False, volume=0, normalize=None)
         data = np.moveaxis(data, -1, 0) if volume == "all" else data[None, ..., volume]
     else:
         data = data[None]
-    x = (normalize or card.normalize)(to_model(data, nib.load(path).affine, canonical)[None].copy())
+    x = (normalize or card.normalize_tiles)(to_model(data, nib.load(path).affine, canonical)[None].copy())
     return to_voxels(run_network(model, x)[0], nib.load(path).affine, canonical)
 
 
@@ -71,7 +71,7 @@ def slice_by_slice(model_path, path, axis, *, canonical=False, context=0):
     for s in range(n):
         picks = np.clip(np.arange(s - context, s + context + 1), 0, n - 1)
         x = np.stack([np.take(data, p, axis=axis) for p in picks])[None]
-        out.append(run_network(model, card.normalize(x.copy()))[0])
+        out.append(run_network(model, card.normalize_tiles(x.copy()))[0])
     return to_voxels(np.stack(out, axis=axis + 1), image.affine, canonical)
 
 

@@ -6,6 +6,7 @@ import math
 import os
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,23 @@ def _first_line(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
+def bands_by_name(wanted: Sequence[str], descriptions: Sequence[str | None], path: str) -> list[int] | None:
+    """The bands a model names (its card's ``band_names``), in its order, by the raster's band
+    descriptions; None when the raster names no band (its bands are then taken in order)."""
+    if not any(descriptions):
+        return None
+    named = {(d or "").strip().lower(): i for i, d in enumerate(descriptions, start=1) if d}
+    missing = [name for name in wanted if name.strip().lower() not in named]
+    if missing:
+        has = ", ".join(d or f"band{i}" for i, d in enumerate(descriptions, start=1))
+        raise InputError(
+            f"the model takes bands {', '.join(wanted)}, but {path} has bands {has} (no {', '.join(missing)}); "
+            "choose them with bands",
+            parameters=("bands",),
+        )
+    return [named[name.strip().lower()] for name in wanted]
+
+
 class GeoTiffSource(ThreadLocalHandles):
     """A raster read window by window; never the whole scene.
 
@@ -126,7 +144,14 @@ class GeoTiffSource(ThreadLocalHandles):
     its own from the path, and pickling keeps only the path and the reading options.
     """
 
-    def __init__(self, path: str | Path, *, bands: list[int] | None = None, nodata_rule: str = "all-bands") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        bands: list[int] | None = None,
+        nodata_rule: str = "all-bands",
+        band_names: Sequence[str] | None = None,
+    ) -> None:
         if nodata_rule not in NODATA_RULES:
             raise InputError(
                 f"nodata_rule must be all-bands (GDAL's mask) or any-band, got {nodata_rule!r}",
@@ -135,6 +160,8 @@ class GeoTiffSource(ThreadLocalHandles):
         self.path = str(path)
         self.nodata_rule = nodata_rule
         with rasterio.Env(**self._gdal_env()), self._open() as ds:
+            if bands is None and band_names:
+                bands = bands_by_name(band_names, ds.descriptions, self.path)
             self.bands = check_bands(bands, ds.count, self.path)
             self.shape: tuple[int, int] = (ds.height, ds.width)
             self.dtype = np.dtype(ds.dtypes[self.bands[0] - 1])

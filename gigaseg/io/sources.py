@@ -145,7 +145,7 @@ def open_source(
         return open_stac(path, assets=assets, band_names=band_names, bands=bands, nodata_rule=nodata_rule)
     if assets:
         raise InputError(f"assets names the bands of a STAC item, and {path} is not one", parameters=("assets",))
-    return GeoTiffSource(path, bands=list(bands) if bands else None, nodata_rule=nodata_rule)
+    return GeoTiffSource(path, bands=list(bands) if bands else None, nodata_rule=nodata_rule, band_names=band_names)
 
 
 def is_npy(path: str | Path) -> bool:

@@ -8,16 +8,16 @@ options, never a mix.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from gigaseg.errors import InputError
-from gigaseg.io.identity import file_identity, file_sha256, remote_identity
+from gigaseg.io.identity import file_identity, remote_identity
 from gigaseg.io.remote import is_local
 from gigaseg.io.stac import is_stac, stac_identity
+from gigaseg.models.formats import model_sha256
 
 
 def fingerprint(input_path: str | Path, model_path: str | Path, options: dict[str, Any]) -> dict[str, Any]:
@@ -40,14 +40,8 @@ def input_identity(path: str | Path) -> dict[str, Any]:
 
 
 def weights_sha256(path: str | Path) -> str:
-    stat = os.stat(path)
-    return _sha256(str(Path(path).absolute()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """Hashed once per process and file version: a job's scenes share one model."""
-    return file_sha256(path)
+    """The model's bytes: a file's sha256, a folder's files', or a module's weights' (:func:`model_sha256`)."""
+    return model_sha256(path)
 
 
 def differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

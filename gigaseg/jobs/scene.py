@@ -35,7 +35,8 @@ from gigaseg.jobs.memory import gpu_batch_size
 from gigaseg.jobs.options import SegmentOptions, cache_bytes, check_options
 from gigaseg.jobs.plan import Plan, length_spacing, make_plan
 from gigaseg.jobs.volume import ModelInput, model_input
-from gigaseg.models import ModelCard, Predictor, load_checkpoint
+from gigaseg.models import ModelCard, Predictor
+from gigaseg.models.formats import check_graph, open_model
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class SceneSpec:
     model: str
     output: str
     options: SegmentOptions = SegmentOptions()
-    card: dict[str, Any] | None = None  # for plain state_dicts without a card of their own
+    card: dict[str, Any] | None = None  # card keys over the model's own (a whole card for a plain state dict)
     export: str | None = None  # a file (COG, NIfTI) the finished store is exported to, then removed
 
     @property
@@ -132,18 +133,19 @@ def load_predictor(spec: SceneSpec) -> Predictor:
     o = spec.options
     key = json.dumps([spec.model, spec.card, o.device, o.batch_size, o.merge, o.tta, o.deterministic], default=str)
     if key not in _PREDICTORS:
-        card = ModelCard.from_dict(spec.card) if spec.card else None
-        model, card = load_checkpoint(spec.model, card=card)
+        loaded = open_model(spec.model, card=spec.card)
         _PREDICTORS.clear()  # one model per worker at a time
-        _PREDICTORS[key] = Predictor(
-            model,
-            card,
+        predictor = Predictor(
+            loaded.module,
+            loaded.card,
             device=o.device,
             batch_size=o.batch_size,
             merge=o.merge,
             tta=o.tta,
             deterministic=o.deterministic,
         )
+        check_graph(predictor, spec.model)  # the card against the graph, one small forward
+        _PREDICTORS[key] = predictor
     return _PREDICTORS[key]
 
 
@@ -255,7 +257,7 @@ def provenance(plan: Plan, card: ModelCard, source: Source, model_path: str | Pa
         if "://" in source.path or source.path.startswith("/vsi")
         else str(Path(source.path).absolute()),
         **source.describe(),
-        "model": str(Path(model_path).absolute()),
+        "model": str(model_path) if str(model_path).startswith("module:") else str(Path(model_path).absolute()),
         "model_card": card.to_dict(),
         "model_card_sha256": card.digest(),
         "plan": plan.describe(),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from gigaseg.errors import DamagedStoreError, GigasegError, OutputExistsError
 from gigaseg.io.export import export_mask
@@ -33,6 +34,7 @@ from gigaseg.jobs.scene import (
 )
 from gigaseg.jobs.volume import ModelInput
 from gigaseg.models import ModelCard
+from gigaseg.models.formats import card_override, register_module
 
 
 @dataclass
@@ -64,22 +66,29 @@ class Summary:
 
 def segment(
     input_path: str | Path,
-    model_path: str | Path,
+    model_path: str | Path | nn.Module,
     output: str | Path,
     options: SegmentOptions | None = None,
     *,
-    card: ModelCard | None = None,
+    card: ModelCard | dict[str, Any] | str | Path | None = None,
 ) -> Summary:
     """Segment one raster or volume into a Zarr mask store; the whole path in one call.
 
+    ``model_path`` is a model in any format gigaseg reads (a checkpoint, a state
+    dict, TorchScript, ``.pt2``, ONNX, an smp folder) or an ``nn.Module``;
+    ``card`` (a :class:`ModelCard`, a dict of some keys, or a JSON file) says
+    what the model does not, key by key over its own card.
     An ``output`` named ``.tif``/``.tiff`` (or ``.nii``/``.nii.gz``)
     is a file: the scene is
     segmented into a staging store beside it and exported (:mod:`gigaseg.jobs.outputs`).
     """
     options = options or SegmentOptions()
+    if isinstance(model_path, nn.Module):
+        model_path = register_module(model_path)
+    keys = card_override(card)
     if output_format(str(output)) != "zarr":
-        return segment_to_file(input_path, model_path, str(output), options, card=card)
-    spec = SceneSpec(str(input_path), str(model_path), str(output), options, card.to_dict() if card else None)
+        return segment_to_file(input_path, model_path, str(output), options, card=keys)
+    spec = SceneSpec(str(input_path), str(model_path), str(output), options, keys)
     existed = exists(output)
     planned = plan_checked(spec)
     with StoreLock(output):
@@ -99,7 +108,7 @@ def segment_to_file(
     output: str,
     options: SegmentOptions,
     *,
-    card: ModelCard | None = None,
+    card: dict[str, Any] | None = None,
 ) -> Summary:
     """Segment into the staging store beside ``output``, export it to ``output``, remove the store.
 

@@ -12,8 +12,12 @@ from typing import Any
 import numpy as np
 
 from gigaseg.errors import ModelError, SourceError
-from gigaseg.models.intensity import Intensity, check_spec
+from gigaseg.models.intensity import Normalizer, check_spec, check_steps, fit_steps, spec_steps
 from gigaseg.tiler.grid import tiling_problem
+
+# What the network's outputs are: raw scores (gigaseg applies the softmax), probabilities (the graph
+# ends in a softmax: blended as they are), or one sigmoid channel (a binary mask: two classes).
+OUTPUTS = ("logits", "probabilities", "sigmoid")
 
 
 @dataclass
@@ -35,6 +39,10 @@ class ModelCard:
     overlap: int = 64
     receptive_field: int | None = None
     intensity: dict[str, Any] | None = None
+    outputs: str = "logits"
+    input_size: int | None = None  # the only tile side the graph takes
+    size_multiple: int | None = None  # tile sides must be a multiple of it
+    normalize: list[dict[str, Any]] | None = None  # ordered steps (gigaseg.models.intensity.STEPS)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -61,6 +69,40 @@ class ModelCard:
             raise ModelError(f"model card: spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if problem := tiling_problem(self.tile, self.overlap):
             raise ModelError(f"model card: {problem}")
+        self._check_graph_keys()
+
+    def _check_graph_keys(self) -> None:
+        """The keys for other people's networks: outputs, input_size, size_multiple, normalize."""
+        if self.outputs not in OUTPUTS:
+            raise ModelError(f"model card: outputs must be one of {', '.join(OUTPUTS)}, got {self.outputs!r}")
+        if self.outputs == "sigmoid" and self.num_classes != 2:
+            raise ModelError(
+                f"model card: outputs sigmoid is one channel, a binary mask of two classes (background first); "
+                f"classes names {self.num_classes}"
+            )
+        for name in ("input_size", "size_multiple", "tile", "overlap", "in_channels"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ModelError(f"model card: {name} must be a whole number, got {value!r}")
+        for name in ("input_size", "size_multiple"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ModelError(f"model card: {name} must be positive, got {value}")
+        if self.input_size is not None and self.tile != self.input_size:
+            raise ModelError(
+                f"model card: tile {self.tile} contradicts input_size {self.input_size} (the only side the graph "
+                "takes); leave tile out"
+            )
+        if self.size_multiple and self.tile % self.size_multiple:
+            raise ModelError(f"model card: tile {self.tile} is not a multiple of size_multiple {self.size_multiple}")
+        if self.normalize is not None:
+            older = [k for k in ("clip", "mean", "std", "intensity") if getattr(self, k) is not None]
+            if older:
+                raise ModelError(
+                    f"model card: normalize and {', '.join(older)} both say how to normalise; "
+                    "keep normalize (the older keys are steps of it)"
+                )
+            check_steps(self.normalize)
 
     @property
     def num_classes(self) -> int:
@@ -78,6 +120,11 @@ class ModelCard:
         missing = [k for k in ("arch", "in_channels", "classes") if k not in values]
         if missing:
             raise ModelError(f"model card: missing keys {missing}")
+        size = values.get("input_size")
+        if isinstance(size, int) and "tile" not in values:  # the graph takes one side: tiles are that side
+            values = {**values, "tile": size, "overlap": values.get("overlap", size // 8)}
+        if not isinstance(values["classes"], list) or not all(isinstance(c, str) for c in values["classes"]):
+            raise ModelError(f"model card: classes must be a list of names, got {values['classes']!r}")
         try:
             return cls(**values)
         except TypeError as e:
@@ -86,35 +133,50 @@ class ModelCard:
     @classmethod
     def from_json(cls, path: str | Path) -> ModelCard:
         """A card written as JSON, e.g. to go with a plain state_dict trained elsewhere."""
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise SourceError(f"cannot read model card {path}: {e.strerror or e}") from None
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ModelError(f"model card {path} is not valid JSON: {e}") from None
-        if not isinstance(values, dict):
-            raise ModelError(f"model card {path} must hold a JSON object, not a {type(values).__name__}")
-        return cls.from_dict(values)
+        return cls.from_dict(read_card_json(path))
 
     def digest(self) -> str:
         """A short content hash of the card, for provenance."""
         text = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def normalize(self, tiles: np.ndarray) -> np.ndarray:
-        """``(clip(x) - mean) / std`` per band, in place, on ``(N, C, ...)`` float32 tiles.
+    def steps(self) -> list[dict[str, Any]]:
+        """How inputs are normalised, as ordered steps: ``normalize``, or the older keys as steps.
 
-        A card with an ``intensity`` spec is normalised by the spec instead, fitted
-        on the scene (:mod:`gigaseg.models.intensity`, ``gigaseg.jobs.volume``).
+        ``clip`` is ``{"clip": ...}``, ``mean``/``std`` ``{"mean": ..., "std": ...}``, and an
+        ``intensity`` spec its window or percentiles, then its (or the card's, or the scene's) moments.
         """
+        if self.normalize is not None:
+            return list(self.normalize)
+        if self.intensity is not None:
+            return spec_steps(self.intensity, mean=self.mean, std=self.std)
+        steps: list[dict[str, Any]] = [{"clip": list(self.clip)}] if self.clip is not None else []
+        moments = {k: v for k, v in (("mean", self.mean), ("std", self.std)) if v is not None}
+        return steps + ([moments] if moments else [])
+
+    def normalize_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        """The card's fixed steps, in place, on ``(N, C, ...)`` float32 tiles (see :meth:`normalizer`)."""
         return self.normalizer()(tiles)
 
-    def normalizer(self) -> Intensity:
-        """The card's plain ``clip``, ``mean`` and ``std`` as a normaliser (numpy or torch tiles)."""
-        channels = self.in_channels
-        low, high = (None, None) if self.clip is None else (np.full(channels, c, np.float64) for c in self.clip)
-        mean = None if self.mean is None else np.asarray(self.mean, np.float64)
-        std = None if self.std is None else np.asarray(self.std, np.float64)
-        return Intensity(mean, std, low, high)
+    def normalizer(self) -> Normalizer:
+        """The card's steps that need no scene, as a normaliser (numpy or torch tiles).
+
+        Steps fitted on the scene (percentiles, its own moments) are fitted by
+        ``gigaseg.jobs.volume.normalizer``; planning goes without them.
+        """
+        return fit_steps(self.steps(), None, channels=self.in_channels)
+
+
+def read_card_json(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a card file (all keys or some, to merge over a model's own card)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SourceError(f"cannot read model card {path}: {e.strerror or e}") from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelError(f"model card {path} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ModelError(f"model card {path} must hold a JSON object, not a {type(values).__name__}")
+    return values

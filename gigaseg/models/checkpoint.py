@@ -52,21 +52,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch's unpickler fails on garbage in many ways (KeyError, ...)
-        raise ModelError(_unreadable(path, e)) from None
+        raise ModelError(unreadable(path, e)) from None
     if not isinstance(data, dict):
         raise ModelError(f"{path} holds a {type(data).__name__}, not a checkpoint")
     return data
 
 
-def _unreadable(path: str, error: Exception) -> str:
+def unreadable(path: str, error: Exception) -> str:
     """One line of our own: never torch's advice to load with ``weights_only=False``."""
     text = str(error).strip()
     unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if isinstance(error, pickle.UnpicklingError) and unsafe:
         return (
             f"{path} holds a pickled Python object ({unsafe.group(1)}), not only tensors and plain values: "
-            "loading it could run code, and gigaseg loads only safe checkpoints; to convert it, load it with "
-            "torch where you trust its source and save its model's state_dict (torch.save(model.state_dict(), path))"
+            "loading it could run code, and gigaseg loads only tensors; where you trust its source, load it "
+            "with torch and export the network: torch.jit.save(torch.jit.script(model), 'model.ts'), "
+            "torch.export.save, torch.onnx.export, or torch.save(model.state_dict(), path) with a card"
         )
     if "WeightsUnpickler error:" in text:  # what the unpickler met, between paragraphs of advice
         text = text.split("WeightsUnpickler error:", 1)[1].strip()
@@ -90,11 +91,11 @@ def load_checkpoint(path: str | Path, *, card: ModelCard | None = None) -> tuple
     else:
         raise ModelError(f"{path} is a plain state_dict without a ModelCard; give one with card", parameters=("card",))
     model = create_model(card)
-    _load_weights(model, state, path, card)
+    load_weights(model, state, path, card)
     return model.eval(), card
 
 
-def _load_weights(model: nn.Module, state: dict[str, Any], path: Any, card: ModelCard) -> None:
+def load_weights(model: nn.Module, state: dict[str, Any], path: Any, card: ModelCard) -> None:
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # torch reports shape mismatches this way

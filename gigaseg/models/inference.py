@@ -95,7 +95,8 @@ class Predictor:
         self.device = resolve_device(device)
         self.merge = merge
         self.batch_size = batch_size or default_batch_size(self.device)
-        self.stride = output_stride(model)
+        self.stride = card.size_multiple or output_stride(model)
+        self.autocast = getattr(model, "gigaseg_autocast", True)  # False: the graph runs in its own type
         self.flips = flip_axes(card.spatial_dims) if tta else [()]
         self.deterministic = deterministic
         if deterministic and self.device.type == "cuda":  # read when cuBLAS starts: set before it, left set
@@ -103,13 +104,21 @@ class Predictor:
         # cuDNN's autotuner (torch.backends.cudnn.benchmark) stays off: on the H200 it cost
         # about a second per process, more than it saved on scenes up to 16384^2 (bench/RESULTS.md).
         keep_freed_memory()
-        memory_format = torch.channels_last if card.spatial_dims == 2 else torch.contiguous_format
+        channels_last = card.spatial_dims == 2 and getattr(model, "gigaseg_channels_last", True)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Module.to takes a device and a memory format only in separate calls (its documented signatures).
         self.model = model.to(self.device).to(memory_format=memory_format).eval()
         self._memory_format = memory_format
 
     def check_tile(self, tile: tuple[int, ...]) -> None:
         """Refuse a tile the network cannot take, saying how to fix it."""
+        size = self.card.input_size
+        if size is not None and any(t != size for t in tile):
+            raise InputError(
+                f"this model takes only tiles of {size} (input_size in its card), so tile {tile} cannot run; "
+                f"leave tile out or set it to {size}",
+                parameters=("tile",),
+            )
         bad = [t for t in tile if t % self.stride]
         if bad:
             fixed = tuple(-(-t // self.stride) * self.stride for t in tile)
@@ -131,7 +140,7 @@ class Predictor:
         logits into probabilities where it weights and adds them. TTA averages
         probabilities, so it needs them here.
         """
-        return self.merge == "probs" and len(self.flips) == 1
+        return self.merge == "probs" and len(self.flips) == 1 and self.card.outputs != "probabilities"
 
     @torch.no_grad()  # not inference_mode: the stitcher weights the scores in place afterwards
     def scores(self, x: torch.Tensor, *, logits: bool = False) -> torch.Tensor:
@@ -148,7 +157,8 @@ class Predictor:
         out as the stitcher adds them fastest on the device (see :meth:`_scores`).
         """
         shape = x.shape[2:]
-        padded = tuple(-(-n // self.stride) * self.stride for n in shape)
+        size = self.card.input_size  # a fixed-size graph: smaller tiles (a small scene's) are padded up to it
+        padded = tuple(size or -(-n // self.stride) * self.stride for n in shape)
         if padded != tuple(shape):
             x = pad_to(x, padded)
         softmax = self.merge == "probs" and not (logits and self.defers_softmax)
@@ -188,9 +198,12 @@ class Predictor:
         to planes cost more than the softmax itself. Below 16 classes torch's
         softmax along a short innermost axis is slower than the conversion.
         """
-        x = x.contiguous(memory_format=self._memory_format)
-        with self._autocast(), deterministic_kernels() if self.deterministic else contextlib.nullcontext():
-            out = self.model(x)
+        out = self.raw_forward(x)
+        if self.card.outputs == "sigmoid":  # one logit z: the two classes' logits are (0, z)
+            out = torch.cat([torch.zeros_like(out), out], 1)
+        elif self.card.outputs == "probabilities":  # the graph's softmax: blended as they are, or their logs
+            out = out.float().contiguous()
+            return out if softmax else out.clamp_min_(1e-30).log_()
         if not softmax:
             return out.float() if self.device.type == "cpu" else out.float().contiguous()
         channels_last = out.ndim == 4 and not out.is_contiguous()
@@ -198,13 +211,19 @@ class Predictor:
             return torch.softmax(out.permute(0, 2, 3, 1), -1, dtype=torch.float32).permute(0, 3, 1, 2)
         return torch.softmax(out.contiguous(), 1, dtype=torch.float32)
 
+    def raw_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's own outputs for a batch (the model card's ``outputs`` say what they are)."""
+        x = x.contiguous(memory_format=self._memory_format)
+        with self._autocast(), deterministic_kernels() if self.deterministic else contextlib.nullcontext():
+            return self.model(x)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or not self.autocast:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=self._autocast_dtype())
 
     def _autocast_dtype(self) -> torch.dtype:
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or not self.autocast:
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 

@@ -52,16 +52,18 @@ KEYS = {"ct": {"window"}, "percentile": {"low", "high"}, "zscore": set()}
 
 @dataclass(frozen=True)
 class Intensity:
-    """Per-channel ``clip(x, low, high)`` then ``(x - mean) / std``; each step only where given.
+    """Per-channel ``clip(x, low, high)``, ``(x - mean) / std``, then ``x * scale + offset``; each only where given.
 
     Works in place on ``(N, C, ...)`` float32 tiles, numpy arrays or torch tensors
     on any device: the pipeline normalises raw pixels on the model's device.
     """
 
-    mean: np.ndarray | None
-    std: np.ndarray | None
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
     low: np.ndarray | None = None
     high: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
     def __call__(self, tiles: Any) -> Any:
         """Normalise ``(N, C, ...)`` float32 tiles in place (a numpy array or a torch tensor)."""
@@ -77,6 +79,10 @@ class Intensity:
             per_band(np.subtract, tiles, self.mean)
         if self.std is not None:
             per_band(np.divide, tiles, self.std)
+        if self.scale is not None:
+            per_band(np.multiply, tiles, self.scale)
+        if self.offset is not None:
+            per_band(np.add, tiles, self.offset)
         return tiles
 
     def _torch(self, tiles: Any) -> Any:
@@ -103,10 +109,15 @@ class Intensity:
             rows.sub_(vector(self.mean))
         if self.std is not None:
             rows.div_(vector(self.std))
+        if self.scale is not None:
+            rows.mul_(vector(self.scale))
+        if self.offset is not None:
+            rows.add_(vector(self.offset))
         return tiles
 
     def describe(self) -> dict[str, Any]:
         values = {"mean": self.mean, "std": self.std, "low": self.low, "high": self.high}
+        values |= {k: v for k, v in (("scale", self.scale), ("offset", self.offset)) if v is not None}
         return {k: None if v is None else [float(x) for x in v] for k, v in values.items()}
 
 
@@ -163,44 +174,177 @@ def _increasing(pair: Any, low: float, high: float) -> bool:
 
 def needs_sample(spec: Spec, *, mean: Any = None, std: Any = None) -> bool:
     """Whether fitting ``spec`` needs pixels of the scene."""
-    given = "mean" in spec and "std" in spec or mean is not None and std is not None
-    return spec["mode"] == "percentile" or not given
+    return needs_scene(spec_steps(spec, mean=mean, std=std))
 
 
 def fit_intensity(
     spec: Spec, sample: np.ndarray | None, *, channels: int, mean: Any = None, std: Any = None
 ) -> Intensity:
-    """The normaliser for ``channels`` model inputs.
+    """The normaliser for ``channels`` model inputs: ``spec`` as its normalisation steps, fitted.
 
     ``sample`` is ``(c, n)`` pixels of the scene's ``c`` channels; when the model
     takes more (2.5-D context stacks neighbouring slices), each scene channel's
     statistics repeat over its block of ``channels // c`` model channels.
     """
-    bounds = MODES[spec["mode"]](spec, sample)
+    fitted = fit_steps(spec_steps(spec, mean=mean, std=std), sample, channels=channels)
+    assert isinstance(fitted, Intensity), "a window or percentiles, then moments: one step"
+    return fitted
+
+
+# The card's ``normalize``: an ordered list of steps, each a dict named by its first key.
+STEPS: dict[str, set[str]] = {
+    "clip": {"clip"},  # {"clip": [low, high]}
+    "clip_percentiles": {"clip_percentiles"},  # {"clip_percentiles": [p_low, p_high]}, fitted on the scene
+    "zscore": {"zscore"},  # {"zscore": "volume"}: the scene's own mean and std after the steps before it
+    "mean": {"mean", "std"},  # {"mean": [...], "std": [...]}: per band
+    "scale": {"scale", "offset"},  # {"scale": a, "offset": b}: x * a + b
+    "divide": {"divide"},  # {"divide": d}: digital numbers to reflectance
+}
+# Where each step acts within one Intensity (clip, mean, std, scale, offset): steps in this order fold into one.
+_SLOTS = {"clip": (0,), "clip_percentiles": (0,), "zscore": (1, 2), "mean": (1, 2), "divide": (2,), "scale": (3, 4)}
+
+
+def step_kind(step: Any) -> str:
+    """The step's name (its defining key), or a one-line error."""
+    if isinstance(step, dict):
+        kinds = [k for k in STEPS if k in step] or (["mean"] if "std" in step else [])
+        if len(kinds) == 1 and not set(step) - STEPS[kinds[0]]:
+            return kinds[0]
+    raise ModelError(
+        f"model card: a normalize step is one of {_STEP_FORMS}; got {step!r}",
+    )
+
+
+_STEP_FORMS = (
+    '{"clip": [lo, hi]}, {"clip_percentiles": [p_lo, p_hi]}, {"zscore": "volume"}, '
+    '{"mean": [...], "std": [...]}, {"scale": a, "offset": b}, {"divide": d}'
+)
+
+
+def check_steps(steps: Any) -> None:
+    """Refuse steps of unknown kinds or impossible values, one line each."""
+    if not isinstance(steps, list):
+        raise ModelError(f"model card: normalize is a list of steps, got {steps!r}")
+    for step in steps:
+        kind = step_kind(step)
+        if kind == "clip" and not _increasing(step["clip"], -np.inf, np.inf):
+            raise ModelError(f"model card: clip needs [low, high] with low < high, got {step['clip']!r}")
+        if kind == "clip_percentiles" and not _increasing(step["clip_percentiles"], 0, 100):
+            raise ModelError(
+                f"model card: clip_percentiles needs [p_low, p_high] with 0 <= p_low < p_high <= 100, "
+                f"got {step['clip_percentiles']!r}"
+            )
+        if kind == "zscore" and step["zscore"] not in ("volume", "scene"):
+            raise ModelError(f'model card: zscore takes "volume" (the scene\'s own statistics), got {step["zscore"]!r}')
+        for key, nonzero in (("mean", False), ("std", True), ("scale", True), ("offset", False), ("divide", True)):
+            if key in step:
+                _numbers(step[key], key, positive=key == "std", nonzero=nonzero)
+
+
+def _numbers(value: Any, key: str, *, positive: bool, nonzero: bool) -> None:
+    try:
+        array = np.atleast_1d(np.asarray(value, np.float64))
+    except (TypeError, ValueError):
+        array = np.array([np.nan])
+    if array.ndim != 1 or not np.isfinite(array).all():
+        raise ModelError(f"model card: {key} must be a number or one number per band, got {value!r}")
+    if positive and (array <= 0).any():
+        raise ModelError(f"model card: {key} must be positive, got {value!r}")
+    if nonzero and (array == 0).any():
+        raise ModelError(f"model card: {key} must not be 0, got {value!r}")
+
+
+def spec_steps(spec: Spec, *, mean: Any = None, std: Any = None) -> list[dict[str, Any]]:
+    """An ``intensity`` spec (with the card's ``mean``/``std``) as normalisation steps."""
+    steps: list[dict[str, Any]] = []
+    if spec["mode"] == "ct":
+        steps.append({"clip": list(spec["window"])})
+    elif spec["mode"] == "percentile":
+        steps.append({"clip_percentiles": [spec.get("low", 0.5), spec.get("high", 99.5)]})
     if "mean" in spec and "std" in spec:
         mean, std = spec["mean"], spec["std"]
-    if mean is None or std is None:
-        mean, std = _moments(_clip(sample, bounds))
-    low, high = (None, None) if bounds is None else bounds
-    return Intensity(
-        mean=_per_channel(mean, channels),
-        std=np.maximum(_per_channel(std, channels), 1e-6),
-        low=None if low is None else _per_channel(low, channels),
-        high=None if high is None else _per_channel(high, channels),
-    )
+    steps.append({"zscore": "volume"} if mean is None or std is None else {"mean": mean, "std": std})
+    return steps
+
+
+def needs_scene(steps: list[dict[str, Any]]) -> bool:
+    """Whether fitting ``steps`` needs pixels of the scene (percentiles or its own moments)."""
+    return any(step_kind(s) in ("clip_percentiles", "zscore") for s in steps)
+
+
+Normalizer = Any  # an Intensity, or a Chain of them: callable in place on (N, C, ...) tiles
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Normalisers applied one after another (steps that do not fold into one :class:`Intensity`)."""
+
+    parts: tuple[Intensity, ...]
+
+    def __call__(self, tiles: Any) -> Any:
+        for part in self.parts:
+            tiles = part(tiles)
+        return tiles
+
+    def describe(self) -> dict[str, Any]:
+        return {"steps": [part.describe() for part in self.parts]}
+
+
+def fit_steps(steps: list[dict[str, Any]], sample: np.ndarray | None, *, channels: int) -> Normalizer:
+    """The normaliser for ``channels`` model inputs: each step fitted in order on ``sample``.
+
+    ``sample`` is ``(c, n)`` pixels of the scene (after the steps before, for the
+    steps that measure it). Without a sample (planning) steps that measure the
+    scene are left out. Steps that act in the order clip, mean, std, scale,
+    offset fold into one :class:`Intensity`, so the older ``clip``/``mean``/``std``
+    keys and their steps run the very same arithmetic.
+    """
+    parts: list[dict[str, np.ndarray]] = []
+    last = 99
+    values = None if sample is None else sample.astype(np.float64)
+    for step in steps:
+        kind = step_kind(step)
+        if values is None and kind in ("clip_percentiles", "zscore"):
+            continue
+        fitted = _fit_step(kind, step, values, channels)
+        slots = _SLOTS[kind]
+        if slots[0] <= last or not parts:
+            parts.append({})
+        parts[-1].update(fitted)
+        last = slots[-1]
+        if values is not None:
+            values = Intensity(**_per_scene(fitted, values.shape[0]))(values[None])[0]
+    made = tuple(Intensity(**part) for part in parts) or (Intensity(),)
+    return made[0] if len(made) == 1 else Chain(made)
+
+
+def _fit_step(kind: str, step: dict[str, Any], values: np.ndarray | None, channels: int) -> dict[str, np.ndarray]:
+    """One step's values per model channel."""
+    if kind == "clip":
+        return {"low": _per_channel(step["clip"][0], channels), "high": _per_channel(step["clip"][1], channels)}
+    if kind == "clip_percentiles":
+        low, high = step["clip_percentiles"]
+        data = _checked(values)
+        found = np.percentile(data, low, axis=1), np.percentile(data, high, axis=1)
+        return {"low": _per_channel(found[0], channels), "high": _per_channel(found[1], channels)}
+    if kind == "zscore":
+        mean, std = _moments(_checked(values))
+        return {"mean": _per_channel(mean, channels), "std": np.maximum(_per_channel(std, channels), 1e-6)}
+    if kind == "divide":
+        return {"std": _per_channel(step["divide"], channels)}
+    names = ("mean", "std") if kind == "mean" else ("scale", "offset")
+    return {k: _per_channel(step[k], channels) for k in names if step.get(k) is not None}
+
+
+def _per_scene(fitted: dict[str, np.ndarray], bands: int) -> dict[str, np.ndarray]:
+    """Per-model-channel values cut to the scene's ``bands`` (2.5-D repeats each band's)."""
+    return {k: v[:: max(1, len(v) // bands)][:bands] for k, v in fitted.items()}
 
 
 def _checked(sample: np.ndarray | None) -> np.ndarray:
     if sample is None or sample.shape[1] == 0:
         raise ModelError("cannot measure intensities: the scene has no valid pixels")
     return sample
-
-
-def _clip(sample: np.ndarray | None, bounds: Bounds) -> np.ndarray:
-    values = _checked(sample)
-    if bounds is None:
-        return values
-    return np.clip(values, bounds[0][:, None], bounds[1][:, None])
 
 
 def _moments(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

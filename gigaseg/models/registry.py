@@ -72,7 +72,7 @@ def _smp_builder(arch: str) -> Builder:
             encoder_name=card.encoder or "resnet18",
             encoder_weights=None,
             in_channels=card.in_channels,
-            classes=card.num_classes,
+            classes=1 if card.outputs == "sigmoid" else card.num_classes,  # one channel: a binary mask
             **card.arch_kwargs,
         )
 

@@ -468,7 +468,7 @@ def make_card(pairs: list[Pair], regions: list[Region], config: TrainConfig, rng
 
 def normalize(image: np.ndarray, valid: np.ndarray, card: ModelCard) -> np.ndarray:
     """Normalise per band and zero invalid pixels, exactly as inference does."""
-    image = card.normalize(image[None].astype(np.float32, copy=True))[0]
+    image = card.normalize_tiles(image[None].astype(np.float32, copy=True))[0]
     image *= valid
     return image
 

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from gigaseg.errors import GigasegError, cli_message
+from gigaseg.jobs.cli.card import card_command
 from gigaseg.jobs.cli.demo import demo
 from gigaseg.jobs.cli.evaluate import evaluate
 from gigaseg.jobs.cli.export import export
@@ -106,6 +107,7 @@ for command in (
     status,
     refine,
     models_command,
+    card_command,
     train,
 ):
     cli.add_command(command)

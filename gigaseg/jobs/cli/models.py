@@ -1,13 +1,18 @@
-"""``gigaseg models``: the architectures and their sizes."""
+"""``gigaseg models``: the architectures and their sizes; ``gigaseg models inspect``: one model's card."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 
-@click.command("models")
-def models_command() -> None:
+@click.group("models", invoke_without_command=True)
+@click.pass_context
+def models_command(ctx: click.Context) -> None:
     """List the architectures, with parameter counts for 3 bands (1 channel in 3-D), 4 classes."""
+    if ctx.invoked_subcommand is not None:
+        return
     from gigaseg.models.registry import describe_models
 
     rows = describe_models()
@@ -15,3 +20,15 @@ def models_command() -> None:
     click.echo(f"{'name':<{width}}  dims  {'parameters':>10}  about")
     for r in rows:
         click.echo(f"{r['name']:<{width}}  {r['dims']}-D   {r['parameters']:>10,}  {r['about']}")
+
+
+@models_command.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--card", "card_path", type=click.Path(path_type=Path), default=None, help="Card keys over the model's.")
+def inspect_command(model: Path, card_path: Path | None) -> None:
+    """Print MODEL's format, the card in force (each key with where it came from) and what its graph takes."""
+    from gigaseg.models.card import read_card_json
+    from gigaseg.models.formats import describe, open_model
+
+    loaded = open_model(model, card=read_card_json(card_path) if card_path else None)
+    click.echo("\n".join(describe(loaded)))

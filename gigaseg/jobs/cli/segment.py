@@ -20,7 +20,7 @@ from gigaseg.jobs.options import SegmentOptions
     "model_path",
     required=True,
     type=click.Path(path_type=Path),
-    help="Checkpoint file (.pt) with its model card.",
+    help="The model: a checkpoint, a state dict with --card, TorchScript, torch.export (.pt2), ONNX, or an smp folder.",
 )
 @click.option(
     "--out",
@@ -38,7 +38,7 @@ from gigaseg.jobs.options import SegmentOptions
     "card_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="Model card (JSON) for a plain smp/MONAI state_dict trained elsewhere.",
+    help="Model card (JSON): keys over the model's own card (all of them for a plain state dict).",
 )
 def segment(
     input_path: str,
@@ -51,17 +51,17 @@ def segment(
 ) -> None:
     """Segment INPUT (a GeoTIFF or any GDAL raster, or a NIfTI volume) into a Zarr mask."""
     from gigaseg.jobs.segment import segment as run
-    from gigaseg.models.card import ModelCard
+    from gigaseg.models.card import read_card_json
 
     if kw["overwrite"] and kw["resume"]:
         raise click.BadParameter("--overwrite and --resume exclude each other")
-    card = ModelCard.from_json(card_path) if card_path else None
+    card = read_card_json(card_path) if card_path else None
     options = SegmentOptions(refine=refine_from(refine_method, kw), progress=sys.stderr.isatty(), **kw)
     if dry_run:
         from gigaseg.jobs.preflight import describe_scene
         from gigaseg.jobs.scene import SceneSpec
 
-        spec = SceneSpec(str(input_path), str(model_path), str(output), options, card.to_dict() if card else None)
+        spec = SceneSpec(str(input_path), str(model_path), str(output), options, card)
         click.echo(describe_scene(spec))
         return
     summary = run(input_path, model_path, output, options, card=card)

@@ -1,0 +1,535 @@
+"""Model formats: what a file or folder holds, the card it carries, the network it makes.
+
+A format's loader answers three questions: what card the model carries, how to
+make the network (an ``nn.Module`` the :class:`~gigaseg.models.inference.Predictor`
+runs), and which bytes identify it (:func:`model_sha256`). Formats are recognised
+by content, never by suffix:
+
+* ``gigaseg``: a checkpoint with its card (``save_checkpoint``);
+* ``state_dict``: a plain torch state dict (``.pt``/``.pth``) or a ``.safetensors``
+  file of a registered architecture, with a card;
+* ``torchscript``: ``torch.jit.save`` archives (MONAI bundles' ``model.ts``);
+* ``torch.export``: ``torch.export.save`` programs (``.pt2``);
+* ``onnx``: ONNX models, run by ONNX Runtime (the ``gigaseg[onnx]`` extra);
+* ``smp``: segmentation-models-pytorch ``save_pretrained`` folders;
+* ``module``: an ``nn.Module`` handed to the Python API (:func:`register_module`).
+
+Nothing is unpickled beyond tensors: TorchScript, ``.pt2``, ONNX and safetensors
+need no pickle, and torch files load with ``weights_only``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gigaseg.errors import GigasegWarning, ModelError, SourceError
+from gigaseg.io.identity import file_sha256
+from gigaseg.models.card import ModelCard, read_card_json
+from gigaseg.models.checkpoint import FORMAT as CHECKPOINT
+from gigaseg.models.checkpoint import load_weights, unreadable
+from gigaseg.models.registry import create_model
+from gigaseg.models.runtimes import Exported, OnnxModule, onnx_session
+
+CARD_ENTRY = "gigaseg_card.json"  # the card's name in TorchScript / .pt2 extra files and ONNX metadata
+FORMATS = ("gigaseg", "state_dict", "torchscript", "torch.export", "onnx", "smp", "module")
+EXPORT_HINT = (
+    "export the network instead: torch.jit.save(torch.jit.script(model)), torch.export.save, "
+    "torch.onnx.export, or save model.state_dict() with a card"
+)
+
+
+@dataclass
+class Graph:
+    """What the file says its graph takes and gives: ``(N, C, *spatial)``, None where dynamic or unsaid."""
+
+    inputs: list[int | None] | None = None
+    outputs: list[int | None] | None = None
+
+    def line(self) -> str:
+        def shape(dims: list[int | None] | None) -> str:
+            return "not stated" if dims is None else "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+        return f"input {shape(self.inputs)}, output {shape(self.outputs)}"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for a Predictor: its network, its card in force, and where each card key came from."""
+
+    path: str
+    format: str
+    module: nn.Module
+    card: ModelCard
+    sources: dict[str, str] = field(default_factory=dict)
+    graph: Graph = field(default_factory=Graph)
+
+
+# --------------------------------------------------------------------------- recognising
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of the model at ``path``, by its content; one line for anything else."""
+    path = str(path)
+    if path.startswith("module:"):
+        return "module"
+    if os.path.isdir(path):
+        if _smp_config(path) is not None:
+            return "smp"
+        raise ModelError(
+            f"model {path} is a folder but not a segmentation-models-pytorch save_pretrained folder "
+            "(config.json naming its _model_class, and model.safetensors); gigaseg reads checkpoints, "
+            "state dicts, TorchScript, torch.export (.pt2), ONNX files and smp folders"
+        )
+    if not os.path.isfile(path):
+        raise SourceError(f"model {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_format(path)
+    if head[:1] == b"\x80":  # torch.save's older, plain-pickle layout
+        return "torch"
+    if _is_safetensors(head):
+        return "safetensors"
+    if head[:1] == b"\x08":  # protobuf field 1 (ir_version), as every ONNX ModelProto starts
+        return "onnx"
+    raise ModelError(
+        f"{path} is not a model gigaseg can read: not a torch file, TorchScript, torch.export (.pt2), "
+        "ONNX or safetensors"
+    )
+
+
+def _zip_format(path: str) -> str:
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except zipfile.BadZipFile as e:
+        raise ModelError(f"{path} is a damaged archive: {e}") from None
+    if any("/code/__torch__" in n for n in names) or any(n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    if any(n.endswith("/archive_format") for n in names):
+        return "torch.export"
+    return "torch"
+
+
+def _is_safetensors(head: bytes) -> bool:
+    size = int.from_bytes(head[:8], "little")
+    return len(head) > 8 and 0 < size < 100_000_000 and head[8:9] == b"{"
+
+
+def _smp_config(path: str) -> dict[str, Any] | None:
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        values = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return values if isinstance(values, dict) and "_model_class" in values else None
+
+
+# --------------------------------------------------------------------------- modules from the API
+
+_MODULES: dict[str, nn.Module] = {}
+
+
+def register_module(module: nn.Module) -> str:
+    """An ``nn.Module`` handed to :func:`gigaseg.segment`, kept in this process under a name
+    made of its weights' digest (``module:<sha256>``), which the store's fingerprint records."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    name = f"module:{digest.hexdigest()}"
+    _MODULES[name] = module
+    return name
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def model_sha256(path: str | Path) -> str:
+    """The sha256 of a model file, of a folder's files (names and contents), or of a module's weights."""
+    path = str(path)
+    if path.startswith("module:"):
+        return path.removeprefix("module:")
+    if not os.path.isdir(path):
+        return _file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{_file_sha256(str(file))}\n".encode())
+    return digest.hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    stat = os.stat(path)
+    return _cached_sha256(str(Path(path).absolute()), stat.st_size, stat.st_mtime_ns)
+
+
+_SHA: dict[tuple[str, int, int], str] = {}
+
+
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per process and file version: a job's scenes share one model."""
+    key = (path, size, mtime_ns)
+    if key not in _SHA:
+        _SHA[key] = file_sha256(path)
+    return _SHA[key]
+
+
+# --------------------------------------------------------------------------- cards
+
+
+def card_layers(path: str, fmt: str, override: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """``(where, keys)`` from first to last; later layers win key by key.
+
+    The format's own card (a checkpoint's, an embedded ``gigaseg_card.json``, smp's
+    ``config.json``, what the graph's shapes say), then ``<model>.card.json`` beside
+    the model, then ``override`` (``--card``).
+    """
+    layers = [(f"the {fmt} format", {"arch": fmt})] if fmt not in ("gigaseg", "state_dict", "smp") else []
+    layers += _own_layers(path, fmt)
+    beside = sidecar(path)
+    if beside is not None and os.path.isfile(beside):
+        layers.append((beside, read_card_json(beside)))
+    if override:
+        layers.append(("--card", dict(override)))
+    return layers
+
+
+def sidecar(path: str) -> str | None:
+    """``<model file or folder>.card.json``, where a card for a model that carries none is looked for."""
+    return None if path.startswith("module:") else str(path).rstrip("/") + ".card.json"
+
+
+def _own_layers(path: str, fmt: str) -> list[tuple[str, dict[str, Any]]]:
+    if fmt == "gigaseg":
+        return [(f"{path} (its checkpoint card)", _torch_file(path)["card"])]
+    if fmt == "smp":
+        return [(f"{path}/config.json", smp_card(_smp_config(path) or {}))]
+    if fmt == "onnx":
+        session = onnx_session(path, device=torch.device("cpu"))
+        embedded = session.get_modelmeta().custom_metadata_map.get(CARD_ENTRY)
+        return _graph_layer(path, onnx_graph(session)) + _embedded(path, embedded)
+    if fmt == "torchscript":
+        return _embedded(path, _torchscript(path)[1])
+    if fmt == "torch.export":
+        program, embedded = _exported(path)
+        return _graph_layer(path, exported_graph(program)) + _embedded(path, embedded)
+    return []
+
+
+def _embedded(path: str, text: str | bytes | None) -> list[tuple[str, dict[str, Any]]]:
+    if not text:
+        return []
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelError(f"the card embedded in {path} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ModelError(f"the card embedded in {path} is not a JSON object")
+    return [(f"{path} ({CARD_ENTRY})", values)]
+
+
+def _graph_layer(path: str, graph: Graph) -> list[tuple[str, dict[str, Any]]]:
+    """Card keys the graph's fixed shapes state: channels, dimensions, a fixed tile side."""
+    dims = graph.inputs
+    if not dims or len(dims) < 4:
+        return []
+    keys: dict[str, Any] = {"spatial_dims": len(dims) - 2}
+    if dims[1] is not None:
+        keys["in_channels"] = dims[1]
+    spatial = dims[2:]
+    if all(d is not None for d in spatial) and len(set(spatial)) == 1:
+        keys["input_size"] = spatial[0]
+    return [(f"{path} (the graph's input shape)", keys)]
+
+
+def smp_card(config: dict[str, Any]) -> dict[str, Any]:
+    """The card keys of an smp ``config.json``: architecture, encoder, channels, class count."""
+    known = {"_model_class", "encoder_name", "in_channels", "classes", "encoder_weights"}
+    kwargs = {k: v for k, v in config.items() if k not in known and not k.startswith("_")}
+    count = int(config.get("classes", 1))
+    activation = kwargs.get("activation")
+    kinds = {"sigmoid": "sigmoid", "softmax": "probabilities", "softmax2d": "probabilities"}
+    outputs = kinds.get(str(activation), "logits")
+    if count == 1 and outputs == "logits":
+        outputs = "sigmoid"  # one raw channel: a binary mask
+    classes = ["background", "foreground"] if outputs == "sigmoid" else [f"class{i}" for i in range(count)]
+    return {
+        "arch": str(config["_model_class"]).lower(),
+        "encoder": config.get("encoder_name", "resnet34"),
+        "in_channels": int(config.get("in_channels", 3)),
+        "classes": classes,
+        "arch_kwargs": kwargs,
+        "outputs": outputs,
+    }
+
+
+def resolve_card(path: str, fmt: str, override: dict[str, Any] | None = None) -> tuple[ModelCard, dict[str, str]]:
+    """The card in force and, per key, where it came from."""
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for where, keys in card_layers(path, fmt, override):
+        merged.update(keys)
+        sources.update(dict.fromkeys(keys, where))
+    missing = [k for k in ("arch", "in_channels", "classes") if k not in merged]
+    if missing:
+        beside = sidecar(path)
+        where = "a card (card" + (f", or {beside} beside the model)" if beside else ")")
+        raise ModelError(
+            f"{path} ({fmt}) does not say its {', '.join(missing)}: give them in {where}; "
+            f"gigaseg models inspect {path} shows what the graph takes",
+            parameters=("card",),
+        )
+    return ModelCard.from_dict(merged), sources
+
+
+def card_override(card: ModelCard | dict[str, Any] | str | Path | None) -> dict[str, Any] | None:
+    """A card argument as the keys it gives: a ModelCard, a dict of some keys, or a JSON file."""
+    if card is None or isinstance(card, dict):
+        return card
+    if isinstance(card, ModelCard):
+        return card.to_dict()
+    return read_card_json(card)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def open_model(model: str | Path, *, card: dict[str, Any] | None = None) -> LoadedModel:
+    """The network at ``model`` (any format) with its card in force, on the CPU, in eval mode."""
+    path = str(model)
+    fmt = detect_format(path)
+    if fmt in ("torch", "safetensors"):
+        fmt = _torch_kind(path, fmt)
+    resolved, sources = resolve_card(path, fmt, card)
+    module, graph = _build(path, fmt, resolved)
+    return LoadedModel(path, fmt, module.eval(), resolved, sources, graph)
+
+
+def _torch_kind(path: str, fmt: str) -> str:
+    if fmt == "safetensors":
+        return "state_dict"
+    data = _torch_file(path)
+    return "gigaseg" if data.get("format") == CHECKPOINT else "state_dict"
+
+
+def _build(path: str, fmt: str, card: ModelCard) -> tuple[nn.Module, Graph]:
+    if fmt == "module":
+        if path not in _MODULES:
+            raise ModelError(f"{path} names a module of another process; pass the nn.Module itself")
+        return _MODULES[path], Graph()
+    if fmt in ("gigaseg", "state_dict", "smp"):
+        model = create_model(card)
+        load_weights(model, _weights(path, fmt), path, card)
+        return model, Graph()
+    if fmt == "torchscript":
+        return _torchscript(path)[0], Graph()
+    if fmt == "torch.export":
+        program = _exported(path)[0]
+        graph = exported_graph(program)
+        return Exported(program.module(), (graph.inputs or [None])[0]), graph
+    session = onnx_session(path, device=torch.device("cpu"))
+    graph = onnx_graph(session)
+    outputs = 1 if card.outputs == "sigmoid" else card.num_classes
+    return OnnxModule(path, outputs=outputs, batch=(graph.inputs or [None])[0]), graph
+
+
+def _weights(path: str, fmt: str) -> dict[str, Any]:
+    if fmt == "smp":
+        path = str(Path(path) / "model.safetensors")
+        if not os.path.isfile(path):
+            raise ModelError(f"{Path(path).parent} has a config.json but no model.safetensors")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if _is_safetensors(head):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:  # safetensors' own errors (SafetensorError) for damaged files
+            raise ModelError(f"{path} is not a safetensors file torch can read: {e}") from None
+    data = _torch_file(path)
+    if data.get("format") == CHECKPOINT:
+        return data["state_dict"]
+    if {"state", "param_groups"} <= set(data):
+        raise ModelError(f"{path} holds an optimizer's state, not a network's weights; {EXPORT_HINT}")
+    return data.get("state_dict", data)
+
+
+def _torch_file(path: str) -> dict[str, Any]:
+    """A torch file loaded with ``weights_only`` (tensors and plain values, nothing else), once per version."""
+    stat = os.stat(path)
+    return _torch_file_version(str(Path(path).absolute()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_file_version(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's unpickler fails on garbage in many ways (KeyError, ...)
+        raise ModelError(unreadable(path, e)) from None
+    if isinstance(data, dict):
+        return data
+    raise ModelError(f"{path} holds a {type(data).__name__}, not a checkpoint or state dict")
+
+
+def _torchscript(path: str) -> tuple[nn.Module, str | bytes | None]:
+    extra = {CARD_ENTRY: ""}
+    try:
+        with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; gigaseg still reads it
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+    except RuntimeError as e:
+        raise ModelError(_archive_error(path, "TorchScript", e)) from None
+    return module, extra[CARD_ENTRY] or None
+
+
+def _exported(path: str) -> tuple[Any, str | None]:
+    extra = {CARD_ENTRY: ""}
+    try:
+        program = torch.export.load(path, extra_files=extra)
+    except Exception as e:  # the deserialiser raises several kinds for files of other versions
+        raise ModelError(_archive_error(path, "torch.export", e)) from None
+    return program, extra[CARD_ENTRY] or None
+
+
+def _archive_error(path: str, kind: str, error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    first = text[0][:200] if text else type(error).__name__
+    if "version" in first.lower() or "newer" in first.lower():
+        return f"{path} is a {kind} file from a newer torch than this one ({torch.__version__}): {first}"
+    return f"{path} is a {kind} file torch {torch.__version__} cannot load: {first}"
+
+
+def exported_graph(program: Any) -> Graph:
+    """The user input's shape of an exported program, with its dynamic dimensions as None."""
+    names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    node = next((n for n in program.graph.nodes if n.op == "placeholder" and n.name in names[:1]), None)
+    value = None if node is None else node.meta.get("val")
+    if value is None:
+        return Graph()
+    return Graph(inputs=[d if isinstance(d, int) else None for d in value.shape])
+
+
+def onnx_graph(session: Any) -> Graph:
+    def dims(shape: list[Any]) -> list[int | None]:
+        return [d if isinstance(d, int) and d > 0 else None for d in shape]
+
+    return Graph(inputs=dims(session.get_inputs()[0].shape), outputs=dims(session.get_outputs()[0].shape))
+
+
+# --------------------------------------------------------------------------- checking the card against the graph
+
+_CHECKED: dict[tuple[str, str, str], None] = {}
+
+
+def check_graph(predictor: Any, model: str) -> None:
+    """One small forward on the predictor's device, once per model, card and device: the card's
+    channels and classes against the graph, and finite outputs. One line for each disagreement."""
+    card = predictor.card
+    key = (model_sha256(model), card.digest(), str(predictor.device))
+    if key in _CHECKED:
+        return
+    side = card.input_size or _probe_side(predictor.stride, card.spatial_dims)
+    shape = (1, card.in_channels, *(side,) * card.spatial_dims)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(predictor.device)
+    try:
+        out = _forward(predictor, x, model)
+    except Exception as e:  # whatever the graph raises for an input it cannot take
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        raise ModelError(
+            f"{model} does not take a {tuple(shape)} input as its card describes it (in_channels "
+            f"{card.in_channels}, spatial_dims {card.spatial_dims}): {first}",
+        ) from None
+    _check_output(model, card, tuple(shape), out)
+    _CHECKED[key] = None
+
+
+def _forward(predictor: Any, x: torch.Tensor, model: str) -> Any:
+    """The probe's forward; a graph that fails under CUDA autocast runs in float32 from then on."""
+    if not predictor.autocast or predictor.device.type != "cuda":
+        return predictor.raw_forward(x)
+    try:
+        return predictor.raw_forward(x)
+    except Exception as e:  # the graph's own error: retried below without autocast
+        predictor.autocast = False
+        out = predictor.raw_forward(x)  # raises for an input the graph cannot take at all
+        warnings.warn(
+            f"{model} does not run under autocast ({type(e).__name__}); it runs in float32",
+            GigasegWarning,
+            stacklevel=4,
+        )
+        return out
+
+
+def _probe_side(stride: int, dims: int) -> int:
+    target = 64 if dims == 2 else 32
+    return max(stride, -(-target // stride) * stride)
+
+
+def _check_output(model: str, card: ModelCard, shape: tuple[int, ...], out: Any) -> None:
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"{model} returns a {type(out).__name__}, not one tensor of scores")
+    channels = 1 if card.outputs == "sigmoid" else card.num_classes
+    if out.ndim != len(shape) or out.shape[1] != channels:
+        said = "outputs sigmoid (one channel)" if card.outputs == "sigmoid" else f"{card.num_classes} classes"
+        raise ModelError(
+            f"{model} gives scores of shape {tuple(out.shape)} for a {shape} input, but its card says {said}; "
+            "give classes one name per output channel",
+        )
+    if tuple(out.shape[2:]) != shape[2:]:
+        raise ModelError(
+            f"{model} gives scores of shape {tuple(out.shape)} for a {shape} input; gigaseg needs scores "
+            "the size of the tile",
+        )
+    if not torch.isfinite(out).all():
+        raise ModelError(f"{model} gives non-finite scores (NaN or inf) for a finite {shape} input")
+    if card.outputs == "logits" and card.num_classes > 1:
+        sums = out.float().sum(1)
+        if (out >= 0).all() and torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+            warnings.warn(
+                f"{model}'s scores are probabilities (they sum to 1 over the classes): it ends in a softmax; "
+                'say "outputs": "probabilities" in its card, or gigaseg applies a second softmax',
+                GigasegWarning,
+                stacklevel=3,
+            )
+
+
+def describe(loaded: LoadedModel) -> list[str]:
+    """What ``gigaseg models inspect`` prints: format, identity, graph, and every card key with its source."""
+    card = loaded.card.to_dict()
+    lines = [
+        f"model:   {loaded.path}",
+        f"format:  {loaded.format}",
+        f"sha256:  {model_sha256(loaded.path)}",
+        f"graph:   {loaded.graph.line()}",
+        "card:",
+    ]
+    width = max(len(k) for k in card)
+    for key, value in card.items():
+        where = loaded.sources.get(key, "default")
+        if value in (None, {}, []) and where == "default":
+            continue
+        lines.append(f"  {key:<{width}}  {json.dumps(value)}  ({where})")
+    lines.append(f"steps:   {json.dumps(loaded.card.steps())}")
+    unsaid = [k for k in ("band_names", "normalize") if k not in loaded.sources and not _said(loaded.card, k)]
+    if unsaid:
+        lines.append(f"not said: {', '.join(unsaid)} (defaults apply: bands in file order; no normalisation)")
+    return lines
+
+
+def _said(card: ModelCard, key: str) -> bool:
+    if key == "normalize":
+        return bool(card.steps())
+    return getattr(card, key) is not None
