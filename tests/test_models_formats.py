@@ -171,6 +171,18 @@ def test_a_fixed_size_graph_takes_only_its_tile_and_pads_a_smaller_scene(tmp_pat
         segmented(tmp_path, small, models["onnx256"], card={"classes": ["a", "b", "c"]}, name="t.zarr", tile=128)
 
 
+def test_a_fixed_batch_graph_is_fed_full_batches(tmp_path, models):
+    """The 256 ONNX graph takes one tile at a time; batches of 4 run as four of one and agree with
+    the checkpoint run at the same tiling."""
+    image = np.random.default_rng(8).integers(0, 200, (3, 300, 420)).astype("u1")
+    tif = write_tiff(tmp_path / "big.tif", image)
+    card = {"classes": ["a", "b", "c"], "mean": MEAN, "std": STD}
+    mask, probabilities = segmented(tmp_path, tif, models["onnx256"], card=card, batch_size=4)
+    expected = segmented(tmp_path, tif, models["checkpoint"], name="c.zarr", tile=256, overlap=32, batch_size=4)
+    np.testing.assert_allclose(probabilities, expected[1], atol=2e-5)
+    assert (mask == expected[0]).mean() > 0.9999
+
+
 def test_the_card_comes_from_the_model_then_beside_it_then_the_argument(tmp_path, models):
     path = tmp_path / "m.onnx"
     shutil.copy(models["onnx"], path)
@@ -202,6 +214,8 @@ def test_card_embed_writes_the_card_into_the_model(tmp_path, models, name):
 def test_inspect_says_what_is_missing_and_what_the_graph_takes(models):
     result = run("models", "inspect", str(models["onnx256"]))
     one_error(result, "does not say its classes")
+    assert "graph:   input (1, 3, 256, 256), output (1, 3, 256, 256)" in result.stdout
+    assert "missing: classes" in result.stdout and "input_size" in result.stdout
     result = run("models", "inspect", str(models["onnx256"]), "--card", "/nonexistent.json")
     one_error(result, "cannot read model card")
     listed = run("models")
@@ -338,3 +352,26 @@ def test_formats_are_told_by_content_not_suffix(tmp_path, models):
             shutil.copy(models[name], renamed)
         assert detect_format(renamed) == fmt
     assert detect_format(models["checkpoint"]) == "torch"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smp", "onnx"])
+def test_a_job_ships_any_format_to_its_workers(tmp_path, models, scene, reference, name):
+    """A job file's model (a folder, an ONNX file) and card reach two worker processes, which read
+    no file beside the model: the masks equal the checkpoint's."""
+    from gigaseg.jobs.jobfile import load_job
+    from gigaseg.jobs.runner import run_job
+
+    (tmp_path / "scenes").mkdir()
+    shutil.copy(scene, tmp_path / "scenes" / "s.tif")
+    model = tmp_path / models[name].name
+    (shutil.copytree if models[name].is_dir() else shutil.copy)(models[name], model)
+    card = {"classes": ["a", "b", "c"], "mean": MEAN, "std": STD, "tile": 64, "overlap": 16}
+    (tmp_path / "card.json").write_text(json.dumps(card if name == "smp" else {**card, "in_channels": 3}))
+    (tmp_path / "job.yaml").write_text(
+        f"inputs: [scenes/s.tif]\nmodel: {model.name}\ncard: card.json\noutput: {{dir: out}}\n"
+        "tiling: {block: 64, chunk: 64}\ncluster: {workers: 2}\n"
+    )
+    report = run_job(load_job(tmp_path / "job.yaml"), base=tmp_path)
+    assert report.ok, report.scenes
+    assert np.array_equal(gigaseg.open_store(tmp_path / "out" / "s_mask.zarr").mask[...], reference[0])

@@ -27,6 +27,7 @@ from gigaseg.io.remote import is_local, url_name
 from gigaseg.jobs.options import SegmentOptions, check_options, declared, flag_of
 from gigaseg.jobs.outputs import output_format, staging_store
 from gigaseg.jobs.scene import SceneSpec
+from gigaseg.models.card import read_card_json
 from gigaseg.refine import REFINERS, RefineOptions
 
 
@@ -190,7 +191,8 @@ class Job(JobOptions):  # type: ignore[misc,valid-type]
     """A job file: inputs, a model, and the options of :class:`SegmentOptions` (derived from their declaration)."""
 
     inputs: Annotated[list[str], Field(min_length=1)] | StacInputs
-    model: Path
+    model: Path  # any format gigaseg reads: a checkpoint, TorchScript, .pt2, ONNX, an smp folder
+    card: Path | None = None  # a model card JSON: keys over the model's own
     tiling: Tiling = Tiling()  # type: ignore[valid-type]
     output: Output = Output()
     refine: Refine | None = None  # type: ignore[valid-type]
@@ -213,6 +215,7 @@ class Job(JobOptions):  # type: ignore[misc,valid-type]
         base = base or Path(".")
         specs = []
         seen: dict[str, Path | str] = {}
+        card = read_card_json(base / self.card) if self.card else None
         for path, stem in self._inputs(base):
             directory = self.output.where(base)
             output = join(directory, render_name(self.output.name, stem=stem))
@@ -228,7 +231,7 @@ class Job(JobOptions):  # type: ignore[misc,valid-type]
             final = str(output)  # a store, or a file exported from its staging store (gigaseg.jobs.outputs)
             store, export = (final, None) if output_format(final) == "zarr" else (staging_store(final), final)
             model, options = str(base / self.model), self.options(resume)
-            specs.append(SceneSpec(str(path), model, store, options, export=export))
+            specs.append(SceneSpec(str(path), model, store, options, card=card, export=export))
         return specs
 
     def _inputs(self, base: Path) -> list[tuple[Path | str, str]]:
@@ -278,7 +281,9 @@ class Job(JobOptions):  # type: ignore[misc,valid-type]
         output = self.output.model_copy(
             update={"dir": directory if is_remote(directory) else str(Path(directory).absolute())}
         )
-        return self.model_copy(update={"inputs": inputs, "model": (base / self.model).absolute(), "output": output})
+        card = (base / self.card).absolute() if self.card else None
+        update = {"inputs": inputs, "model": (base / self.model).absolute(), "card": card, "output": output}
+        return self.model_copy(update=update)
 
     def options(self, resume: bool) -> SegmentOptions:
         """The options of every scene, gathered from the sections their declaration names."""

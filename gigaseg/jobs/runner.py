@@ -10,7 +10,6 @@ reported and the other scenes go on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ from gigaseg.jobs.outputs import check_file_output
 from gigaseg.jobs.progress import Progress
 from gigaseg.jobs.scene import SceneSpec, open_runner
 from gigaseg.jobs.segment import Summary, discard_if_empty, finish_scene, pending_blocks, plan_checked, refine_stage
+from gigaseg.models.formats import model_sha256
 
 REPORT_NAME = "gigaseg-run-report.json"
 
@@ -118,7 +118,7 @@ def block_task(
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    if model is not None:  # the digest of a checkpoint shipped by ShipModels: workers need no shared disk
+    if model is not None:  # the digest of a model shipped by ShipModels: workers need no shared disk
         spec = replace(spec, model=shipped_model(model))
     try:
         return worker_runner(spec).run(index)
@@ -130,19 +130,22 @@ def block_task(
 
 
 def shipped_model(digest: str) -> str:
-    """Where :class:`ShipModels` wrote the checkpoint ``digest`` on this worker."""
-    return str(Path(tempfile.gettempdir()) / "gigaseg-models" / f"{digest}.pt")
+    """Where :class:`ShipModels` wrote the model ``digest`` (a file, or a folder's files) on this worker."""
+    return str(Path(tempfile.gettempdir()) / "gigaseg-models" / digest)
+
+
+Shipped = bytes | dict[str, bytes]  # a model file's bytes, or a folder's files by relative name
 
 
 class ShipModels(WorkerPlugin):
-    """A Dask worker plugin carrying checkpoints' bytes: every worker, and every one that joins
+    """A Dask worker plugin carrying models' bytes: every worker, and every one that joins
     later (SLURM workers retire and are replaced), writes them to its own temporary directory.
 
     Unlike scattered data, a plugin outlives the workers that first held it.
     """
 
-    def __init__(self, models: dict[str, bytes]) -> None:
-        self.models = models  # digest -> checkpoint bytes
+    def __init__(self, models: dict[str, Shipped]) -> None:
+        self.models = models  # digest -> a file's bytes, or a folder's files
 
     def setup(self, worker: Any) -> None:
         for digest, data in self.models.items():
@@ -151,17 +154,29 @@ class ShipModels(WorkerPlugin):
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            partial.write_bytes(data)
+            if isinstance(data, bytes):
+                partial.write_bytes(data)
+            else:
+                for name, raw in data.items():
+                    (partial / name).parent.mkdir(parents=True, exist_ok=True)
+                    (partial / name).write_bytes(raw)
             os.replace(partial, path)
 
 
 def ship_models(client: Any, paths: set[str]) -> dict[str, str]:
-    """Register the checkpoints at ``paths`` with the cluster; returns path -> digest."""
-    data = {path: Path(path).read_bytes() for path in sorted(paths)}
-    digests = {path: hashlib.sha256(raw).hexdigest()[:24] for path, raw in data.items()}
+    """Register the models at ``paths`` (files or folders) with the cluster; returns path -> digest."""
+    data = {path: _model_bytes(path) for path in sorted(paths)}
+    digests = {path: model_sha256(path)[:24] for path in data}
     plugin = ShipModels({digests[p]: raw for p, raw in data.items()})
     client.register_plugin(plugin, name="gigaseg-models-" + "-".join(sorted(digests.values())))
     return digests
+
+
+def _model_bytes(path: str) -> Shipped:
+    if not os.path.isdir(path):
+        return Path(path).read_bytes()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    return {f.relative_to(path).as_posix(): f.read_bytes() for f in files}
 
 
 def _from_the_system(error: BaseException) -> bool:
@@ -360,6 +375,8 @@ def prepare_scene(spec: SceneSpec) -> SceneState:
         state.lock = StoreLock(spec.output).acquire()
         state.created = not exists(spec.output) or spec.options.overwrite
         state.runner = open_runner(cpu, create=True, planned=planned)
+        # The card in force goes with the spec: workers get the model's bytes, not a card beside it.
+        state.spec = replace(spec, card=state.runner.predictor.card.to_dict())
     except GigasegError as e:
         state.result.status, state.result.error = "failed", job_message(e)
         state.release()

@@ -173,10 +173,15 @@ def read_card_json(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as e:
         raise SourceError(f"cannot read model card {path}: {e.strerror or e}") from None
+    return parse_card(text, f"model card {path}")
+
+
+def parse_card(text: str | bytes, where: str) -> dict[str, Any]:
+    """A card's JSON object; ``where`` names it in the one-line error for anything else."""
     try:
         values = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ModelError(f"model card {path} is not valid JSON: {e}") from None
+        raise ModelError(f"{where} is not valid JSON: {e}") from None
     if not isinstance(values, dict):
-        raise ModelError(f"model card {path} must hold a JSON object, not a {type(values).__name__}")
+        raise ModelError(f"{where} must hold a JSON object, not a {type(values).__name__}")
     return values

@@ -35,7 +35,7 @@ from torch import nn
 
 from gigaseg.errors import GigasegWarning, ModelError, SourceError
 from gigaseg.io.identity import file_sha256
-from gigaseg.models.card import ModelCard, read_card_json
+from gigaseg.models.card import ModelCard, parse_card, read_card_json
 from gigaseg.models.checkpoint import FORMAT as CHECKPOINT
 from gigaseg.models.checkpoint import load_weights, unreadable
 from gigaseg.models.registry import create_model
@@ -231,13 +231,7 @@ def _own_layers(path: str, fmt: str) -> list[tuple[str, dict[str, Any]]]:
 def _embedded(path: str, text: str | bytes | None) -> list[tuple[str, dict[str, Any]]]:
     if not text:
         return []
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ModelError(f"the card embedded in {path} is not valid JSON: {e}") from None
-    if not isinstance(values, dict):
-        raise ModelError(f"the card embedded in {path} is not a JSON object")
-    return [(f"{path} ({CARD_ENTRY})", values)]
+    return [(f"{path} ({CARD_ENTRY})", parse_card(text, f"the card embedded in {path}"))]
 
 
 def _graph_layer(path: str, graph: Graph) -> list[tuple[str, dict[str, Any]]]:
@@ -275,15 +269,24 @@ def smp_card(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def resolve_card(path: str, fmt: str, override: dict[str, Any] | None = None) -> tuple[ModelCard, dict[str, str]]:
-    """The card in force and, per key, where it came from."""
+def merge_layers(path: str, fmt: str, override: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The card's keys, merged from its layers, and where each came from."""
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for where, keys in card_layers(path, fmt, override):
         merged.update(keys)
         sources.update(dict.fromkeys(keys, where))
-    missing = [k for k in ("arch", "in_channels", "classes") if k not in merged]
-    if missing:
+    return merged, sources
+
+
+def missing_keys(merged: dict[str, Any]) -> list[str]:
+    return [k for k in ("arch", "in_channels", "classes") if k not in merged]
+
+
+def resolve_card(path: str, fmt: str, override: dict[str, Any] | None = None) -> tuple[ModelCard, dict[str, str]]:
+    """The card in force and, per key, where it came from."""
+    merged, sources = merge_layers(path, fmt, override)
+    if missing := missing_keys(merged):
         beside = sidecar(path)
         where = "a card (card" + (f", or {beside} beside the model)" if beside else ")")
         raise ModelError(
@@ -306,12 +309,16 @@ def card_override(card: ModelCard | dict[str, Any] | str | Path | None) -> dict[
 # --------------------------------------------------------------------------- loading
 
 
+def model_format(model: str | Path) -> str:
+    """:func:`detect_format`, with torch files told apart: a gigaseg checkpoint or a state dict."""
+    fmt = detect_format(model)
+    return _torch_kind(str(model), fmt) if fmt in ("torch", "safetensors") else fmt
+
+
 def open_model(model: str | Path, *, card: dict[str, Any] | None = None) -> LoadedModel:
     """The network at ``model`` (any format) with its card in force, on the CPU, in eval mode."""
     path = str(model)
-    fmt = detect_format(path)
-    if fmt in ("torch", "safetensors"):
-        fmt = _torch_kind(path, fmt)
+    fmt = model_format(path)
     resolved, sources = resolve_card(path, fmt, card)
     module, graph = _build(path, fmt, resolved)
     return LoadedModel(path, fmt, module.eval(), resolved, sources, graph)
@@ -506,30 +513,45 @@ def _check_output(model: str, card: ModelCard, shape: tuple[int, ...], out: Any)
             )
 
 
-def describe(loaded: LoadedModel) -> list[str]:
-    """What ``gigaseg models inspect`` prints: format, identity, graph, and every card key with its source."""
-    card = loaded.card.to_dict()
-    lines = [
-        f"model:   {loaded.path}",
-        f"format:  {loaded.format}",
-        f"sha256:  {model_sha256(loaded.path)}",
-        f"graph:   {loaded.graph.line()}",
-        "card:",
-    ]
-    width = max(len(k) for k in card)
+def inspect_model(model: str | Path, *, card: dict[str, Any] | None = None) -> tuple[list[str], list[str]]:
+    """What ``gigaseg models inspect`` prints, and the keys the card still lacks (then the card
+    shows the keys found so far, and the graph where the file states it)."""
+    path = str(model)
+    fmt = model_format(path)
+    merged, sources = merge_layers(path, fmt, card)
+    if missing := missing_keys(merged):
+        graph = _graph_of(path, fmt)
+        return _header(path, fmt, graph) + _keys(merged, sources) + [f"missing: {', '.join(missing)}"], missing
+    return describe(open_model(path, card=card)), []
+
+
+def _graph_of(path: str, fmt: str) -> Graph:
+    if fmt == "onnx":
+        return onnx_graph(onnx_session(path, device=torch.device("cpu")))
+    return exported_graph(_exported(path)[0]) if fmt == "torch.export" else Graph()
+
+
+def _header(path: str, fmt: str, graph: Graph) -> list[str]:
+    return [f"model:   {path}", f"format:  {fmt}", f"sha256:  {model_sha256(path)}", f"graph:   {graph.line()}"]
+
+
+def _keys(card: dict[str, Any], sources: dict[str, str]) -> list[str]:
+    width = max((len(k) for k in card), default=1)
+    lines = ["card:"]
     for key, value in card.items():
-        where = loaded.sources.get(key, "default")
+        where = sources.get(key, "default")
         if value in (None, {}, []) and where == "default":
             continue
         lines.append(f"  {key:<{width}}  {json.dumps(value)}  ({where})")
-    lines.append(f"steps:   {json.dumps(loaded.card.steps())}")
-    unsaid = [k for k in ("band_names", "normalize") if k not in loaded.sources and not _said(loaded.card, k)]
-    if unsaid:
-        lines.append(f"not said: {', '.join(unsaid)} (defaults apply: bands in file order; no normalisation)")
     return lines
 
 
-def _said(card: ModelCard, key: str) -> bool:
-    if key == "normalize":
-        return bool(card.steps())
-    return getattr(card, key) is not None
+def describe(loaded: LoadedModel) -> list[str]:
+    """Format, identity, graph, and every card key in force with its source."""
+    lines = _header(loaded.path, loaded.format, loaded.graph) + _keys(loaded.card.to_dict(), loaded.sources)
+    lines.append(f"steps:   {json.dumps(loaded.card.steps())}")
+    if loaded.card.band_names is None:
+        lines.append("not said: band_names (the raster's bands are taken in their order, or as --bands says)")
+    if not loaded.card.steps():
+        lines.append("not said: normalize (pixels reach the network as they are in the file)")
+    return lines

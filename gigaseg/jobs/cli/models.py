@@ -27,8 +27,14 @@ def models_command(ctx: click.Context) -> None:
 @click.option("--card", "card_path", type=click.Path(path_type=Path), default=None, help="Card keys over the model's.")
 def inspect_command(model: Path, card_path: Path | None) -> None:
     """Print MODEL's format, the card in force (each key with where it came from) and what its graph takes."""
+    from gigaseg.errors import ModelError
     from gigaseg.models.card import read_card_json
-    from gigaseg.models.formats import describe, open_model
+    from gigaseg.models.formats import inspect_model, sidecar
 
-    loaded = open_model(model, card=read_card_json(card_path) if card_path else None)
-    click.echo("\n".join(describe(loaded)))
+    lines, missing = inspect_model(model, card=read_card_json(card_path) if card_path else None)
+    click.echo("\n".join(lines))
+    if missing:
+        raise ModelError(
+            f"{model} does not say its {', '.join(missing)}: give them in a card (--card, or "
+            f"{sidecar(str(model))} beside the model)"
+        )
