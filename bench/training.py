@@ -168,7 +168,8 @@ def compare(ctx: Context, seed: int, labelling: Callable[..., np.ndarray], sizes
     train([pair], out, config, overwrite=True, log=lambda line: None)
     train_seconds = time.perf_counter() - started
     model, card = load_checkpoint(out)
-    predicted = Predictor(model, card, device="cpu", batch_size=1)(card.normalize_tiles(image[None].copy()))[0].argmax(0)
+    tiles = card.normalize_tiles(image[None].copy())
+    predicted = Predictor(model, card, device="cpu", batch_size=1)(tiles)[0].argmax(0)
     return Outcome(
         gigaseg=float((predicted[held_out] == truth[held_out]).mean()),
         forest=float((forest == truth[held_out]).mean()),

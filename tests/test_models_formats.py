@@ -183,6 +183,22 @@ def test_a_fixed_batch_graph_is_fed_full_batches(tmp_path, models):
     assert (mask == expected[0]).mean() > 0.9999
 
 
+def test_normalize_steps_that_measure_the_scene_are_fitted_on_it(tmp_path, models):
+    """Percentiles and the scene's own moments are measured on the scene, then scaled, and recorded."""
+    image = np.random.default_rng(9).integers(0, 1000, (3, 128, 128)).astype("u2")
+    tif = write_tiff(tmp_path / "wide.tif", image)
+    steps = [{"clip_percentiles": [1, 99]}, {"zscore": "volume"}, {"scale": 0.5, "offset": 1.0}]
+    card = {**CARD, "mean": None, "std": None, "normalize": steps}
+    card = {k: v for k, v in card.items() if v is not None}
+    gigaseg.segment(tif, models["traced"], tmp_path / "n.zarr", card=card)
+    fitted = gigaseg.open_store(tmp_path / "n.zarr").attrs["model_input"]["intensity"]
+    np.testing.assert_allclose(fitted["low"], np.percentile(image, 1, axis=(1, 2)), rtol=0.05)
+    np.testing.assert_allclose(fitted["high"], np.percentile(image, 99, axis=(1, 2)), rtol=0.02)
+    np.testing.assert_allclose(fitted["mean"], image.mean(axis=(1, 2)), rtol=0.02)
+    np.testing.assert_allclose(fitted["std"], image.std(axis=(1, 2)), rtol=0.05)
+    assert fitted["scale"] == [0.5] * 3 and fitted["offset"] == [1.0] * 3
+
+
 def test_the_card_comes_from_the_model_then_beside_it_then_the_argument(tmp_path, models):
     path = tmp_path / "m.onnx"
     shutil.copy(models["onnx"], path)
@@ -244,7 +260,7 @@ def test_bands_are_picked_by_the_names_the_model_gives(tmp_path, models):
     by_name, _ = segmented(tmp_path, named, models["traced"], card=card)
     expected, _ = segmented(tmp_path, in_order, models["traced"], card=CARD, name="b.zarr")
     assert np.array_equal(by_name, expected)
-    with pytest.raises(InputError, match="has bands nir, red, green, blue"):
+    with pytest.raises(InputError, match="are nir, red, green, blue, without swir"):
         segmented(tmp_path, named, models["traced"], card={**card, "band_names": ["blue", "green", "swir"]}, name="c")
 
 
@@ -322,6 +338,25 @@ def test_bad_models_and_cards_are_one_line_and_create_nothing(tmp_path, models, 
         (tmp_path / "card.json").write_text(json.dumps({k: v for k, v in card.items() if v is not None}))
         args += ["--card", str(tmp_path / "card.json")]
     one_error(run(*args), words)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+class NaNsAbove50(nn.Module):
+    """Finite on the card check's small random input, NaN where a pixel is over 50."""
+
+    def forward(self, x):
+        return torch.where(x[:, :3] > 50, torch.full_like(x[:, :3], float("nan")), x[:, :3])
+
+
+def test_non_finite_scores_on_the_scene_fail_the_block_and_leave_nothing(tmp_path):
+    image = np.zeros((3, 64, 64), "u1")
+    image[:, 10:20, 10:20] = 250  # a value the network was never meant to see
+    tif = write_tiff(tmp_path / "hot.tif", image)
+    model = tmp_path / "hot.ts"
+    torch.jit.save(torch.jit.script(NaNsAbove50()), model)
+    (tmp_path / "card.json").write_text(json.dumps({"in_channels": 3, "classes": ["a", "b", "c"], "tile": 64}))
+    args = ["segment", str(tif), "--model", str(model), "--card", str(tmp_path / "card.json")]
+    one_error(run(*args, "--out", str(tmp_path / "o.zarr")), "non-finite scores (NaN or inf) in block [0, 0]")
     assert not (tmp_path / "o.zarr").exists()
 
 

@@ -124,14 +124,20 @@ def bands_by_name(wanted: Sequence[str], descriptions: Sequence[str | None], pat
     """The bands a model names (its card's ``band_names``), in its order, by the raster's band
     descriptions; None when the raster names no band (its bands are then taken in order)."""
     if not any(descriptions):
+        if len(descriptions) == len(wanted):
+            warnings.warn(
+                f"{path} does not name its bands: they are taken in their order as the model's {', '.join(wanted)}",
+                GigasegWarning,
+                stacklevel=4,
+            )
         return None
     named = {(d or "").strip().lower(): i for i, d in enumerate(descriptions, start=1) if d}
     missing = [name for name in wanted if name.strip().lower() not in named]
     if missing:
         has = ", ".join(d or f"band{i}" for i, d in enumerate(descriptions, start=1))
         raise InputError(
-            f"the model takes bands {', '.join(wanted)}, but {path} has bands {has} (no {', '.join(missing)}); "
-            "choose them with bands",
+            f"the model takes {', '.join(wanted)} (its band_names), but the band descriptions of {path} "
+            f"are {has}, without {', '.join(missing)}; give band numbers with bands",
             parameters=("bands",),
         )
     return [named[name.strip().lower()] for name in wanted]

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from gigaseg.errors import ModelError
 from gigaseg.faults import maybe_fail_write
 from gigaseg.io.location import is_remote
 from gigaseg.io.sources import ReadsNative, Source
@@ -113,8 +114,9 @@ class BlockRunner:
         origins, last_row = grid.origins[0], ranges[0][-1]
         strips = self._strips(ranges)
         counted, per_row = box.start[0], box.size // box.shape[0]  # progress: rows whose tiles are all in
+        finite = torch.ones((), dtype=torch.bool, device=self.device)  # all scores so far: one flag, no sync
         with WriteBehind(self._write, self.classes, pending=self.writers) as writer:
-            for run, scores in self._scored(self._tiles(ranges, strips)):
+            for run, scores in self._scored(self._tiles(ranges, strips), finite):
                 tile = run[-1]
                 with self._timed("add"):
                     stitcher.add_batch([t.box for t in run], scores)
@@ -133,6 +135,13 @@ class BlockRunner:
                     self.timings["write"] += time.perf_counter() - started
                     with self._timed("release"):
                         writer.submit(stitcher.release(until, scores=keep or False))
+        if not bool(finite):  # one synchronisation per block; the block stays undone
+            raise ModelError(
+                f"the model gave non-finite scores (NaN or inf) in block {list(index)}: some pixel it was fed "
+                "is outside what it takes, such as a band's own nodata value counted as valid "
+                "(nodata_rule any-band counts a pixel as nodata where any band holds its nodata value)",
+                parameters=("nodata_rule",),
+            )
         with self.store.io_errors():
             maybe_fail_write(index)
         self.store.mark_done(index, writer.counts)
@@ -178,9 +187,10 @@ class BlockRunner:
                 tile_box = grid.tile_box(tile_index)
                 yield Tile(row, tile_box, strip, ends_row=n == len(indices) - 1)
 
-    def _scored(self, tiles: Iterator[Tile]) -> Iterator[tuple[list[Tile], torch.Tensor]]:
+    def _scored(self, tiles: Iterator[Tile], finite: torch.Tensor) -> Iterator[tuple[list[Tile], torch.Tensor]]:
         """Runs of tiles with their scores, ``batch_size`` tiles per forward pass.
 
+        ``finite`` (a device flag) is cleared in place where a score is not finite.
         Batches run across tile rows, so only the block's last batch is padded;
         a batch is handed on in runs that end where a tile row ends, so the
         rows it finishes can be released before the next run is added.
@@ -199,6 +209,7 @@ class BlockRunner:
                 x = batch.fill(group, self.normalize)
             with self._timed("model"):
                 scores = self.predictor.scores(x, logits=self.predictor.defers_softmax)
+                finite.logical_and_(torch.isfinite(scores[: len(group)]).all())
             start = 0
             for end in [i + 1 for i, t in enumerate(group) if t.ends_row or i == len(group) - 1]:
                 yield group[start:end], scores[start:end]

@@ -6,9 +6,9 @@
   or RAS axes): the 3-D tile grid is one voxel thick along that axis, and each
   tile is shown to the network as an image. With ``context=k`` the ``k``
   slices on either side come along as extra channels (2.5-D).
-* Intensities are normalised as the model card says: its ``intensity`` spec,
-  fitted on a strided sample of the scene when it needs statistics, else the
-  card's plain ``mean``/``std``.
+* Intensities are normalised as the model card's steps say (``normalize``, or
+  the older ``clip``/``mean``/``std``/``intensity`` keys as steps), fitted on a
+  strided sample of the scene where a step needs its statistics.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from gigaseg.errors import InputError
 from gigaseg.io.sources import Oriented, SliceContext, Source, sample_voxels
 from gigaseg.models import ModelCard, Predictor, Scorer
-from gigaseg.models.intensity import fit_intensity, needs_sample
+from gigaseg.models.intensity import fit_steps, needs_scene
 from gigaseg.models.views import ViewPredictor
 from gigaseg.tiler.axes import AxisView
 
@@ -126,12 +126,10 @@ def check_volume_channels(card: ModelCard, source: Source, context: int) -> None
 
 
 def normalizer(card: ModelCard, source: Source) -> Normalize:
-    """The card's intensity spec fitted on ``source`` (sampled if needed), or its mean/std."""
-    spec = card.intensity
-    if spec is None:
-        return card.normalizer()
-    sample = sample_voxels(source) if needs_sample(spec, mean=card.mean, std=card.std) else None
-    return fit_intensity(spec, sample, channels=card.in_channels, mean=card.mean, std=card.std)
+    """The card's normalisation steps, fitted on a sample of ``source`` where a step measures the scene."""
+    steps = card.steps()
+    sample = sample_voxels(source) if needs_scene(steps) else None
+    return fit_steps(steps, sample, channels=card.in_channels)
 
 
 def _describe(normalize: Normalize) -> dict[str, Any] | None:

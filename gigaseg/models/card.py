@@ -122,7 +122,9 @@ class ModelCard:
             raise ModelError(f"model card: missing keys {missing}")
         size = values.get("input_size")
         if isinstance(size, int) and "tile" not in values:  # the graph takes one side: tiles are that side
-            values = {**values, "tile": size, "overlap": values.get("overlap", size // 8)}
+            values = {**values, "tile": size}
+        if isinstance(values.get("tile"), int) and "overlap" not in values:  # an eighth of the tile (64 of 512)
+            values = {**values, "overlap": values["tile"] // 8}
         if not isinstance(values["classes"], list) or not all(isinstance(c, str) for c in values["classes"]):
             raise ModelError(f"model card: classes must be a list of names, got {values['classes']!r}")
         try:

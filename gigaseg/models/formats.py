@@ -287,14 +287,17 @@ def resolve_card(path: str, fmt: str, override: dict[str, Any] | None = None) ->
     """The card in force and, per key, where it came from."""
     merged, sources = merge_layers(path, fmt, override)
     if missing := missing_keys(merged):
-        beside = sidecar(path)
-        where = "a card (card" + (f", or {beside} beside the model)" if beside else ")")
-        raise ModelError(
-            f"{path} ({fmt}) does not say its {', '.join(missing)}: give them in {where}; "
-            f"gigaseg models inspect {path} shows what the graph takes",
-            parameters=("card",),
-        )
+        raise ModelError(f"{missing_line(path, missing)}; gigaseg models inspect shows what the graph takes")
+    if "input_size" in merged and "tile" not in merged:
+        sources["tile"] = sources["overlap"] = f"input_size, from {sources['input_size']}"
     return ModelCard.from_dict(merged), sources
+
+
+def missing_line(path: str, missing: list[str]) -> str:
+    """What a card lacks, and where to give it."""
+    beside = sidecar(path)
+    where = f"a card JSON given with the model, or {beside} beside it" if beside else "the card argument"
+    return f"{path} does not say its {', '.join(missing)}: give them in {where}"
 
 
 def card_override(card: ModelCard | dict[str, Any] | str | Path | None) -> dict[str, Any] | None:

@@ -29,12 +29,9 @@ def inspect_command(model: Path, card_path: Path | None) -> None:
     """Print MODEL's format, the card in force (each key with where it came from) and what its graph takes."""
     from gigaseg.errors import ModelError
     from gigaseg.models.card import read_card_json
-    from gigaseg.models.formats import inspect_model, sidecar
+    from gigaseg.models.formats import inspect_model, missing_line
 
     lines, missing = inspect_model(model, card=read_card_json(card_path) if card_path else None)
     click.echo("\n".join(lines))
     if missing:
-        raise ModelError(
-            f"{model} does not say its {', '.join(missing)}: give them in a card (--card, or "
-            f"{sidecar(str(model))} beside the model)"
-        )
+        raise ModelError(missing_line(str(model), missing))
