@@ -499,6 +499,80 @@ def object_storage(ctx: Context) -> list[Row]:
     return cloud(ctx)
 
 
+# --- 17. model formats -----------------------------------------------------------------------
+
+FORMAT_LABELS = {
+    "checkpoint": "gigaseg checkpoint",
+    "torchscript": "TorchScript (traced)",
+    "pt2": "torch.export .pt2 (dynamic N, H, W)",
+    "onnx": "ONNX on ONNX Runtime, CPU provider (dynamic N, H, W)",
+}
+
+
+def model_formats(ctx: Context) -> list[Row]:
+    """One U-Net as a gigaseg checkpoint, TorchScript, ``.pt2`` and ONNX: ``segment`` end to end
+    (GeoTIFF -> Zarr, model loading on the clock) for each, over the checkpoint's speed."""
+    s = ctx.settings
+    side = s.side(8192, 512)
+    tile, overlap = s.tile
+    scene = ctx.scene(side)
+    paths = inputs.exported_models("unet", tile=tile, overlap=overlap, data=s.data)
+    card = inputs.exported_card(paths["checkpoint"])  # what the exported graphs do not carry
+    outs = {fmt: ctx.output(f"c17-{fmt}.zarr") for fmt in paths}
+    runs = {
+        fmt: (
+            "gigaseg",
+            {
+                "input": scene,
+                "model": str(path),
+                "out": outs[fmt],
+                "batch_size": s.batch_size,
+                **({} if fmt == "checkpoint" else {"card": card}),
+            },
+        )
+        for fmt, path in paths.items()
+    }
+    found = ctx.measure(runs)
+    label = f"unet {side}^2"
+    rows = _speed_rows("17", {FORMAT_LABELS[f]: m for f, m in found.items()}, label)
+    base = found["checkpoint"]
+    for fmt in list(paths)[1:]:
+        m = found[fmt]
+        ratio = _ratio(m, base)
+        agree = _mask_agreement(outs[fmt], outs["checkpoint"]) if not (m.error or base.error) else None
+        opened = m.extra.get("opened_in_clock_s"), base.extra.get("opened_in_clock_s")
+        note = f"{m.seconds:.2f} vs {base.seconds:.2f} s"
+        cpu = m.extra.get("cpu_seconds"), base.extra.get("cpu_seconds")
+        if None not in cpu:
+            note += f" (CPU {cpu[0]:.0f} vs {cpu[1]:.0f} s)"
+        if None not in opened:
+            note += f"; opening {opened[0]:.2f} vs {opened[1]:.2f} s of it"
+        if agree is not None:
+            note += f"; mask = checkpoint's on {100 * agree:.3f}% of pixels"
+        rows.append(
+            Row(
+                "17",
+                f"{label}: {fmt} / checkpoint",
+                ratio,
+                target=">= 0.9",
+                met=None if ratio is None else ratio >= 0.9,
+                note=m.error or base.error or note,
+            )
+        )
+    return rows
+
+
+def _mask_agreement(a: str, b: str) -> float | None:
+    """The fraction of pixels where two stores' masks agree (None when one is missing)."""
+    import numpy as np
+    import zarr
+
+    if not (Path(a).exists() and Path(b).exists()):
+        return None
+    x, y = zarr.open_group(a, mode="r")["mask"][:], zarr.open_group(b, mode="r")["mask"][:]
+    return float(np.mean(x == y)) if x.shape == y.shape else 0.0
+
+
 CASES: dict[int, Callable[[Context], list[Row]]] = {
     1: pipeline_efficiency,
     2: versus_peers,
@@ -511,4 +585,5 @@ CASES: dict[int, Callable[[Context], list[Row]]] = {
     9: verification,
     10: sparse_labels,
     16: object_storage,
+    17: model_formats,
 }

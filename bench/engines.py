@@ -12,9 +12,11 @@ The peers' timing ends with the argmaxed uint8 mask in memory.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ def gigaseg(
     batch_size: int | None,
     device: str = "cpu",
     steady: bool = False,
+    card: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
     **options: Any,
 ) -> Result:
     """``gigaseg segment``: file on disk to Zarr on disk, model loading included.
@@ -42,14 +46,38 @@ def gigaseg(
     On a GPU the result also holds the batch size gigaseg chose, where its model
     thread spent its seconds, and the peak GPU memory. With ``steady`` the clock
     starts after opening (model loaded, store created) and one warm-up batch, as
-    the forward engine's does; ``open_seconds`` says what opening took.
+    the forward engine's does; ``open_seconds`` says what opening took. Without
+    ``steady``, ``opened_in_clock_s`` says what opening took inside the timing.
+
+    ``model`` is any format gigaseg reads (``card``: the keys a graph does not
+    carry, as ``segment(..., card=)`` takes them); for an exported graph only its
+    runtime's modules are imported before the clock (:func:`_prepare`). ``environ``
+    is set for the run (``GIGASEG_ONNX_PROVIDERS``, ``GIGASEG_TRT_FP16``) and put
+    back after it; for an ONNX model the result names the providers its session has.
     """
+    with _environment(environ or {}):
+        return _gigaseg(
+            input=input, model=model, out=out, batch_size=batch_size, device=device, steady=steady, card=card, **options
+        )
+
+
+def _gigaseg(
+    *,
+    input: str,
+    model: str,
+    out: str,
+    batch_size: int | None,
+    device: str,
+    steady: bool,
+    card: dict[str, Any] | None,
+    **options: Any,
+) -> Result:
     from gigaseg import SegmentOptions, segment
     from gigaseg.jobs.scene import SceneSpec, open_runner
     from gigaseg.jobs.segment import run_blocks
     from gigaseg.refine import RefineOptions
 
-    _load(model)  # imports only: segment() loads the checkpoint again, on the clock
+    _prepare(model)  # imports only: segment() loads the model again, on the clock
     refine = options.pop("refine", None)
     opts = SegmentOptions(
         batch_size=batch_size,
@@ -59,21 +87,27 @@ def gigaseg(
         **options,
     )
     _reset_peak(device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     extra: dict[str, Any] = {}
     if refine:
-        summary = segment(input, model, out, opts)
+        summary = segment(input, model, out, opts, card=card)
     else:
-        runner = open_runner(SceneSpec(input, model, out, opts), create=True)
+        runner = open_runner(SceneSpec(input, model, out, opts, card), create=True)
         if steady:  # the forward engine's warm-up, here too; opening stays reported
             _warm_up(runner, device)
             extra["open_seconds"] = time.perf_counter() - started
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
+        else:
+            extra["opened_in_clock_s"] = time.perf_counter() - started
         summary = run_blocks(runner, out, False)
         extra |= {"batch": runner.batch_size, "readers": runner.readers, "timings": runner.timings}
     _sync(device)
     seconds = time.perf_counter() - started
-    tiles = planned_tiles(input, model, **{k: v for k, v in options.items() if k in ("block", "chunk", "band_memory")})
+    extra["cpu_seconds"] = time.process_time() - cpu_started  # every thread's: less moved by a busy machine
+    if not refine and model.endswith(".onnx"):
+        extra["onnx_providers"] = _onnx_providers(model, runner.predictor.device)
+    sizing = {k: v for k, v in options.items() if k in ("block", "chunk", "band_memory")}
+    tiles = planned_tiles(input, model, card=card, **sizing)
     return {"seconds": seconds, "pixels": summary.pixels, "tiles": tiles, **extra, **_peak(device)}
 
 
@@ -101,13 +135,13 @@ def dry_run(*, input: str, model: str, out: str, device: str = "cpu", **options:
     return {"seconds": 0.0, "pixels": 0, "tiles": 0, "batch": batch, "host": memory.host, "device": memory.device}
 
 
-def planned_tiles(input: str, model: str, **options: Any) -> int:
+def planned_tiles(input: str, model: str, *, card: dict[str, Any] | None = None, **options: Any) -> int:
     """Tiles gigaseg's plan computes for ``input`` (halo recompute at block edges included)."""
     from gigaseg import SegmentOptions
     from gigaseg.jobs.scene import SceneSpec, plan_scene
     from gigaseg.tiler.grid import halo_overhead
 
-    _, plan = plan_scene(SceneSpec(input, model, "", SegmentOptions(device="cpu", **options)), dry=True)
+    _, plan = plan_scene(SceneSpec(input, model, "", SegmentOptions(device="cpu", **options), card), dry=True)
     return round(halo_overhead(plan.grid, plan.blocks) * plan.grid.size)
 
 
@@ -276,6 +310,45 @@ ENGINES: dict[str, Callable[..., Result]] = {
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _prepare(model: str) -> None:
+    """What is imported before the clock: a checkpoint's network modules (it is built once,
+    as the peers build theirs), ONNX Runtime for an ONNX file. TorchScript and
+    ``.pt2`` archives need only torch. Loading the model itself is on the clock."""
+    from gigaseg.models.formats import detect_format
+
+    fmt = detect_format(model)
+    if fmt == "torch":
+        _load(model)
+    elif fmt == "onnx":
+        import onnxruntime  # noqa: F401 - the runtime's import, once per process
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` while the block runs, as it was afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _onnx_providers(model: str, device: Any) -> list[str]:
+    """The execution providers of the session gigaseg ran ``model`` in (its cached session:
+    the key is the tiles' device, ``cuda:0`` rather than ``cuda``)."""
+    import torch
+
+    from gigaseg.models.runtimes import onnx_session
+
+    where = torch.empty(0, device=device).device
+    return list(onnx_session(model, device=where).get_providers())
 
 
 def _load(model: str) -> tuple[Any, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import inputs
-from bench.cases import Context, Row, _ratio, _speed_rows
+from bench.cases import Context, Row, _mask_agreement, _ratio, _speed_rows
 from bench.measure import Measurement
 
 
@@ -209,8 +209,136 @@ def determinism(ctx: Context) -> list[Row]:
     return rows
 
 
+# The rows of case 18: (label, format, environment of the worker, ONNX Runtime provider it needs).
+GPU_FORMATS: tuple[tuple[str, str, dict[str, str], str | None], ...] = (
+    ("checkpoint", "checkpoint", {}, None),
+    ("TorchScript (traced)", "torchscript", {}, None),
+    ("torch.export .pt2 (dynamic N, H, W)", "pt2", {}, None),
+    (
+        "ONNX Runtime, CUDA provider",
+        "onnx",
+        {"GIGASEG_ONNX_PROVIDERS": "CUDAExecutionProvider"},
+        "CUDAExecutionProvider",
+    ),
+    (
+        "ONNX Runtime, TensorRT provider (fp32)",
+        "onnx",
+        {"GIGASEG_ONNX_PROVIDERS": "TensorrtExecutionProvider,CUDAExecutionProvider", "GIGASEG_TRT_FP16": "0"},
+        "TensorrtExecutionProvider",
+    ),
+    (
+        "ONNX Runtime, TensorRT provider (fp16)",
+        "onnx",
+        {"GIGASEG_ONNX_PROVIDERS": "TensorrtExecutionProvider,CUDAExecutionProvider", "GIGASEG_TRT_FP16": "1"},
+        "TensorrtExecutionProvider",
+    ),
+)
+# TensorRT builds an engine in each fresh process (gigaseg keeps no engine cache), minutes for a
+# U-Net: those rows run once, after the others' repetitions.
+_BUILDS_ENGINE = "TensorrtExecutionProvider"
+
+
+def formats(ctx: Context) -> list[Row]:
+    """One smp U-Net (ResNet-34, 8 classes) as a checkpoint, TorchScript, ``.pt2`` and ONNX (on ONNX
+    Runtime's CUDA and TensorRT providers): gigaseg GeoTIFF -> Zarr, over the checkpoint's speed.
+
+    The exports are made here, on the CPU, from the checkpoint (bench/inputs.py, ``export``).
+    An ONNX row that cannot run on this machine (no onnxruntime-gpu, no such provider, no
+    ``onnx`` package to export with) is skipped with its reason, as is any export that fails;
+    a session that fell back to another provider is reported, not counted.
+    """
+    s, device = ctx.settings, _device(ctx)
+    side = s.side(8192, 512)
+    scene = str(inputs.tiled_scene(side, bands=4, data=s.data))
+    checkpoint = inputs.gpu_model("resnet34", data=s.data)
+    card = inputs.exported_card(checkpoint)
+    label = f"resnet34 U-Net {side}^2"
+    runs: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {"main": {}, "engine builds": {}}
+    skipped: dict[str, str] = {}
+    wanted: dict[str, str] = {}
+    for i, (name, fmt, environ, provider) in enumerate(GPU_FORMATS):
+        reason = _onnx_support(device, provider) if fmt == "onnx" else None
+        if reason is None:
+            model, reason = (str(checkpoint), None) if fmt == "checkpoint" else _exported(checkpoint, fmt, s.data)
+        if reason:
+            skipped[name] = reason
+            continue
+        params = _segment(ctx, scene, model, f"g18-{i}.zarr")
+        if fmt != "checkpoint":
+            params["card"] = card
+        if environ:
+            params["environ"] = environ
+        if provider:
+            wanted[name] = provider
+        runs["engine builds" if provider == _BUILDS_ENGINE else "main"][name] = ("gigaseg", params)
+    found = ctx.measure(runs["main"])
+    if runs["engine builds"]:
+        found |= ctx.measure(runs["engine builds"], repeats=1)
+    rows = _speed_rows("18", found, label)
+    rows += [
+        Row("18", f"{label}: {name} throughput", None, "Mpix/s", note=f"skipped: {why}")
+        for name, why in skipped.items()
+    ]
+    base = found.get("checkpoint", Measurement("gigaseg", error="not run"))
+    outs = {name: ctx.output(f"g18-{i}.zarr") for i, (name, *_) in enumerate(GPU_FORMATS)}
+    for name, *_ in GPU_FORMATS[1:]:
+        if name in skipped:
+            rows.append(Row("18", f"{label}: {name} / checkpoint", None, note=f"skipped: {skipped[name]}"))
+            continue
+        m = found[name]
+        ran = m.extra.get("onnx_providers") or []
+        if name in wanted and ran[:1] != [wanted[name]] and device.startswith("cuda"):
+            why = f"not counted: the session ran on {', '.join(ran) or 'no provider'}, not {wanted[name]}"
+            rows.append(Row("18", f"{label}: {name} / checkpoint", None, note=why))
+            continue
+        ratio = _ratio(m, base)
+        parts = [f"{m.seconds:.2f} vs {base.seconds:.2f} s after opening"]
+        opened = m.extra.get("open_seconds"), base.extra.get("open_seconds")
+        if None not in opened:
+            parts.append(f"opening and warm-up {opened[0]:.2f} vs {opened[1]:.2f} s")
+        if ran:
+            parts.append("providers " + ", ".join(ran))
+        if not (m.error or base.error):
+            agree = _mask_agreement(outs[name], outs["checkpoint"])
+            if agree is not None:
+                parts.append(f"mask = checkpoint's on {100 * agree:.2f}% of pixels")
+        parts.append(f"batch {m.extra.get('batch')}")
+        note = m.error or base.error or "; ".join(parts + [_note(ctx)]).strip("; ")
+        rows.append(
+            Row("18", f"{label}: {name} / checkpoint", ratio, target=">= 0.9", met=_at_least(ratio, 0.9), note=note)
+        )
+    return rows
+
+
+def _onnx_support(device: str, provider: str | None) -> str | None:
+    """Why ONNX rows needing ``provider`` cannot run here, or None. On the CPU (the dry run)
+    gigaseg runs them on ONNX Runtime's CPU provider, whatever the environment asks."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed (a GPU needs onnxruntime-gpu; bench/wheels.sh does not carry it)"
+    if not device.startswith("cuda") or provider is None:
+        return None
+    available = list(ort.get_available_providers())
+    if provider not in available:
+        return (
+            f"onnxruntime {ort.__version__} here has no {provider} (it has {', '.join(available)}): "
+            "onnxruntime-gpu is needed, and too large to travel with bench/wheels.sh"
+        )
+    return None
+
+
+def _exported(checkpoint: Path, fmt: str, data: Path) -> tuple[str, str | None]:
+    """The exported model's path, or why it could not be made (the case goes on without it)."""
+    try:
+        return str(inputs.export(checkpoint, fmt, data=data)), None
+    except Exception as e:  # any exporter's failure (onnx missing, an op it cannot take) skips only its rows
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return "", f"could not export to {fmt}: {type(e).__name__}: {first}"
+
+
 # In the order of what matters most, should a lease run out: the targets first.
-GPU_CASES = {11: efficiency, 12: versus_monai, 15: determinism, 13: volume, 14: refine}
+GPU_CASES = {11: efficiency, 12: versus_monai, 15: determinism, 13: volume, 14: refine, 18: formats}
 
 
 # --- helpers ------------------------------------------------------------------------------------

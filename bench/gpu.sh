@@ -7,6 +7,10 @@
 #   bash bench/gpu.sh                         # there: GPU tests, then python -m bench --device cuda
 #
 # About 6 minutes on one H200 (input generation included); results go to $OUT (or bench/out/gpu).
+# Case 18 (model formats: TorchScript, .pt2, ONNX Runtime's CUDA and TensorRT providers) comes
+# last; to run it alone: BENCH_ARGS="--cases 18" bash bench/gpu.sh. Its ONNX rows need
+# onnxruntime-gpu (and onnx, to export), which do not travel in .whl/: without them those rows
+# are skipped, each with its reason in the table, and the other rows still run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out/gpu}
@@ -20,6 +24,18 @@ import os, torch, rasterio, zarr, nibabel, monai, segmentation_models_pytorch as
 print(f"cores {os.cpu_count()}; python {os.sys.version.split()[0]}; torch {torch.__version__} cuda {torch.version.cuda}; "
       f"numpy {numpy.__version__}; rasterio {rasterio.__version__} (GDAL {rasterio.__gdal_version__}); zarr {zarr.__version__}; "
       f"monai {monai.__version__}; smp {smp.__version__}; gpu {torch.cuda.get_device_name(0)}")
+EOF
+python3 - <<'EOF' | tee -a "$OUT/machine.txt"
+try:
+    import onnxruntime as ort
+    print(f"onnxruntime {ort.__version__}: providers {', '.join(ort.get_available_providers())}")
+except ImportError:
+    print("onnxruntime: not installed (case 18 skips its ONNX rows)")
+try:
+    import onnx
+    print(f"onnx {onnx.__version__}")
+except ImportError:
+    print("onnx: not installed (torch.onnx.export needs it: case 18 skips its ONNX rows)")
 EOF
 echo "== GPU tests (pytest -m gpu)"
 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider --basetemp=/tmp/gigaseg-pytest \

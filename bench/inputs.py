@@ -171,3 +171,76 @@ def model3d(
             arch_kwargs=arch_kwargs,
         )
     return path
+
+
+# The formats case 17 runs one network in (bench/cases.py, ``model_formats``): a gigaseg
+# checkpoint, and what torch and ONNX export it to.
+EXPORTED_FORMATS = ("checkpoint", "torchscript", "pt2", "onnx")
+
+
+def exported_card(checkpoint: str | Path) -> dict[str, Any]:
+    """What a card must say for an exported graph of ``checkpoint`` (which carries none):
+    channels, classes, normalisation and tiling, the checkpoint's own values."""
+    from gigaseg.models.checkpoint import read_checkpoint
+
+    card = read_checkpoint(checkpoint)["card"]
+    keys = ("in_channels", "classes", "mean", "std", "tile", "overlap")
+    return {k: card[k] for k in keys}
+
+
+def exported_models(name: str, *, tile: int = 512, overlap: int = 64, data: Path = DATA) -> dict[str, Path]:
+    """The seeded checkpoint of :func:`model` and its exports (:func:`export`), by format."""
+    checkpoint = model(name, tile=tile, overlap=overlap, data=data)
+    return {"checkpoint": checkpoint, **{fmt: export(checkpoint, fmt, data=data) for fmt in EXPORTED_FORMATS[1:]}}
+
+
+def export(checkpoint: Path, fmt: str, *, data: Path = DATA) -> Path:
+    """``checkpoint``'s network exported to ``fmt`` on the CPU (as one exports a network on a
+    laptop and runs it on a GPU node), written once into ``data``; it carries no card
+    (:func:`exported_card` gives one):
+
+    * ``torchscript``: ``torch.jit.trace`` on two tiles, ``torch.jit.save``;
+    * ``pt2``: ``torch.export`` with dynamic batch, height and width (height and
+      width in multiples of the network's stride), ``torch.export.save``;
+    * ``onnx``: ``torch.onnx.export`` (the TorchScript-based exporter, ``dynamo=False``;
+      it needs the ``onnx`` package), batch, height and width dynamic in the input
+      and the output.
+    """
+    import torch
+
+    from gigaseg.models.checkpoint import load_checkpoint
+    from gigaseg.models.registry import output_stride
+
+    suffix = {"torchscript": ".ts", "pt2": ".pt2", "onnx": ".onnx"}[fmt]
+    path = data / f"export_{Path(checkpoint).stem.removeprefix('model_')}{suffix}"
+    if path.exists():
+        return path
+    data.mkdir(parents=True, exist_ok=True)
+    net, card = load_checkpoint(checkpoint)
+    net = net.eval()
+    tile = card.tile
+    # Two tiles: a batch of one would make torch.export specialise the batch dimension to 1.
+    x = torch.randn(2, card.in_channels, tile, tile, generator=torch.Generator().manual_seed(0))
+    tmp = path.with_name("partial_" + path.name)
+    with torch.no_grad():
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(net, x), str(tmp))
+        elif fmt == "pt2":
+            stride = output_stride(net)
+            n = torch.export.Dim("n", min=1, max=1024)
+            h, w = torch.export.Dim("h", min=1, max=8192), torch.export.Dim("w", min=1, max=8192)
+            program = torch.export.export(net, (x,), dynamic_shapes={"x": {0: n, 2: stride * h, 3: stride * w}})
+            torch.export.save(program, str(tmp))
+        else:
+            axes = {0: "n", 2: "h", 3: "w"}
+            torch.onnx.export(
+                net,
+                (x,),
+                str(tmp),
+                dynamo=False,
+                input_names=["x"],
+                output_names=["scores"],
+                dynamic_axes={"x": axes, "scores": axes},
+            )
+    os.replace(tmp, path)
+    return path

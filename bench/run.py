@@ -27,7 +27,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=None, help="comma-separated case numbers [all of the device's]")
     parser.add_argument(
-        "--device", default="cpu", help="cpu: cases 1-10; cuda: the GPU cases 11-15 (bench/gpu.py, bench/gpu.sh)"
+        "--device",
+        default="cpu",
+        help="cpu: cases 1-10, 16, 17; cuda: the GPU cases 11-15, 18 (bench/gpu.py, bench/gpu.sh)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: a smoke run")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions per engine (best kept)")

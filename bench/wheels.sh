@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Wheels for the GPU machine (Python 3.12, manylinux x86-64), into .whl/ (git-ignored): what
 # gigaseg and the GPU benchmark need that its image lacks. Versions as in this project's venv.
+# Not carried: onnxruntime-gpu (not in this machine's package index; it bundles the CUDA and TensorRT
+# providers' libraries, far over the 64 MiB a device call carries) and onnx; case 18 skips its ONNX
+# rows without them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl

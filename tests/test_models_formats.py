@@ -292,7 +292,38 @@ def bad_models(models, tmp_path) -> dict[str, tuple[Path, dict | None, str]]:
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "weights.bin").write_bytes(b"0")
+    bounded = tmp_path / "bounded.pt2"  # sides of 8 to 96 pixels only
+    side = torch.export.Dim("side", min=1, max=12)
+    conv = nn.Conv2d(3, 3, 3, padding=1).eval()
+    torch.export.save(torch.export.export(conv, (torch.randn(1, 3, 64, 64),), dynamic_shapes=({2: 8 * side},)), bounded)
+    volume_net = tmp_path / "conv3d.ts"
+    torch.jit.save(torch.jit.script(nn.Conv3d(3, 3, 1)), volume_net)
+    damaged = tmp_path / "damaged.ts"  # its code files garbled, as by a bad disk or download
+    with zipfile.ZipFile(models["traced"]) as src, zipfile.ZipFile(damaged, "w") as dst:
+        for item in src.infolist():
+            garbled = item.filename.endswith(".py")
+            dst.writestr(item, b"\xff\xfe" * 50 if garbled else src.read(item.filename))
+    smp_bad = tmp_path / "smp-bad"
+    shutil.copytree(models["smp"], smp_bad)
+    config = json.loads((smp_bad / "config.json").read_text())
+    (smp_bad / "config.json").write_text(json.dumps({**config, "activation": "sigmoid"}))
+    plain = {k: v for k, v in CARD.items() if k not in ("mean", "std")}
     return {
+        "tile beyond the graph": (bounded, {**plain, "tile": 128, "overlap": 8}, "does not take a (1, 3, 128, 128)"),
+        "3-D graph said 2-D": (volume_net, plain, '"spatial_dims": 3'),
+        "steps for 2 of 3 bands": (
+            models["traced"],
+            {**plain, "normalize": [{"divide": [1, 2]}]},
+            "each of the 3 bands",
+        ),
+        "infinite std": (models["traced"], {**CARD, "std": [float("inf")] * 3}, "std must be a list of finite numbers"),
+        "huge channels": (models["traced"], {**plain, "in_channels": 10**20}, "in_channels must be between"),
+        "numbers as names": (models["traced"], {**CARD, "band_names": [1, 2, 3]}, "band_names must be a list of names"),
+        "twice the same class": (models["traced"], {**CARD, "classes": ["a", "a", "b"]}, "classes names one twice"),
+        "encoder a number": (models["state_dict"], {**CARD, "arch": "unet", "encoder": 5}, "encoder must be a name"),
+        "damaged TorchScript": (damaged, CARD, "TorchScript file"),
+        "multi-label sigmoid": (smp_bad, {"classes": ["a", "b", "c"]}, "multi-label sigmoids are not supported"),
+        "channels against the graph": (models["onnx"], {**plain, "in_channels": 4}, "the graph of"),
         "unknown key": (models["traced"], {**CARD, "colour": "red"}, "unknown keys ['colour']"),
         "sigmoid of three": (models["traced"], {**CARD, "outputs": "sigmoid"}, "binary mask of two classes"),
         "tile vs input_size": (models["traced"], {**CARD, "input_size": 128}, "contradicts input_size"),
@@ -314,6 +345,17 @@ def bad_models(models, tmp_path) -> dict[str, tuple[Path, dict | None, str]]:
 
 
 BAD = [
+    "tile beyond the graph",
+    "3-D graph said 2-D",
+    "steps for 2 of 3 bands",
+    "infinite std",
+    "huge channels",
+    "numbers as names",
+    "twice the same class",
+    "encoder a number",
+    "damaged TorchScript",
+    "multi-label sigmoid",
+    "channels against the graph",
     "unknown key",
     "sigmoid of three",
     "tile vs input_size",
@@ -333,6 +375,8 @@ BAD = [
 @pytest.mark.parametrize("case", BAD)
 def test_bad_models_and_cards_are_one_line_and_create_nothing(tmp_path, models, scene, case):
     model, card, words = bad_models(models, tmp_path)[case]
+    if case == "channels":  # four bands for a card of four channels, and a graph that takes three
+        scene = write_tiff(tmp_path / "four.tif", np.ones((4, 64, 64), "u1"))
     args = ["segment", str(scene), "--model", str(model), "--out", str(tmp_path / "o.zarr")]
     if card is not None:
         (tmp_path / "card.json").write_text(json.dumps({k: v for k, v in card.items() if v is not None}))
@@ -358,6 +402,30 @@ def test_non_finite_scores_on_the_scene_fail_the_block_and_leave_nothing(tmp_pat
     args = ["segment", str(tif), "--model", str(model), "--card", str(tmp_path / "card.json")]
     one_error(run(*args, "--out", str(tmp_path / "o.zarr")), "non-finite scores (NaN or inf) in block [0, 0]")
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_damaged_embedded_card_gives_way_to_a_given_one_and_is_replaced_by_embed(tmp_path, models, scene):
+    import onnx
+
+    proto = onnx.load(models["onnx"])
+    proto.metadata_props.add(key="gigaseg_card.json", value="{not json")
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, broken)
+    (tmp_path / "card.json").write_text(json.dumps(CARD))
+    result = run("segment", scene, "--model", broken, "--card", tmp_path / "card.json", "--out", tmp_path / "o.zarr")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("is not valid JSON") == 1 and "left out" in result.stderr
+    fixed = tmp_path / "fixed.onnx"
+    assert run("card", "embed", broken, tmp_path / "card.json", "--out", fixed).exit_code == 0
+    assert open_model(fixed).card.classes == CARD["classes"]
+    one_error(run("card", "embed", broken, tmp_path / "card.json", "--out", tmp_path / "no" / "x.onnx"), "cannot write")
+
+
+def test_bands_named_twice_in_the_raster_are_refused(tmp_path, models):
+    image = np.ones((4, 64, 64), "u1")
+    tif = write_tiff(tmp_path / "twice.tif", image, descriptions=("red", "red", "green", "blue"))
+    with pytest.raises(InputError, match="describes bands 1 and 2 both as 'red'"):
+        segmented(tmp_path, tif, models["traced"], card={**CARD, "band_names": ["blue", "green", "red"]})
 
 
 def test_a_tile_off_the_size_multiple_is_refused(tmp_path, models, scene):

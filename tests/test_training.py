@@ -125,7 +125,7 @@ def test_geotiff_sources_with_nodata_borders(tmp_path):
     result = train([pair], tmp_path / "m.pt", config, log=lambda _: None)
     counted = sum(result.card.metrics["val_pixels"].values())
     assert 0 < counted < 6 * 64 * 64  # the nodata border is not scored
-    assert result.card.band_names == ["band1", "band2", "band3", "band4"]
+    assert result.card.band_names == ["blue", "green", "red", "nir"]  # as the generated scene names them
 
 
 def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path):

@@ -18,6 +18,9 @@ NODATA = 0
 UINT8_SCALE = 12
 
 
+BAND_NAMES = ("blue", "green", "red", "nir", "swir16", "swir22")  # the synthetic scene's bands, in order
+
+
 def write_landcover_tiff(
     path: str | Path,
     shape: tuple[int, int],
@@ -58,6 +61,8 @@ def write_landcover_tiff(
     }
     label_profile = {**profile, "count": 1, "dtype": "uint8", "nodata": 255}
     with rasterio.open(path, "w", **profile) as dst, _maybe_open(labels_path, label_profile) as lab:
+        for band in range(bands):  # named as models name theirs (a card's band_names)
+            dst.set_band_description(band + 1, BAND_NAMES[band % len(BAND_NAMES)])
         for row in range(0, height, window):
             for col in range(0, width, window):
                 h, w = min(window, height - row), min(window, width - col)

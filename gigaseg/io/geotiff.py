@@ -131,7 +131,16 @@ def bands_by_name(wanted: Sequence[str], descriptions: Sequence[str | None], pat
                 stacklevel=4,
             )
         return None
-    named = {(d or "").strip().lower(): i for i, d in enumerate(descriptions, start=1) if d}
+    named: dict[str, int] = {}
+    for i, d in enumerate(descriptions, start=1):
+        key = (d or "").strip().lower()
+        if d and key in named and key in (w.strip().lower() for w in wanted):
+            raise InputError(
+                f"{path} describes bands {named[key]} and {i} both as {d!r}, a band the model takes; "
+                "give band numbers with bands",
+                parameters=("bands",),
+            )
+        named.setdefault(key, i)
     missing = [name for name in wanted if name.strip().lower() not in named]
     if missing:
         has = ", ".join(d or f"band{i}" for i, d in enumerate(descriptions, start=1))

@@ -192,7 +192,7 @@ class Job(JobOptions):  # type: ignore[misc,valid-type]
 
     inputs: Annotated[list[str], Field(min_length=1)] | StacInputs
     model: Path  # any format gigaseg reads: a checkpoint, TorchScript, .pt2, ONNX, an smp folder
-    card: Path | None = None  # a model card JSON: keys over the model's own
+    card: Path | dict[str, Any] | None = None  # a model card JSON file, or its keys: over the model's own
     tiling: Tiling = Tiling()  # type: ignore[valid-type]
     output: Output = Output()
     refine: Refine | None = None  # type: ignore[valid-type]
@@ -215,7 +215,7 @@ class Job(JobOptions):  # type: ignore[misc,valid-type]
         base = base or Path(".")
         specs = []
         seen: dict[str, Path | str] = {}
-        card = read_card_json(base / self.card) if self.card else None
+        card = read_card_json(base / self.card) if isinstance(self.card, Path) else self.card
         for path, stem in self._inputs(base):
             directory = self.output.where(base)
             output = join(directory, render_name(self.output.name, stem=stem))
@@ -281,7 +281,7 @@ class Job(JobOptions):  # type: ignore[misc,valid-type]
         output = self.output.model_copy(
             update={"dir": directory if is_remote(directory) else str(Path(directory).absolute())}
         )
-        card = (base / self.card).absolute() if self.card else None
+        card = (base / self.card).absolute() if isinstance(self.card, Path) else self.card
         update = {"inputs": inputs, "model": (base / self.model).absolute(), "card": card, "output": output}
         return self.model_copy(update=update)
 

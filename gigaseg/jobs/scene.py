@@ -113,6 +113,9 @@ def plan_scene(spec: SceneSpec, *, dry: bool = False) -> tuple[ModelInput, Plan]
         flat_axis=fed.flat_axis,
     )
     fed.predictor.check_tile(plan.grid.tile)
+    largest = tuple(min(t, n) for t, n in zip(plan.grid.tile, plan.grid.shape, strict=True))
+    model_tile = getattr(fed.predictor, "model_shape", lambda tile: tile)(largest)
+    check_graph(predictor, spec.model, model_tile)  # the card and the tile against the graph, one forward
     if options.batch_size is None and predictor.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(predictor.device)
         predictor.batch_size = gpu_batch_size(
@@ -144,7 +147,8 @@ def load_predictor(spec: SceneSpec) -> Predictor:
             tta=o.tta,
             deterministic=o.deterministic,
         )
-        check_graph(predictor, spec.model)  # the card against the graph, one small forward
+        card = loaded.card  # a first check before the input is opened (a .nii.gz decompressed)
+        check_graph(predictor, spec.model, (card.tile,) * card.spatial_dims, planned=False)
         _PREDICTORS[key] = predictor
     return _PREDICTORS[key]
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from gigaseg.errors import DamagedStoreError, GigasegError, OutputExistsError
+from gigaseg.errors import DamagedStoreError, GigasegError, InputError, OutputExistsError
 from gigaseg.io.export import export_mask
 from gigaseg.io.location import exists, remove_tree
 from gigaseg.io.lock import StoreLock
@@ -85,6 +85,8 @@ def segment(
     options = options or SegmentOptions()
     if isinstance(model_path, nn.Module):
         model_path = register_module(model_path)
+    elif not isinstance(model_path, str | Path):
+        raise InputError(f"model must be a path or an nn.Module, not a {type(model_path).__name__}")
     keys = card_override(card)
     if output_format(str(output)) != "zarr":
         return segment_to_file(input_path, model_path, str(output), options, card=keys)

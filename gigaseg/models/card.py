@@ -15,6 +15,15 @@ from gigaseg.errors import ModelError, SourceError
 from gigaseg.models.intensity import Normalizer, check_spec, check_steps, fit_steps, spec_steps
 from gigaseg.tiler.grid import tiling_problem
 
+MAX_SIZE = 1 << 16  # no tile side, channel or class count beyond this is meant
+
+
+def _finite_numbers(values: Any) -> bool:
+    if not isinstance(values, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return False
+    return bool(np.isfinite(np.asarray(values, np.float64)).all())
+
+
 # What the network's outputs are: raw scores (gigaseg applies the softmax), probabilities (the graph
 # ends in a softmax: blended as they are), or one sigmoid channel (a binary mask: two classes).
 OUTPUTS = ("logits", "probabilities", "sigmoid")
@@ -47,6 +56,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.in_channels < 1:
             raise ModelError(f"model card: in_channels must be >= 1, got {self.in_channels}")
         if len(self.classes) < 1:
@@ -71,6 +81,33 @@ class ModelCard:
             raise ModelError(f"model card: {problem}")
         self._check_graph_keys()
 
+    def _check_types(self) -> None:
+        """Each key of the type it must have, before any arithmetic on it: one line for each mistake."""
+        for name in ("in_channels", "spatial_dims", "tile", "overlap", "input_size", "size_multiple"):
+            value = getattr(self, name)
+            if value is None and name in ("input_size", "size_multiple"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ModelError(f"model card: {name} must be a whole number, got {value!r}")
+            if not -1 < value <= MAX_SIZE:
+                raise ModelError(f"model card: {name} must be between 0 and {MAX_SIZE}, got {value}")
+        for name in ("classes", "band_names", "colors"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ModelError(f"model card: {name} must be a list of names, got {values!r}")
+            if name != "colors" and len(set(values)) != len(values):
+                raise ModelError(f"model card: {name} names one twice: {values}")
+        for name in ("clip", "mean", "std"):
+            values = getattr(self, name)
+            if values is not None and not _finite_numbers(values):
+                raise ModelError(f"model card: {name} must be a list of finite numbers, got {values!r}")
+        if self.encoder is not None and not isinstance(self.encoder, str):
+            raise ModelError(f"model card: encoder must be a name, got {self.encoder!r}")
+        if not isinstance(self.arch, str):
+            raise ModelError(f"model card: arch must be a name, got {self.arch!r}")
+
     def _check_graph_keys(self) -> None:
         """The keys for other people's networks: outputs, input_size, size_multiple, normalize."""
         if self.outputs not in OUTPUTS:
@@ -80,10 +117,6 @@ class ModelCard:
                 f"model card: outputs sigmoid is one channel, a binary mask of two classes (background first); "
                 f"classes names {self.num_classes}"
             )
-        for name in ("input_size", "size_multiple", "tile", "overlap", "in_channels"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ModelError(f"model card: {name} must be a whole number, got {value!r}")
         for name in ("input_size", "size_multiple"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -102,7 +135,7 @@ class ModelCard:
                     f"model card: normalize and {', '.join(older)} both say how to normalise; "
                     "keep normalize (the older keys are steps of it)"
                 )
-            check_steps(self.normalize)
+            check_steps(self.normalize, channels=self.in_channels)
 
     @property
     def num_classes(self) -> int:
@@ -125,11 +158,9 @@ class ModelCard:
             values = {**values, "tile": size}
         if isinstance(values.get("tile"), int) and "overlap" not in values:  # an eighth of the tile (64 of 512)
             values = {**values, "overlap": values["tile"] // 8}
-        if not isinstance(values["classes"], list) or not all(isinstance(c, str) for c in values["classes"]):
-            raise ModelError(f"model card: classes must be a list of names, got {values['classes']!r}")
         try:
             return cls(**values)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ModelError(f"model card: {e}") from None
 
     @classmethod
@@ -182,7 +213,7 @@ def parse_card(text: str | bytes, where: str) -> dict[str, Any]:
     """A card's JSON object; ``where`` names it in the one-line error for anything else."""
     try:
         values = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{where} is not valid JSON: {e}") from None
     if not isinstance(values, dict):
         raise ModelError(f"{where} must hold a JSON object, not a {type(values).__name__}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,9 @@ def load_checkpoint(path: str | Path, *, card: ModelCard | None = None) -> tuple
 
 def load_weights(model: nn.Module, state: dict[str, Any], path: Any, card: ModelCard) -> None:
     try:
-        result = model.load_state_dict(state, strict=False)
+        with warnings.catch_warnings():  # smp prints a block of its own; the line below says what does not fit
+            warnings.simplefilter("ignore")
+            result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # torch reports shape mismatches this way
         detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e))
         raise ModelError(f"weights in {path} do not fit their card: {detail}") from None

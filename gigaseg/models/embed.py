@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gigaseg.errors import ModelError
+from gigaseg.errors import GigasegError, ModelError, OutputError
 from gigaseg.models.card import ModelCard, read_card_json
-from gigaseg.models.formats import CARD_ENTRY, card_layers, detect_format, open_model, sidecar
+from gigaseg.models.formats import CARD_ENTRY, card_layers, model_format, open_model, sidecar
 from gigaseg.models.runtimes import ONNX_EXTRA
 
 
@@ -23,23 +24,38 @@ def embed_card(model: str | Path, card: str | Path, output: str | Path) -> Model
     """
     model, output = str(model), str(output)
     keys = read_card_json(card)
-    fmt = detect_format(model)
-    if fmt == "torch":
-        fmt = open_model(model, card=keys).format
-    embedded = {k: v for where, layer in card_layers(model, fmt) if CARD_ENTRY in where for k, v in layer.items()}
-    keys = {**embedded, **keys}
-    checked = open_model(model, card=keys).card  # every key valid, nothing missing
+    fmt = model_format(model)
     writers = {"torchscript": _torchscript, "torch.export": _exported, "onnx": _onnx, "gigaseg": _checkpoint}
     if fmt not in writers:
         raise ModelError(f"{model} ({fmt}) has no place for a card; put it beside the model as {sidecar(model)}")
-    partial = f"{output}.partial"
+    keys = {**_embedded_keys(model, fmt, keys), **keys}
+    checked = open_model(model, card=keys, embedded=False).card  # every key valid, nothing missing
+    partial = str(Path(output).with_name(f".{Path(output).stem}.partial{Path(output).suffix}"))
     try:
-        writers[fmt](model, keys if fmt != "gigaseg" else checked.to_dict(), partial)
+        with warnings.catch_warnings():  # torch's notes on its own file formats are not the user's business
+            warnings.simplefilter("ignore")
+            writers[fmt](model, keys if fmt != "gigaseg" else checked.to_dict(), partial)
         os.replace(partial, output)
+    except OSError as e:
+        raise OutputError(f"cannot write {output}: {e.strerror or e}") from None
     finally:
         if os.path.exists(partial):
             os.remove(partial)
     return checked
+
+
+def _embedded_keys(model: str, fmt: str, keys: dict[str, Any]) -> dict[str, Any]:
+    """The card the model carries, where it is readable and valid with ``keys`` over it; else nothing
+    (embedding is how a damaged or outdated card is replaced)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layers = card_layers(model, fmt)
+            embedded = {k: v for where, layer in layers if CARD_ENTRY in where for k, v in layer.items()}
+            open_model(model, card={**embedded, **keys}, embedded=False)
+    except GigasegError:
+        return {}
+    return embedded
 
 
 def _extras(path: str) -> dict[str, Any]:

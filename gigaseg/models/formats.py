@@ -20,12 +20,15 @@ need no pickle, and torch files load with ``weights_only``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
+import threading
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gigaseg.errors import GigasegWarning, ModelError, SourceError
+from gigaseg.errors import GigasegWarning, InputError, ModelError, SourceError
 from gigaseg.io.identity import file_sha256
 from gigaseg.models.card import ModelCard, parse_card, read_card_json
 from gigaseg.models.checkpoint import FORMAT as CHECKPOINT
@@ -41,7 +44,8 @@ from gigaseg.models.checkpoint import load_weights, unreadable
 from gigaseg.models.registry import create_model
 from gigaseg.models.runtimes import Exported, OnnxModule, onnx_session
 
-CARD_ENTRY = "gigaseg_card.json"  # the card's name in TorchScript / .pt2 extra files and ONNX metadata
+CARD_ENTRY = "gigaseg_card.json"
+GRAPH_LAYER = "(the graph's input shape)"  # the card's name in TorchScript / .pt2 extra files and ONNX metadata
 FORMATS = ("gigaseg", "state_dict", "torchscript", "torch.export", "onnx", "smp", "module")
 EXPORT_HINT = (
     "export the network instead: torch.jit.save(torch.jit.script(model)), torch.export.save, "
@@ -189,7 +193,9 @@ def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
 # --------------------------------------------------------------------------- cards
 
 
-def card_layers(path: str, fmt: str, override: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+def card_layers(
+    path: str, fmt: str, override: dict[str, Any] | None = None, *, embedded: bool = True
+) -> list[tuple[str, dict[str, Any]]]:
     """``(where, keys)`` from first to last; later layers win key by key.
 
     The format's own card (a checkpoint's, an embedded ``gigaseg_card.json``, smp's
@@ -197,7 +203,7 @@ def card_layers(path: str, fmt: str, override: dict[str, Any] | None = None) -> 
     the model, then ``override`` (``--card``).
     """
     layers = [(f"the {fmt} format", {"arch": fmt})] if fmt not in ("gigaseg", "state_dict", "smp") else []
-    layers += _own_layers(path, fmt)
+    layers += [(w, keys) for w, keys in _own_layers(path, fmt) if embedded or CARD_ENTRY not in w]
     beside = sidecar(path)
     if beside is not None and os.path.isfile(beside):
         layers.append((beside, read_card_json(beside)))
@@ -229,9 +235,15 @@ def _own_layers(path: str, fmt: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _embedded(path: str, text: str | bytes | None) -> list[tuple[str, dict[str, Any]]]:
+    """The embedded card's layer; one that cannot be read is left out with a warning, so a card
+    given with the model (or ``gigaseg card embed``) can stand in for it."""
     if not text:
         return []
-    return [(f"{path} ({CARD_ENTRY})", parse_card(text, f"the card embedded in {path}"))]
+    try:
+        return [(f"{path} ({CARD_ENTRY})", parse_card(text, f"the card embedded in {path}"))]
+    except ModelError as e:
+        warnings.warn(f"{e}; it is left out", GigasegWarning, stacklevel=4)
+        return []
 
 
 def _graph_layer(path: str, graph: Graph) -> list[tuple[str, dict[str, Any]]]:
@@ -245,35 +257,51 @@ def _graph_layer(path: str, graph: Graph) -> list[tuple[str, dict[str, Any]]]:
     spatial = dims[2:]
     if all(d is not None for d in spatial) and len(set(spatial)) == 1:
         keys["input_size"] = spatial[0]
-    return [(f"{path} (the graph's input shape)", keys)]
+    return [(f"{path} {GRAPH_LAYER}", keys)]
 
 
 def smp_card(config: dict[str, Any]) -> dict[str, Any]:
     """The card keys of an smp ``config.json``: architecture, encoder, channels, class count."""
     known = {"_model_class", "encoder_name", "in_channels", "classes", "encoder_weights"}
     kwargs = {k: v for k, v in config.items() if k not in known and not k.startswith("_")}
-    count = int(config.get("classes", 1))
+    count, channels = config.get("classes", 1), config.get("in_channels", 3)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (count, channels)):
+        raise ModelError(f"config.json's classes and in_channels must be positive numbers, got {count!r}, {channels!r}")
     activation = kwargs.get("activation")
-    kinds = {"sigmoid": "sigmoid", "softmax": "probabilities", "softmax2d": "probabilities"}
-    outputs = kinds.get(str(activation), "logits")
+    kinds = {None: "logits", "identity": "logits", "sigmoid": "sigmoid", "softmax": "probabilities"}
+    kinds["softmax2d"] = "probabilities"
+    if activation not in kinds or (activation == "sigmoid" and count > 1):
+        raise ModelError(
+            f"config.json's activation {activation!r} with {count} classes is not one gigaseg blends: it takes raw "
+            "scores, a softmax, or one sigmoid channel (multi-label sigmoids are not supported)"
+        )
+    outputs = kinds[activation]
     if count == 1 and outputs == "logits":
         outputs = "sigmoid"  # one raw channel: a binary mask
     classes = ["background", "foreground"] if outputs == "sigmoid" else [f"class{i}" for i in range(count)]
     return {
         "arch": str(config["_model_class"]).lower(),
         "encoder": config.get("encoder_name", "resnet34"),
-        "in_channels": int(config.get("in_channels", 3)),
+        "in_channels": channels,
         "classes": classes,
         "arch_kwargs": kwargs,
         "outputs": outputs,
     }
 
 
-def merge_layers(path: str, fmt: str, override: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
+def merge_layers(
+    path: str, fmt: str, override: dict[str, Any] | None, *, embedded: bool = True
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The card's keys, merged from its layers, and where each came from."""
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for where, keys in card_layers(path, fmt, override):
+    stated: dict[str, Any] = {}  # what the graph's fixed shape says: no card may say otherwise
+    for where, keys in card_layers(path, fmt, override, embedded=embedded):
+        for key, value in keys.items():
+            if key in stated and value != stated[key]:
+                raise ModelError(f"{where} says {key} {value!r}, but the graph of {path} takes {stated[key]!r}")
+        if where.endswith(GRAPH_LAYER):
+            stated = dict(keys)
         merged.update(keys)
         sources.update(dict.fromkeys(keys, where))
     return merged, sources
@@ -283,11 +311,15 @@ def missing_keys(merged: dict[str, Any]) -> list[str]:
     return [k for k in ("arch", "in_channels", "classes") if k not in merged]
 
 
-def resolve_card(path: str, fmt: str, override: dict[str, Any] | None = None) -> tuple[ModelCard, dict[str, str]]:
-    """The card in force and, per key, where it came from."""
-    merged, sources = merge_layers(path, fmt, override)
+def resolve_card(
+    path: str, fmt: str, override: dict[str, Any] | None = None, *, embedded: bool = True
+) -> tuple[ModelCard, dict[str, str]]:
+    """The card in force and, per key, where it came from (without the embedded card: what replaces it)."""
+    merged, sources = merge_layers(path, fmt, override, embedded=embedded)
     if missing := missing_keys(merged):
-        raise ModelError(f"{missing_line(path, missing)}; gigaseg models inspect shows what the graph takes")
+        raise ModelError(
+            f"{missing_line(path, missing)}; gigaseg models inspect shows what the graph takes", parameters=("card",)
+        )
     if "input_size" in merged and "tile" not in merged:
         sources["tile"] = sources["overlap"] = f"input_size, from {sources['input_size']}"
     return ModelCard.from_dict(merged), sources
@@ -296,16 +328,19 @@ def resolve_card(path: str, fmt: str, override: dict[str, Any] | None = None) ->
 def missing_line(path: str, missing: list[str]) -> str:
     """What a card lacks, and where to give it."""
     beside = sidecar(path)
-    where = f"a card JSON given with the model, or {beside} beside it" if beside else "the card argument"
-    return f"{path} does not say its {', '.join(missing)}: give them in {where}"
+    where = f"with card (a JSON file) or in {beside} beside it" if beside else "with card"
+    return f"{path} does not say its {', '.join(missing)}: give them {where}"
 
 
 def card_override(card: ModelCard | dict[str, Any] | str | Path | None) -> dict[str, Any] | None:
     """A card argument as the keys it gives: a ModelCard, a dict of some keys, or a JSON file."""
     if card is None or isinstance(card, dict):
         return card
-    if isinstance(card, ModelCard):
-        return card.to_dict()
+    if isinstance(card, ModelCard):  # the keys it sets: its defaults must not hide what a graph says
+        defaults = ModelCard(arch=card.arch, in_channels=card.in_channels, classes=card.classes).to_dict()
+        return {k: v for k, v in card.to_dict().items() if k in ("arch", "in_channels", "classes") or v != defaults[k]}
+    if not isinstance(card, str | Path):
+        raise InputError(f"card must be a ModelCard, a dict of card keys or a JSON file, not a {type(card).__name__}")
     return read_card_json(card)
 
 
@@ -318,13 +353,41 @@ def model_format(model: str | Path) -> str:
     return _torch_kind(str(model), fmt) if fmt in ("torch", "safetensors") else fmt
 
 
-def open_model(model: str | Path, *, card: dict[str, Any] | None = None) -> LoadedModel:
-    """The network at ``model`` (any format) with its card in force, on the CPU, in eval mode."""
+def open_model(model: str | Path, *, card: dict[str, Any] | None = None, embedded: bool = True) -> LoadedModel:
+    """The network at ``model`` (any format) with its card in force, on the CPU, in eval mode.
+
+    ``embedded`` False leaves out the card the model carries (``gigaseg card embed`` replacing it)."""
     path = str(model)
-    fmt = model_format(path)
-    resolved, sources = resolve_card(path, fmt, card)
-    module, graph = _build(path, fmt, resolved)
+    with _loading_once():  # the card and the network come from one load of an archive
+        fmt = model_format(path)
+        resolved, sources = resolve_card(path, fmt, card, embedded=embedded)
+        module, graph = _build(path, fmt, resolved)
     return LoadedModel(path, fmt, module.eval(), resolved, sources, graph)
+
+
+_ONCE = threading.local()
+
+
+@contextlib.contextmanager
+def _loading_once() -> Iterator[None]:
+    """Within the block, an archive read for its card and again for its network is loaded once."""
+    outer = getattr(_ONCE, "loaded", None) is not None
+    if not outer:
+        _ONCE.loaded = {}
+    try:
+        yield
+    finally:
+        if not outer:
+            _ONCE.loaded = None
+
+
+def _once(kind: str, path: str, load: Callable[[], Any]) -> Any:
+    loaded = getattr(_ONCE, "loaded", None)
+    if loaded is None:
+        return load()
+    if (kind, path) not in loaded:
+        loaded[kind, path] = load()
+    return loaded[kind, path]
 
 
 def _torch_kind(path: str, fmt: str) -> str:
@@ -395,17 +458,25 @@ def _torch_file_version(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
 
 
 def _torchscript(path: str) -> tuple[nn.Module, str | bytes | None]:
+    return _once("torchscript", path, lambda: _load_torchscript(path))
+
+
+def _load_torchscript(path: str) -> tuple[nn.Module, str | bytes | None]:
     extra = {CARD_ENTRY: ""}
     try:
         with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; gigaseg still reads it
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
-    except RuntimeError as e:
+    except Exception as e:  # a damaged archive fails in many ways (RuntimeError, UnicodeDecodeError, ...)
         raise ModelError(_archive_error(path, "TorchScript", e)) from None
     return module, extra[CARD_ENTRY] or None
 
 
 def _exported(path: str) -> tuple[Any, str | None]:
+    return _once("torch.export", path, lambda: _load_exported(path))
+
+
+def _load_exported(path: str) -> tuple[Any, str | None]:
     extra = {CARD_ENTRY: ""}
     try:
         program = torch.export.load(path, extra_files=extra)
@@ -441,28 +512,32 @@ def onnx_graph(session: Any) -> Graph:
 
 # --------------------------------------------------------------------------- checking the card against the graph
 
-_CHECKED: dict[tuple[str, str, str], None] = {}
+_CHECKED: dict[tuple[str, str, str, tuple[int, ...]], None] = {}
 
 
-def check_graph(predictor: Any, model: str) -> None:
-    """One small forward on the predictor's device, once per model, card and device: the card's
-    channels and classes against the graph, and finite outputs. One line for each disagreement."""
+def check_graph(predictor: Any, model: str, tile: tuple[int, ...], *, planned: bool = True) -> None:
+    """One forward of ``tile`` on the predictor's device, once per model, card, device and tile: the
+    card's channels and classes against the graph, the tile against what the graph takes, and finite
+    outputs. One line for each disagreement. Before planning (``planned`` False: the card's own tile)
+    a graph that refuses the tile is left to the check of the planned one."""
     card = predictor.card
-    key = (model_sha256(model), card.digest(), str(predictor.device))
+    key = (model_sha256(model), card.digest(), str(predictor.device), tuple(tile))
     if key in _CHECKED:
         return
-    side = card.input_size or _probe_side(predictor.stride, card.spatial_dims)
-    shape = (1, card.in_channels, *(side,) * card.spatial_dims)
+    shape = (1, card.in_channels, *predictor.padded(tuple(tile)))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(predictor.device)
     try:
         out = _forward(predictor, x, model)
     except Exception as e:  # whatever the graph raises for an input it cannot take
-        first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        if not planned:
+            return
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        detail = next((ln for ln in lines if "Guard failed" in ln or "Got:" in ln or "size" in ln), lines[0])
         raise ModelError(
-            f"{model} does not take a {tuple(shape)} input as its card describes it (in_channels "
-            f"{card.in_channels}, spatial_dims {card.spatial_dims}): {first}",
+            f"{model} does not take a {shape} input, a tile of this run with the card's in_channels "
+            f"{card.in_channels} and spatial_dims {card.spatial_dims}: {detail[:240]}"
         ) from None
-    _check_output(model, card, tuple(shape), out)
+    _check_output(model, card, shape, out)
     _CHECKED[key] = None
 
 
@@ -481,11 +556,6 @@ def _forward(predictor: Any, x: torch.Tensor, model: str) -> Any:
             stacklevel=4,
         )
         return out
-
-
-def _probe_side(stride: int, dims: int) -> int:
-    target = 64 if dims == 2 else 32
-    return max(stride, -(-target // stride) * stride)
 
 
 def _check_output(model: str, card: ModelCard, shape: tuple[int, ...], out: Any) -> None:
@@ -520,12 +590,13 @@ def inspect_model(model: str | Path, *, card: dict[str, Any] | None = None) -> t
     """What ``gigaseg models inspect`` prints, and the keys the card still lacks (then the card
     shows the keys found so far, and the graph where the file states it)."""
     path = str(model)
-    fmt = model_format(path)
-    merged, sources = merge_layers(path, fmt, card)
-    if missing := missing_keys(merged):
-        graph = _graph_of(path, fmt)
-        return _header(path, fmt, graph) + _keys(merged, sources) + [f"missing: {', '.join(missing)}"], missing
-    return describe(open_model(path, card=card)), []
+    with _loading_once():
+        fmt = model_format(path)
+        merged, sources = merge_layers(path, fmt, card)
+        if missing := missing_keys(merged):
+            graph = _graph_of(path, fmt)
+            return _header(path, fmt, graph) + _keys(merged, sources) + [f"missing: {', '.join(missing)}"], missing
+        return describe(open_model(path, card=card)), []
 
 
 def _graph_of(path: str, fmt: str) -> Graph:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from gigaseg.cpu import keep_freed_memory
-from gigaseg.errors import InputError
+from gigaseg.errors import InputError, ModelError
 from gigaseg.models.card import ModelCard
 from gigaseg.models.registry import output_stride
 from gigaseg.tiler.pad import pad_to
@@ -107,7 +107,13 @@ class Predictor:
         channels_last = card.spatial_dims == 2 and getattr(model, "gigaseg_channels_last", True)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Module.to takes a device and a memory format only in separate calls (its documented signatures).
-        self.model = model.to(self.device).to(memory_format=memory_format).eval()
+        try:
+            self.model = model.to(self.device).to(memory_format=memory_format).eval()
+        except RuntimeError as e:  # channels-last needs 4-D weights: a 3-D network said to be 2-D
+            raise ModelError(
+                f"the network's weights do not fit a 2-D network ({str(e).splitlines()[0]}); "
+                'if it is a 3-D network, say "spatial_dims": 3 in its card'
+            ) from None
         self._memory_format = memory_format
 
     def check_tile(self, tile: tuple[int, ...]) -> None:
@@ -126,6 +132,12 @@ class Predictor:
                 f"tile {tile} is not a multiple of {self.stride}, which {self.card.arch} needs; set tile to {fixed[0]}",
                 parameters=("tile",),
             )
+
+    def padded(self, tile: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape a tile reaches the network in: up to a multiple of the stride, or to a fixed-size
+        graph's ``input_size`` (a small scene's smaller tiles)."""
+        size = self.card.input_size
+        return tuple(size or -(-n // self.stride) * self.stride for n in tile)
 
     @property
     def precision(self) -> str:
@@ -157,8 +169,7 @@ class Predictor:
         out as the stitcher adds them fastest on the device (see :meth:`_scores`).
         """
         shape = x.shape[2:]
-        size = self.card.input_size  # a fixed-size graph: smaller tiles (a small scene's) are padded up to it
-        padded = tuple(size or -(-n // self.stride) * self.stride for n in shape)
+        padded = self.padded(tuple(shape))
         if padded != tuple(shape):
             x = pad_to(x, padded)
         softmax = self.merge == "probs" and not (logits and self.defers_softmax)

@@ -221,8 +221,9 @@ _STEP_FORMS = (
 )
 
 
-def check_steps(steps: Any) -> None:
-    """Refuse steps of unknown kinds or impossible values, one line each."""
+def check_steps(steps: Any, *, channels: int) -> None:
+    """Refuse steps of unknown kinds or impossible values, one line each; per-band values are one
+    number for every band or one per band of the ``channels``."""
     if not isinstance(steps, list):
         raise ModelError(f"model card: normalize is a list of steps, got {steps!r}")
     for step in steps:
@@ -238,16 +239,21 @@ def check_steps(steps: Any) -> None:
             raise ModelError(f'model card: zscore takes "volume" (the scene\'s own statistics), got {step["zscore"]!r}')
         for key, nonzero in (("mean", False), ("std", True), ("scale", True), ("offset", False), ("divide", True)):
             if key in step:
-                _numbers(step[key], key, positive=key == "std", nonzero=nonzero)
+                _numbers(step[key], key, positive=key == "std", nonzero=nonzero, channels=channels)
+        if kind == "clip":
+            _numbers(step["clip"][0], "clip", positive=False, nonzero=False, channels=channels)
+            _numbers(step["clip"][1], "clip", positive=False, nonzero=False, channels=channels)
 
 
-def _numbers(value: Any, key: str, *, positive: bool, nonzero: bool) -> None:
+def _numbers(value: Any, key: str, *, positive: bool, nonzero: bool, channels: int) -> None:
     try:
         array = np.atleast_1d(np.asarray(value, np.float64))
     except (TypeError, ValueError):
         array = np.array([np.nan])
-    if array.ndim != 1 or not np.isfinite(array).all():
-        raise ModelError(f"model card: {key} must be a number or one number per band, got {value!r}")
+    if array.ndim != 1 or not np.isfinite(array).all() or len(array) not in (1, channels):
+        raise ModelError(
+            f"model card: {key} must be one number, or one for each of the {channels} bands, got {value!r}"
+        )
     if positive and (array <= 0).any():
         raise ModelError(f"model card: {key} must be positive, got {value!r}")
     if nonzero and (array == 0).any():

@@ -34,4 +34,4 @@ def inspect_command(model: Path, card_path: Path | None) -> None:
     lines, missing = inspect_model(model, card=read_card_json(card_path) if card_path else None)
     click.echo("\n".join(lines))
     if missing:
-        raise ModelError(missing_line(str(model), missing))
+        raise ModelError(missing_line(str(model), missing), parameters=("card",))
