@@ -36,7 +36,8 @@ from gigaseg.jobs.options import SegmentOptions, cache_bytes, check_options
 from gigaseg.jobs.plan import Plan, length_spacing, make_plan
 from gigaseg.jobs.volume import ModelInput, model_input
 from gigaseg.models import ModelCard, Predictor
-from gigaseg.models.formats import check_graph, open_model
+from gigaseg.models.formats import open_model
+from gigaseg.models.probe import check_graph
 
 
 @dataclass(frozen=True)
