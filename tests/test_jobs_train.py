@@ -133,7 +133,7 @@ def test_segment_a_plain_state_dict_with_a_card_file(tmp_path):
         "--card",
         tmp_path / "volume.json",
     )
-    assert_one_line_error(result, "is a 3-D model but")
+    assert_one_line_error(result, "is 3-D but")
 
 
 def test_train_on_sparse_one_based_labels_with_the_sparse_options(tmp_path):

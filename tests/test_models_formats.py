@@ -320,6 +320,7 @@ def bad_models(models, tmp_path) -> dict[str, tuple[Path, dict | None, str]]:
         "huge channels": (models["traced"], {**plain, "in_channels": 10**20}, "in_channels must be between"),
         "numbers as names": (models["traced"], {**CARD, "band_names": [1, 2, 3]}, "band_names must be a list of names"),
         "twice the same class": (models["traced"], {**CARD, "classes": ["a", "a", "b"]}, "classes names one twice"),
+        "receptive field": (models["traced"], {**CARD, "receptive_field": -5}, "receptive_field must be"),
         "encoder a number": (models["state_dict"], {**CARD, "arch": "unet", "encoder": 5}, "encoder must be a name"),
         "damaged TorchScript": (damaged, CARD, "TorchScript file"),
         "multi-label sigmoid": (smp_bad, {"classes": ["a", "b", "c"]}, "multi-label sigmoids are not supported"),
@@ -352,6 +353,7 @@ BAD = [
     "huge channels",
     "numbers as names",
     "twice the same class",
+    "receptive field",
     "encoder a number",
     "damaged TorchScript",
     "multi-label sigmoid",
@@ -419,6 +421,33 @@ def test_a_damaged_embedded_card_gives_way_to_a_given_one_and_is_replaced_by_emb
     assert run("card", "embed", broken, tmp_path / "card.json", "--out", fixed).exit_code == 0
     assert open_model(fixed).card.classes == CARD["classes"]
     one_error(run("card", "embed", broken, tmp_path / "card.json", "--out", tmp_path / "no" / "x.onnx"), "cannot write")
+
+
+class TwoHeads(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        scores = self.net(x)
+        return scores, scores.mean(1)
+
+
+def test_an_onnx_graph_with_two_outputs_scores_with_its_first(tmp_path, models, scene, reference):
+    net, _ = load_checkpoint(models["checkpoint"])
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(
+        TwoHeads(net),
+        (torch.randn(1, 3, 64, 64),),
+        path,
+        dynamo=False,
+        input_names=["x"],
+        output_names=["scores", "aux"],
+        dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}},
+    )
+    with pytest.warns(gigaseg.errors.GigasegWarning, match="its first, 'scores', is taken as the scores"):
+        mask, _ = segmented(tmp_path, scene, path, card=CARD)
+    assert np.array_equal(mask, reference[0])
 
 
 def test_bands_named_twice_in_the_raster_are_refused(tmp_path, models):

@@ -77,7 +77,7 @@ def check_dims(source: Source, card: ModelCard, *, slice_axis: int | None, conte
         raise InputError(f"the model card says spatial_dims {card.spatial_dims}; gigaseg runs 2-D and 3-D models")
     if ndim == 2:
         if card.spatial_dims == 3:
-            raise InputError(f"{card.arch} is a 3-D model but {path} is a 2-D raster")
+            raise InputError(f"the model ({card.arch}) is 3-D but {path} is a 2-D raster")
         if slice_axis is not None or context or canonical:
             raise InputError(
                 f"slice_axis, context and canonical are for 3-D volumes; {path} is 2-D",
@@ -86,13 +86,13 @@ def check_dims(source: Source, card: ModelCard, *, slice_axis: int | None, conte
         return
     if card.spatial_dims == 2 and slice_axis is None:
         raise InputError(
-            f"{path} is a 3-D volume but {card.arch} is a 2-D model; run it slice by slice "
+            f"{path} is a 3-D volume but the model ({card.arch}) is 2-D; run it slice by slice "
             "with slice_axis 0, 1 or 2 (the volume's i, j or k axis; 2 is axial in RAS-like volumes)",
             parameters=("slice_axis",),
         )
     if card.spatial_dims == 3 and (slice_axis is not None or context):
         raise InputError(
-            f"slice_axis and context run 2-D models slice by slice, but {card.arch} is 3-D",
+            f"slice_axis and context run 2-D models slice by slice, but the model ({card.arch}) is 3-D",
             parameters=("slice_axis", "context"),
         )
     if slice_axis is not None and slice_axis not in (0, 1, 2):

@@ -103,6 +103,9 @@ class ModelCard:
             values = getattr(self, name)
             if values is not None and not _finite_numbers(values):
                 raise ModelError(f"model card: {name} must be a list of finite numbers, got {values!r}")
+        field_ = self.receptive_field
+        if field_ is not None and (isinstance(field_, bool) or not isinstance(field_, int) or field_ < 0):
+            raise ModelError(f"model card: receptive_field must be a whole number of pixels, got {field_!r}")
         if self.encoder is not None and not isinstance(self.encoder, str):
             raise ModelError(f"model card: encoder must be a name, got {self.encoder!r}")
         if not isinstance(self.arch, str):

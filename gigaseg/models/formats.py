@@ -154,7 +154,10 @@ def register_module(module: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     name = f"module:{digest.hexdigest()}"
+    _MODULES.pop(name, None)
     _MODULES[name] = module
+    while len(_MODULES) > 4:  # the latest few: a loop over many modules does not keep them all alive
+        _MODULES.pop(next(iter(_MODULES)))
     return name
 
 
@@ -414,6 +417,10 @@ def _build(path: str, fmt: str, card: ModelCard) -> tuple[nn.Module, Graph]:
         return Exported(program.module(), (graph.inputs or [None])[0]), graph
     session = onnx_session(path, device=torch.device("cpu"))
     graph = onnx_graph(session)
+    names = [o.name for o in session.get_outputs()]
+    if len(names) > 1:
+        message = f"{path} has {len(names)} outputs; its first, {names[0]!r}, is taken as the scores"
+        warnings.warn(message, GigasegWarning, stacklevel=3)
     outputs = 1 if card.outputs == "sigmoid" else card.num_classes
     return OnnxModule(path, outputs=outputs, batch=(graph.inputs or [None])[0]), graph
 

@@ -22,25 +22,6 @@ ONNX_EXTRA = "pip install 'gigaseg[onnx]' (onnxruntime; onnxruntime-gpu on a mac
 CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
-class FixedBatch(nn.Module):
-    """A graph that takes only ``batch`` tiles at a time, fed full batches: a shorter batch is
-    padded with zeros and the padding's scores dropped; a longer one runs in pieces."""
-
-    def __init__(self, inner: nn.Module, batch: int) -> None:
-        super().__init__()
-        self.inner = inner
-        self.batch = batch
-
-    @classmethod
-    def around(cls, inner: nn.Module, dims: list[int | None] | None) -> nn.Module:
-        """``inner`` as it is, or wrapped when its input's batch dimension is fixed."""
-        batch = dims[0] if dims else None
-        return inner if batch is None else cls(inner, batch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - nn.Module protocol
-        return in_batches(self.inner, x, self.batch)
-
-
 class Exported(nn.Module):
     """A ``torch.export`` program's module: always in inference mode (an exported graph has no
     train mode to switch to), with a fixed batch fed full batches."""
