@@ -182,15 +182,10 @@ def _file_sha256(path: str) -> str:
     return _cached_sha256(str(Path(path).absolute()), stat.st_size, stat.st_mtime_ns)
 
 
-_SHA: dict[tuple[str, int, int], str] = {}
-
-
+@functools.lru_cache(maxsize=64)
 def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
     """Hashed once per process and file version: a job's scenes share one model."""
-    key = (path, size, mtime_ns)
-    if key not in _SHA:
-        _SHA[key] = file_sha256(path)
-    return _SHA[key]
+    return file_sha256(path)
 
 
 # --------------------------------------------------------------------------- cards

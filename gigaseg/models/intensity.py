@@ -1,20 +1,21 @@
-"""Intensity normalisation from the model card: clip to a range, then z-score, per channel.
+"""Intensity normalisation from the model card: ordered steps, fitted on the scene where they measure it.
 
-The card's ``intensity`` spec names a mode and its parameters::
+The card's ``normalize`` is a list of steps (:data:`STEPS`): ``clip``,
+``clip_percentiles``, ``zscore``, ``mean``/``std``, ``scale``/``offset``,
+``divide``. The older ``intensity`` spec names a mode and its parameters, and
+is the same steps (:func:`spec_steps`)::
 
     {"mode": "ct", "window": [-160, 240], "mean": 40, "std": 80}   # fixed window (CT, HU)
     {"mode": "percentile", "low": 0.5, "high": 99.5}               # MRI: clip at the volume's percentiles
     {"mode": "zscore"}                                              # the volume's own mean and std
 
-``mean`` and ``std`` come from the spec, else from the card's ``mean``/``std``,
-else from the scene itself (after clipping), measured on a strided sample of
-its valid pixels that the caller reads (see ``gigaseg.io.sources.sample_voxels``).
+Statistics of the scene are measured on a strided sample of its valid pixels
+that the caller reads (see ``gigaseg.io.sources.sample_voxels``).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,31 +24,9 @@ import numpy as np
 from gigaseg.errors import ModelError
 
 Spec = dict[str, Any]
-Bounds = tuple[np.ndarray, np.ndarray] | None
 
-
-def window_bounds(spec: Spec, sample: np.ndarray | None) -> Bounds:
-    low, high = spec["window"]
-    return np.array([low], np.float64), np.array([high], np.float64)
-
-
-def percentile_bounds(spec: Spec, sample: np.ndarray | None) -> Bounds:
-    values = _checked(sample)
-    low = np.percentile(values, spec.get("low", 0.5), axis=1)
-    high = np.percentile(values, spec.get("high", 99.5), axis=1)
-    return low, high
-
-
-def no_bounds(spec: Spec, sample: np.ndarray | None) -> Bounds:
-    return None
-
-
-MODES: dict[str, Callable[[Spec, np.ndarray | None], Bounds]] = {
-    "ct": window_bounds,
-    "percentile": percentile_bounds,
-    "zscore": no_bounds,
-}
-KEYS = {"ct": {"window"}, "percentile": {"low", "high"}, "zscore": set()}
+KEYS = {"ct": {"window"}, "percentile": {"low", "high"}, "zscore": set()}  # mode -> its keys
+MODES = tuple(KEYS)
 
 
 @dataclass(frozen=True)
