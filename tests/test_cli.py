@@ -101,8 +101,8 @@ def test_bad_inputs_give_one_clear_line(tmp_path, inputs):
         (("segment", tif, "--model", text, "--out", out), "is not a model gigaseg can read"),
         (("segment", tif, "--model", model, "--out", out, "--bands", "1,2"), "takes 3 channels but 2 are selected"),
         (
-            ("segment", tif, "--model", model, "--out", out, "--tile", 32, "--overlap", 16),
-            "larger than twice --overlap",
+            ("segment", tif, "--model", model, "--out", out, "--tile", 32, "--overlap", 17),
+            "at least twice --overlap",
         ),
         (("segment", tif, "--model", model, "--out", tmp_path / "no" / "o.zarr"), "does not exist"),
         (("info", tmp_path), "not a gigaseg Zarr store"),

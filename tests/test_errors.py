@@ -29,13 +29,13 @@ PENDING: set[str] = set()
 
 def test_a_bad_tiling_names_its_parameters_and_the_cli_its_flags():
     with pytest.raises(InputError) as caught:
-        TileGrid.create((100, 100), 32, 16)
+        TileGrid.create((100, 100), 32, 17)
     error = caught.value
     assert error.parameters == ("tile", "overlap")
     assert "--" not in str(error)
     assert "use a smaller overlap or a larger tile" in str(error)
     text = cli_message(error, {})
-    assert "--tile must be larger than twice --overlap, but --tile is 32 and --overlap is 16" in text
+    assert "--tile must be at least twice --overlap, but --tile is 32 and --overlap is 17" in text
     assert text.endswith("use a smaller --overlap or a larger --tile")
 
 

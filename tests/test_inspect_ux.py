@@ -86,7 +86,7 @@ def test_a_model_directory_is_called_a_directory(tmp_path):
     tif = write_tiff(tmp_path / "s.tif", np.zeros((3, 40, 50), np.uint8))
     (tmp_path / "models").mkdir()
     result = run("segment", tif, "--model", tmp_path / "models", "--out", tmp_path / "o.zarr")
-    one_error(result, "is a folder but not a segmentation-models-pytorch save_pretrained folder")
+    one_error(result, "is a folder but not one gigaseg reads", "MONAI bundle", "nnU-Net")
     assert "does not exist" not in result.stderr and not (tmp_path / "o.zarr").exists()
 
 

@@ -163,8 +163,8 @@ def test_card_json_with_a_plain_state_dict(tmp_path):
             "2 colors for 1",
         ),
         (
-            '{"arch": "unet", "in_channels": 3, "classes": ["a"], "tile": 64, "overlap": 64}',
-            "tile must be larger than twice overlap",
+            '{"arch": "unet", "in_channels": 3, "classes": ["a"], "tile": 64, "overlap": 33}',
+            "tile must be at least twice overlap",
         ),
     ],
 )

@@ -115,7 +115,7 @@ def test_the_readme_documents_every_flag() -> None:
         (["--blend", "box"], "--blend must be one of 'gaussian', 'cosine', 'constant', got 'box'"),
         (["--block", "abc"], "--block must be a whole number, got 'abc'"),
         (["--tile", "abc"], "--tile must be pixels (512), CRS units (3840m) or millimetres (80mm), got 'abc'"),
-        (["--tile", "16", "--overlap", "8"], "--tile must be larger than twice --overlap"),
+        (["--tile", "16", "--overlap", "9"], "--tile must be at least twice --overlap"),
     ],
 )
 def test_bad_flag_values_are_one_line_naming_the_flag(tmp_path, args, message):

@@ -61,7 +61,7 @@ from nibabel.fileslice import fileslice
 from nibabel.nifti1 import Nifti1Header
 from nibabel.nifti2 import Nifti2Header
 from nibabel.openers import Opener
-from nibabel.orientations import io_orientation
+from nibabel.orientations import axcodes2ornt, io_orientation
 from zarr.codecs import BloscCodec
 
 from gigaseg.errors import InputError, SourceError
@@ -147,15 +147,20 @@ class NiftiSource(ThreadLocalHandles):
     def describe(self) -> dict[str, Any]:
         return {"volumes": list(self.volumes), "cache": self.cache}
 
-    def axis_view(self, *, canonical: bool = False) -> AxisView:
-        """How a model sees this volume: nibabel's ``(i, j, k)``, reoriented to RAS if asked."""
-        if not canonical:
+    def axis_view(self, *, canonical: bool = False, orientation: str | None = None) -> AxisView:
+        """How a model sees this volume: nibabel's ``(i, j, k)``, or reoriented to ``orientation``
+        (RAS with ``canonical``): model axis ``m`` runs along the code's ``m``-th letter, voxels
+        permuted and flipped, never resampled (the nearest axes, as nibabel's ``io_orientation``)."""
+        code = orientation or ("RAS" if canonical else None)
+        if code is None:
             return AxisView((2, 1, 0), (False, False, False))
-        ornt = io_orientation(self.ref.matrix)
+        voxel = io_orientation(self.ref.matrix)  # per voxel axis: its world axis and direction
+        wanted = axcodes2ornt(tuple(code.upper()))  # per model axis: its world axis and direction
         order, flip = [0, 0, 0], [False, False, False]
-        for voxel_axis, (ras_axis, direction) in enumerate(ornt):
-            order[int(ras_axis)] = 2 - voxel_axis
-            flip[int(ras_axis)] = bool(direction < 0)
+        for model_axis, (world, direction) in enumerate(wanted):
+            voxel_axis = int(np.flatnonzero(voxel[:, 0] == world)[0])
+            order[model_axis] = 2 - voxel_axis
+            flip[model_axis] = bool(voxel[voxel_axis, 1] != direction)
         return AxisView(tuple(order), tuple(flip))
 
     def _array(self) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
 from gigaseg.errors import InputError
 from gigaseg.io.array import ArraySource
@@ -29,6 +30,7 @@ from gigaseg.io.remote import is_local
 from gigaseg.io.stac import is_stac, open_stac
 from gigaseg.tiler import Box
 from gigaseg.tiler.axes import AxisView
+from gigaseg.tiler.regrid import Regrid, resample
 
 
 @runtime_checkable
@@ -93,7 +95,7 @@ class ReadsNative(Protocol):
 class Oriented(Protocol):
     """A source whose axes a model may expect in another order or orientation (NIfTI)."""
 
-    def axis_view(self, *, canonical: bool = False) -> AxisView: ...
+    def axis_view(self, *, canonical: bool = False, orientation: str | None = None) -> AxisView: ...
 
 
 def open_source(
@@ -192,6 +194,50 @@ class SliceContext:
 
     def describe(self) -> dict[str, Any]:
         return {**self.source.describe(), "context": self.slices, "context_axis": self.axis}
+
+
+# What a source gives on its own grid only: raw reads, its file's blocks, its raw type.
+SCENE_GRID_ONLY = ("read_native", "block_shape", "dtype")
+
+
+@dataclass
+class OnModelGrid:
+    """``source`` resampled, linearly, to the voxels of a model's grid (:class:`~gigaseg.tiler.regrid.Regrid`).
+
+    Each box of the model grid reads the box of the scene around it, so strips
+    stream as they do from the scene itself. Invalid voxels are read as 0 and
+    their validity is interpolated too: a model voxel is valid where more than
+    half of its interpolation weight lies on valid voxels. ``georef`` stays the
+    scene's: the output is written on the scene's grid.
+    """
+
+    source: Source
+    regrid: Regrid
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("source", "regrid") or name in SCENE_GRID_ONLY:  # unset while unpickling; or the scene's own
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.regrid.model_shape
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return self.regrid.model_spacing(tuple(self.source.spacing))
+
+    def read(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        reads = self.regrid.to_scene(box)
+        data, valid = self.source.read(reads)
+        data[:, ~valid] = 0
+        shapes = (self.regrid.shape, self.regrid.model_shape)
+        values = resample(torch.from_numpy(data), reads, box, shapes)
+        inside = resample(torch.from_numpy(valid.astype(np.float32)), reads, box, shapes, lead=0) > 0.5
+        return values.numpy(), inside.numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.source.describe(), "model_grid": list(self.regrid.model_shape)}
 
 
 def sample_voxels(source: Source, *, limit: int = 2**20) -> np.ndarray:

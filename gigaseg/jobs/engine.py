@@ -31,6 +31,8 @@ from gigaseg.jobs.strips import prefetch, read_strips
 from gigaseg.jobs.volume import Normalize
 from gigaseg.models import Scorer
 from gigaseg.tiler import Box, Released, Scratch, Stitcher
+from gigaseg.tiler.regrid import BackRows
+from gigaseg.tiler.stitch import finish
 from gigaseg.tiler.tiles import Strip, Tile, TileBatch
 
 T = TypeVar("T")
@@ -93,7 +95,9 @@ class BlockRunner:
 
         Returns the block's pixel count per class, nodata last.
         """
-        grid, box = self.plan.grid, self.plan.blocks.block_box(index)
+        grid, out_box, regrid = self.plan.grid, self.plan.blocks.block_box(index), self.plan.regrid
+        box = out_box if regrid is None else regrid.to_model(out_box)  # the region blended, on the tiles' grid
+        back = None if regrid is None else BackRows(regrid, out_box, box, self.plan.blocks.chunk[0])
         ranges = grid.tiles_overlapping(box)
         chunk = self.plan.blocks.chunk[0]
         stitcher = Stitcher(
@@ -101,7 +105,7 @@ class BlockRunner:
             box,
             self.classes,
             blend=self.plan.blend,
-            depth=grid.tile[0] + chunk,
+            depth=self.plan.band_depth(),
             scratch=self._scratch(),
             order=self.predictor.scores_order,  # the band laid out as the scores come
             device=self.device,
@@ -124,15 +128,18 @@ class BlockRunner:
                         stitcher.set_valid(tile.strip.box, tile.strip.valid)
                 if not tile.ends_row:
                     continue
+                if back is not None:  # on the model's grid: blended rows go back to the scene's, then out
+                    until = box.stop[0] if tile.row == last_row else origins[tile.row + 1]
+                    if until > stitcher.start:
+                        self._back(back, stitcher, until, writer, keep)
+                    continue
                 final = box.stop[0] if tile.row == last_row else min(max(origins[tile.row + 1], counted), box.stop[0])
                 if self.on_rows and final > counted:  # per tile row, not per chunk-aligned write
                     self.on_rows((final - counted) * per_row)
                 counted = final
                 until = box.stop[0] if tile.row == last_row else origins[tile.row + 1] // chunk * chunk
                 if until > stitcher.start:
-                    started = time.perf_counter()
-                    writer.room()  # at most `writers` released bands in memory
-                    self.timings["write"] += time.perf_counter() - started
+                    self._wait_room(writer)
                     with self._timed("release"):
                         writer.submit(stitcher.release(until, scores=keep or False))
         if not bool(finite):  # one synchronisation per block; the block stays undone
@@ -146,6 +153,25 @@ class BlockRunner:
             maybe_fail_write(index)
         self.store.mark_done(index, writer.counts)
         return writer.counts
+
+    def _wait_room(self, writer: WriteBehind) -> None:
+        started = time.perf_counter()
+        writer.room()  # at most `writers` released bands in memory
+        self.timings["write"] += time.perf_counter() - started
+
+    def _back(self, back: BackRows, stitcher: Stitcher, until: int, writer: WriteBehind, keep: str | None) -> None:
+        """Model-grid rows up to ``until`` into ``back``; each chunk of scene rows they complete, out."""
+        with self._timed("release"):
+            back.add(stitcher.start, *stitcher.release_probabilities(until))
+        for box, probabilities, valid in back.ready():
+            self._wait_room(writer)
+            with self._timed("release"):
+                released = finish(
+                    box, probabilities, valid, nodata=self.store.nodata, label_dtype=self.store.mask.dtype, kind=keep
+                )
+            writer.submit(released)
+            if self.on_rows:
+                self.on_rows(box.size)
 
     def _strips(self, ranges: tuple[range, ...]) -> Iterator[Strip]:
         """The block's tile rows as strips staged on the model's device, read ahead in threads.

@@ -97,10 +97,13 @@ def footprint(
     pixel_bytes: int = 4,
     probability_bytes: int = 0,
     tta: bool = False,
+    back: int = 0,
 ) -> Footprint:
     """Peak bytes per worker for one block at a time, term by term as the data path holds them.
 
-    With ``tta`` a batch's flipped copy and its scores are held beside the running sum.
+    With ``tta`` a batch's flipped copy and its scores are held beside the running sum. On a
+    model's own grid, ``block`` and ``chunk`` are the block's region there, and ``back`` the bytes
+    of probabilities being brought back to the scene's grid.
     """
     pixels = math.prod(tile)
     width = math.prod(block[1:])
@@ -121,6 +124,7 @@ def footprint(
         + params * 4
         + strips
         + rows * (8 + 4 * classes * bool(probability_bytes))
+        + back
     )
     if gpu:
         host = PROCESS_BYTES + 2 * strips + 2 * released + params * 4

@@ -138,6 +138,7 @@ class SegmentOptions:
     volume: int | str | None = option(
         None, "NIfTI 4-D: a volume number (0-based), or 'channels' for all.", parse=parse_volume
     )
+    configuration: str | None = option(None, "nnU-Net result folders: the configuration to run.", shown="3d_fullres")
     slice_axis: int | None = option(None, "Run a 2-D model slice by slice along i=0, j=1, k=2.", minimum=0)
     context: int = option(0, "2.5-D: slices on each side as channels.", minimum=0)
     canonical: bool = option(False, "Show the model the volume reoriented to RAS.")

@@ -15,6 +15,7 @@ from gigaseg.jobs.memory import fit_block_side, format_bytes, parse_bytes
 from gigaseg.jobs.options import DEFAULT_BLOCK, DEFAULT_CHUNK, Length, SegmentOptions
 from gigaseg.models import ModelCard
 from gigaseg.tiler import BlockGrid, TileGrid, blend_window, to_pixels
+from gigaseg.tiler.regrid import Regrid
 from gigaseg.tiler.stitch import band_bytes
 
 UNITS_IN_METRES = {"mm": 1e-3, "m": 1.0}
@@ -29,14 +30,30 @@ class Plan:
     blend: str
     merge: str
     tta: bool = False
+    regrid: Regrid | None = None  # the model's own grid, when it differs from the scene's
 
     def band_bytes(self, classes: int) -> int:
-        """The stitcher's band for a block of this plan (:func:`gigaseg.tiler.stitch.band_bytes`)."""
-        return band_bytes(self.grid.tile[0] + self.blocks.chunk[0], math.prod(self.blocks.block[1:]), classes)
+        """The stitcher's band for a block of this plan (:func:`gigaseg.tiler.stitch.band_bytes`); on the
+        model's grid, the band of the block's model-grid region and the rows held to bring it back."""
+        return band_bytes(self.band_depth(), math.prod(self.region_shape()[1:]), classes)
+
+    def band_depth(self) -> int:
+        chunk = self.region_shape(self.blocks.chunk)[0]
+        return self.grid.tile[0] + (2 * chunk if self.regrid else chunk)
+
+    def region_shape(self, shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """The model-grid voxels a box of ``shape`` scene voxels (a block) reads, at most."""
+        shape = shape or self.blocks.block
+        if self.regrid is None:
+            return shape
+        scale = zip(shape, self.regrid.shape, self.regrid.model_shape, strict=True)
+        return tuple(min(m, math.ceil(b * m / n) + 2) for b, n, m in scale)
 
     def describe(self) -> dict[str, Any]:
+        model_grid = {"model_grid": list(self.regrid.model_shape)} if self.regrid else {}
         return {
-            "shape": list(self.grid.shape),
+            **model_grid,
+            "shape": list(self.blocks.shape),
             "tile": list(self.grid.tile),
             "overlap": list(self.grid.overlap),
             "block": list(self.blocks.block),
@@ -92,31 +109,51 @@ def make_plan(
     stride: int,
     unit: str = "m",
     flat_axis: int | None = None,
+    order: tuple[int, ...] | None = None,
+    regrid: Regrid | None = None,
 ) -> Plan:
     """The tiling of a scene; ``pixel_size`` per axis (or one for all axes).
 
     ``flat_axis`` makes tiles one pixel thick along that axis with no overlap
-    there: slice-wise inference of a 2-D model on a volume.
+    there: slice-wise inference of a 2-D model on a volume. ``order``: the scene
+    axis each model axis shows (the card's tile sides are per model axis).
+    With ``regrid`` the tiles cover the model's grid and the blocks the scene's.
     """
     ndim = len(shape)
     spacing = (pixel_size,) * ndim if isinstance(pixel_size, int | float) else tuple(pixel_size)
-    tile = axis_lengths(options.tile, spacing, unit=unit, multiple=stride) or (card.tile,) * ndim
-    overlap = axis_lengths(options.overlap, spacing, unit=unit)
-    overlap = (card.overlap,) * ndim if overlap is None else overlap
+    grid_shape, grid_spacing = shape, spacing
+    if regrid is not None:
+        grid_shape, grid_spacing = regrid.model_shape, regrid.model_spacing(spacing)
+    tile = axis_lengths(options.tile, grid_spacing, unit=unit, multiple=stride) or card_sides(
+        card.tile_shape(), ndim, order
+    )
+    overlap = axis_lengths(options.overlap, grid_spacing, unit=unit)
+    overlap = card_sides(card.overlap_shape(), ndim, order) if overlap is None else overlap
     if flat_axis is not None:
         tile = tuple(1 if a == flat_axis else t for a, t in enumerate(tile))
         overlap = tuple(0 if a == flat_axis else o for a, o in enumerate(overlap))
-    grid = TileGrid.create(shape, tile, overlap)
+    grid = TileGrid.create(grid_shape, tile, overlap)
     block = options.block or DEFAULT_BLOCK.get(ndim, DEFAULT_BLOCK[3])
     chunk = options.chunk or DEFAULT_CHUNK.get(ndim, DEFAULT_CHUNK[3])
     budget = parse_bytes(options.band_memory)
+    # Blocks stream along axis 0, so only their cross-section sets the band's size (on the model's grid,
+    # the cross-section of the region a block reads there).
+    scale = max((m / n for n, m in zip(shape[1:], grid_shape[1:], strict=True)), default=1.0)
     side = fit_block_side(
         depth=grid.tile[0] + chunk, classes=card.num_classes, ndim=ndim, budget=budget, chunk=chunk, limit=block
     )
-    # Blocks stream along axis 0, so only their cross-section sets the band's size.
+    if regrid is not None:
+        side = max(chunk, int(side / scale) // chunk * chunk)
     blocks = BlockGrid.create(shape, max_block=(block, *(side,) * (ndim - 1)), chunk=chunk)
     blend_window(options.blend, (1,))  # validates the name early
-    plan = Plan(grid, blocks, options.blend, options.merge, options.tta)
+    plan = Plan(grid, blocks, options.blend, options.merge, options.tta, regrid)
+    if regrid is not None and plan.band_bytes(card.num_classes) > budget:
+        raise InputError(
+            f"the model's grid ({list(regrid.model_shape)} voxels for the scene's {list(shape)}) needs a band of "
+            f"{format_bytes(plan.band_bytes(card.num_classes))} for blocks of one chunk ({list(blocks.block)}), "
+            f"more than the band memory budget of {format_bytes(budget)}; a smaller chunk or a larger band_memory",
+            parameters=("chunk", "band_memory"),
+        )
     if plan.band_bytes(card.num_classes) > budget:
         warnings.warn(
             GigasegWarning(
@@ -128,6 +165,20 @@ def make_plan(
             stacklevel=2,
         )
     return plan
+
+
+def card_sides(sides: tuple[int, ...], ndim: int, order: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The card's tile sides (per model axis) per scene axis; a 2-D model's side on every axis of a volume."""
+    if len(sides) != ndim:
+        if len(set(sides)) > 1:
+            raise InputError(f"the model card's tile {list(sides)} is per axis of a {len(sides)}-D model; give tile")
+        return (sides[0],) * ndim
+    if order is None:
+        return sides
+    scene = [0] * ndim
+    for m, a in enumerate(order):
+        scene[a] = sides[m]
+    return tuple(scene)
 
 
 def length_spacing(source: Source, options: SegmentOptions) -> tuple[float, ...]:

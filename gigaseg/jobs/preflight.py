@@ -55,8 +55,8 @@ def predict_footprint(spec: SceneSpec, fed: ModelInput, plan: Plan, device: torc
     stored = spec.options.probabilities or ("uint8" if spec.options.refine else None)
     memory = footprint(
         tile=plan.grid.tile,
-        block=plan.blocks.block,
-        chunk=plan.blocks.chunk[0],
+        block=plan.region_shape(),
+        chunk=plan.band_depth() - plan.grid.tile[0],
         channels=source.channels,
         classes=card.num_classes,
         batch=batch,
@@ -66,16 +66,34 @@ def predict_footprint(spec: SceneSpec, fed: ModelInput, plan: Plan, device: torc
         pixel_bytes=strip_pixel_bytes(source),
         probability_bytes=np.dtype(PROBABILITY_DTYPES[stored]).itemsize if stored else 0,
         tta=spec.options.tta,
+        back=back_bytes(plan, card.num_classes),
     )
     overhead = halo_overhead(plan.grid, plan.blocks)
     work = plan.grid.size * overhead * math.prod(plan.grid.tile) / 1e6
     unit = "Mvoxels" if len(plan.grid.shape) == 3 else "Mpix"
     summary = (
-        f"{spec.input}: shape {list(plan.grid.shape)}, {card.num_classes} classes, {plan.blocks.size} blocks of "
+        f"{spec.input}: shape {list(plan.blocks.shape)}{model_grid(fed, plan)}, {card.num_classes} classes, "
+        f"{plan.blocks.size} blocks of "
         f"{list(plan.blocks.block)}, {plan.grid.size} tiles of {list(plan.grid.tile)} (x{overhead:.3f} with halos, "
         f"{work:.1f} {unit} of model work), batch {batch} on {device.type}; peak per worker {memory.describe()}"
     )
     return summary, memory
+
+
+def back_bytes(plan: Plan, classes: int) -> int:
+    """On a model's own grid: a chunk of scene rows of float32 probabilities, and its interpolation's temporaries."""
+    if plan.regrid is None:
+        return 0
+    return 3 * plan.blocks.chunk[0] * math.prod(plan.blocks.block[1:]) * classes * 4
+
+
+def model_grid(fed: ModelInput, plan: Plan) -> str:
+    """``, model grid [...] (... mm)``: the voxels the model sees, where they are not the scene's."""
+    if plan.regrid is None:
+        return ""
+    unit = getattr(fed.source, "unit", "mm")
+    spacing = " x ".join(f"{s:g}" for s in fed.source.spacing)
+    return f" seen by the model as {list(plan.regrid.model_shape)} ({spacing} {unit})"
 
 
 def check_fits(spec: SceneSpec, fed: ModelInput, plan: Plan) -> None:

@@ -423,7 +423,7 @@ def _run_scenes(client: Any, scenes: list[SceneState], job: Job, threads: int, p
             _finish(state)
     # Progress per finished block (the driver sees no finer step): pixels with Mpix/s and ETA, scenes done.
     ready = [s for s in scenes if s.runner is not None]
-    total = sum(int(math.prod(s.runner.plan.grid.shape)) for s in ready if s.runner is not None)
+    total = sum(int(math.prod(s.runner.plan.blocks.shape)) for s in ready if s.runner is not None)
     unfinished = {id(s): len(s.futures) for s in ready}  # blocks not yet back, per scene
     with Progress(total, desc="run", enabled=progress, initial=total - sum(sizes.values())) as bar:
         bar.note(f"scenes {sum(n == 0 for n in unfinished.values())}/{len(ready)}")

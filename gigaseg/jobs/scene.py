@@ -112,6 +112,8 @@ def plan_scene(spec: SceneSpec, *, dry: bool = False) -> tuple[ModelInput, Plan]
         unit=source.unit,
         stride=predictor.stride,
         flat_axis=fed.flat_axis,
+        order=fed.order,
+        regrid=fed.regrid,
     )
     fed.predictor.check_tile(plan.grid.tile)
     largest = tuple(min(t, n) for t, n in zip(plan.grid.tile, plan.grid.shape, strict=True))
@@ -135,9 +137,11 @@ _PREDICTORS: dict[str, Predictor] = {}
 def load_predictor(spec: SceneSpec) -> Predictor:
     """The scene's model, loaded once per process and reused by every block task."""
     o = spec.options
-    key = json.dumps([spec.model, spec.card, o.device, o.batch_size, o.merge, o.tta, o.deterministic], default=str)
+    key = json.dumps(
+        [spec.model, spec.card, o.configuration, o.device, o.batch_size, o.merge, o.tta, o.deterministic], default=str
+    )
     if key not in _PREDICTORS:
-        loaded = open_model(spec.model, card=spec.card)
+        loaded = open_model(spec.model, card=spec.card, configuration=o.configuration)
         _PREDICTORS.clear()  # one model per worker at a time
         predictor = Predictor(
             loaded.module,
@@ -149,7 +153,7 @@ def load_predictor(spec: SceneSpec) -> Predictor:
             deterministic=o.deterministic,
         )
         card = loaded.card  # a first check before the input is opened (a .nii.gz decompressed)
-        check_graph(predictor, spec.model, (card.tile,) * card.spatial_dims, planned=False)
+        check_graph(predictor, spec.model, card.tile_shape(), planned=False)
         _PREDICTORS[key] = predictor
     return _PREDICTORS[key]
 
@@ -183,7 +187,7 @@ def open_output(spec: SceneSpec, plan: Plan, fed: ModelInput) -> MaskStore:
         repair(store, plan)
         return store
     layout = StoreLayout(
-        shape=plan.grid.shape,
+        shape=plan.blocks.shape,
         chunks=plan.blocks.chunk,
         block_counts=plan.blocks.counts,
         classes=list(card.classes),
@@ -237,7 +241,7 @@ def repair(store: MaskStore, plan: Plan) -> None:
     unreadable = [tuple(map(int, i)) for i in np.argwhere(store.damaged_records())]
     if not damaged and not unreadable:
         return
-    corners = [chunk_box(d.chunk, plan.blocks.chunk, plan.grid.shape).start for d in damaged]
+    corners = [chunk_box(d.chunk, plan.blocks.chunk, plan.blocks.shape).start for d in damaged]
     found = {tuple(a // b for a, b in zip(c, plan.blocks.block, strict=True)) for c in corners}
     blocks = sorted(found | set(unreadable))
     what = damaged[0].line() if damaged else f"the record of block {list(unreadable[0])} cannot be decoded"

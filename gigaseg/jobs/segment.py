@@ -177,9 +177,9 @@ def run_blocks(runner: BlockRunner, output: str | Path, progress: bool, *, refin
     """
     started = time.perf_counter()
     todo = pending_blocks(runner.store, runner.plan)
-    total = math.prod(runner.plan.grid.shape)
+    total = math.prod(runner.plan.blocks.shape)
     left = sum(runner.plan.blocks.block_box(index).size for index in todo)
-    unit = unit_of(len(runner.plan.grid.shape))
+    unit = unit_of(len(runner.plan.blocks.shape))
     # Advanced by the runner as each tile row's pixels are final (all their tiles in), so a
     # one-block scene moves row by row; blocks done by an earlier run count at start.
     with Progress(total, desc="segment", unit=unit, enabled=progress, initial=total - left) as bar:

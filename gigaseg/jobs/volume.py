@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gigaseg.errors import InputError
-from gigaseg.io.sources import Oriented, SliceContext, Source, sample_voxels
+from gigaseg.io.sources import OnModelGrid, Oriented, SliceContext, Source, sample_voxels
 from gigaseg.models import ModelCard, Predictor, Scorer
 from gigaseg.models.intensity import fit_steps, needs_scene
 from gigaseg.models.views import ViewPredictor
 from gigaseg.tiler.axes import AxisView
+from gigaseg.tiler.regrid import Regrid
 
 Normalize = Callable[[Any], Any]  # in place on (N, C, ...) float32 tiles, numpy or torch
 
@@ -36,6 +37,13 @@ class ModelInput:
     normalize: Normalize
     flat_axis: int | None = None  # scene axis along which tiles are one voxel thick
     record: dict[str, Any] = field(default_factory=dict)
+    view: AxisView | None = None  # how the model sees the scene's axes
+    regrid: Regrid | None = None  # the model's grid, where it differs from the scene's
+    scene: Source | None = None  # the scene on its own grid (``source`` is it on the model's)
+
+    @property
+    def order(self) -> tuple[int, ...] | None:
+        return None if self.view is None else self.view.order
 
 
 def model_input(
@@ -54,11 +62,12 @@ def model_input(
     """
     card = predictor.card
     check_dims(source, card, slice_axis=slice_axis, context=context, canonical=canonical)
-    view = axis_view(source, canonical=canonical)
+    view = axis_view(source, canonical=canonical, card=card)
     flat = None if slice_axis is None else view.order[slice_axis]
-    fed: Source = source
+    regrid = model_grid(source, card, view, slice_axis=slice_axis)
+    fed: Source = source if regrid is None else OnModelGrid(source, regrid)
     if slice_axis is not None and flat is not None and context:
-        fed = SliceContext(source, axis=flat, slices=context, reverse=view.flip[slice_axis])
+        fed = SliceContext(fed, axis=flat, slices=context, reverse=view.flip[slice_axis])
     if len(source.shape) == 3:
         check_volume_channels(card, source, context)
     wrapped: Scorer = predictor
@@ -67,7 +76,36 @@ def model_input(
     normalize = normalizer(card, source) if fit else card.normalizer()
     record = {"axis_order": list(view.order), "axis_flip": list(view.flip), "canonical": canonical}
     record |= {"slice_axis": slice_axis, "context": context, "intensity": _describe(normalize)}
-    return ModelInput(fed, wrapped, normalize, flat, record)
+    if regrid is not None:
+        record["model_grid"] = {"shape": list(regrid.model_shape), "spacing": list(fed.spacing)}
+    return ModelInput(fed, wrapped, normalize, flat, record, view, regrid, source)
+
+
+def model_grid(source: Source, card: ModelCard, view: AxisView, *, slice_axis: int | None) -> Regrid | None:
+    """The model's grid over ``source`` where the card says the voxel (pixel) size it was trained at
+    and the scene's differs; None where the model sees the scene's own voxels."""
+    spacing = card.grid_spacing()
+    if spacing is None:
+        return None
+    ndim = len(source.shape)
+    key = "spacing" if ndim == 3 else "resolution"
+    if (card.spacing is None) == (ndim == 3):
+        raise InputError(
+            f"the model card gives {'resolution (CRS units)' if ndim == 3 else 'spacing (mm)'} "
+            f"but {source.path} is a {ndim}-D {'volume' if ndim == 3 else 'raster'}; give {key}",
+            parameters=("card",),
+        )
+    if slice_axis is not None:
+        raise InputError(
+            "the model card's spacing is for models that see whole volumes; a 2-D model run slice by slice "
+            "sees the scene's own voxels (leave spacing out of the card)",
+            parameters=("slice_axis", "card"),
+        )
+    scene_spacing = [0.0] * ndim
+    for m, a in enumerate(view.order):
+        scene_spacing[a] = spacing[m]
+    regrid = Regrid.between(tuple(source.shape), tuple(source.spacing), tuple(scene_spacing))
+    return None if regrid.is_identity else regrid
 
 
 def check_dims(source: Source, card: ModelCard, *, slice_axis: int | None, context: int, canonical: bool) -> None:
@@ -101,13 +139,27 @@ def check_dims(source: Source, card: ModelCard, *, slice_axis: int | None, conte
         raise InputError(f"context must be 0 or more slices, got {context}", parameters=("context",))
 
 
-def axis_view(source: Source, *, canonical: bool) -> AxisView:
-    """The source's view for models (nibabel order for NIfTI), else the identity."""
+def axis_view(source: Source, *, canonical: bool, card: ModelCard | None = None) -> AxisView:
+    """The source's view for models (nibabel order for NIfTI, or the card's orientation or axis
+    order), else the identity."""
+    orientation = card.orientation if card else None
+    if card is not None and card.axis_order is not None:
+        if canonical or not isinstance(source, Oriented):
+            where = "canonical reorients to RAS" if canonical else f"{source.path} has no voxel axes i, j, k"
+            raise InputError(
+                f"the model card's axis_order orders a volume's voxel axes; {where}", parameters=("canonical",)
+            )
+        return AxisView(tuple(2 - v for v in card.axis_order), (False,) * 3)
     if isinstance(source, Oriented):
-        return source.axis_view(canonical=canonical)
-    if canonical:
+        if canonical and orientation not in (None, "RAS"):
+            raise InputError(
+                f"canonical shows the model RAS, but its card says orientation {orientation}", parameters=("canonical",)
+            )
+        return source.axis_view(canonical=canonical, orientation=orientation)
+    if canonical or orientation:
+        what = "canonical" if canonical else f"the model card's orientation {orientation}"
         raise InputError(
-            f"canonical needs an oriented volume (NIfTI); {source.path} has no orientation", parameters=("canonical",)
+            f"{what} needs an oriented volume (NIfTI); {source.path} has no orientation", parameters=("canonical",)
         )
     return AxisView.identity(len(source.shape))
 

@@ -44,14 +44,19 @@ class ModelCard:
     clip: list[float] | None = None  # [low, high] applied to every band before mean/std (CT windows)
     mean: list[float] | None = None
     std: list[float] | None = None
-    tile: int = 512
-    overlap: int = 64
+    tile: int | list[int] = 512  # one side, or one per model axis (nnU-Net's patch_size, MONAI's roi_size)
+    overlap: int | list[int] = 64
     receptive_field: int | None = None
     intensity: dict[str, Any] | None = None
     outputs: str = "logits"
     input_size: int | None = None  # the only tile side the graph takes
     size_multiple: int | None = None  # tile sides must be a multiple of it
     normalize: list[dict[str, Any]] | None = None  # ordered steps (gigaseg.models.intensity.STEPS)
+    spacing: float | list[float] | None = None  # mm per voxel the model was trained at, per model axis
+    orientation: str | None = None  # the voxel axes the model sees, as an orientation code ("RAS")
+    axis_order: list[int] | None = None  # without orientation: model axis m shows voxel axis i/j/k = 0/1/2
+    resolution: float | list[float] | None = None  # CRS units per pixel the model was trained at ([x, y])
+    folds: list[str] | None = None  # weight files of this network, averaged as probabilities
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -77,9 +82,11 @@ class ModelCard:
             )
         if self.spatial_dims not in (2, 3):
             raise ModelError(f"model card: spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if problem := tiling_problem(self.tile, self.overlap):
-            raise ModelError(f"model card: {problem}")
+        for tile, overlap in zip(self.tile_shape(), self.overlap_shape(), strict=True):
+            if problem := tiling_problem(tile, overlap):
+                raise ModelError(f"model card: {problem}")
         self._check_graph_keys()
+        check_grid_keys(self)
 
     def _check_types(self) -> None:
         """Each key of the type it must have, before any arithmetic on it: one line for each mistake."""
@@ -87,10 +94,15 @@ class ModelCard:
             value = getattr(self, name)
             if value is None and name in ("input_size", "size_multiple"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ModelError(f"model card: {name} must be a whole number, got {value!r}")
-            if not -1 < value <= MAX_SIZE:
-                raise ModelError(f"model card: {name} must be between 0 and {MAX_SIZE}, got {value}")
+            per_axis = name in ("tile", "overlap") and isinstance(value, list)
+            for v in value if per_axis else [value]:
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise ModelError(f"model card: {name} must be a whole number, got {value!r}")
+                if not -1 < v <= MAX_SIZE:
+                    raise ModelError(f"model card: {name} must be between 0 and {MAX_SIZE}, got {value}")
+            if per_axis and len(value) != self.spatial_dims:
+                sides = f"{len(value)} sides for a model of spatial_dims {self.spatial_dims}"
+                raise ModelError(f"model card: {name} {value} gives {sides}")
         for name in ("classes", "band_names", "colors"):
             values = getattr(self, name)
             if values is None:
@@ -124,12 +136,12 @@ class ModelCard:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ModelError(f"model card: {name} must be positive, got {value}")
-        if self.input_size is not None and self.tile != self.input_size:
+        if self.input_size is not None and set(self.tile_shape()) != {self.input_size}:
             raise ModelError(
                 f"model card: tile {self.tile} contradicts input_size {self.input_size} (the only side the graph "
                 "takes); leave tile out"
             )
-        if self.size_multiple and self.tile % self.size_multiple:
+        if self.size_multiple and any(t % self.size_multiple for t in self.tile_shape()):
             raise ModelError(f"model card: tile {self.tile} is not a multiple of size_multiple {self.size_multiple}")
         if self.normalize is not None:
             older = [k for k in ("clip", "mean", "std", "intensity") if getattr(self, k) is not None]
@@ -143,6 +155,24 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def tile_shape(self) -> tuple[int, ...]:
+        """The tile's side per model axis."""
+        return _per_axis(self.tile, self.spatial_dims)
+
+    def overlap_shape(self) -> tuple[int, ...]:
+        """The overlap per model axis."""
+        return _per_axis(self.overlap, self.spatial_dims)
+
+    def grid_spacing(self) -> tuple[float, ...] | None:
+        """The voxel size (mm, 3-D) or pixel size (CRS units, 2-D, ``(y, x)``) the model was trained at,
+        per model axis; None where the card does not say."""
+        if self.spacing is not None:
+            return tuple(float(v) for v in _per_axis(self.spacing, self.spatial_dims))
+        if self.resolution is not None:
+            x, y = _per_axis(self.resolution, 2)
+            return (float(y), float(x))
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -159,10 +189,14 @@ class ModelCard:
         size = values.get("input_size")
         if isinstance(size, int) and "tile" not in values:  # the graph takes one side: tiles are that side
             values = {**values, "tile": size}
-        if isinstance(values.get("tile"), int) and "overlap" not in values:  # an eighth of the tile (64 of 512)
-            values = {**values, "overlap": values["tile"] // 8}
+        tile = values.get("tile")
+        if "overlap" not in values and isinstance(tile, int | list):  # an eighth of the tile (64 of 512)
+            eighth = [t // 8 if isinstance(t, int) else t for t in tile] if isinstance(tile, list) else tile // 8
+            values = {**values, "overlap": eighth}
         try:
             return cls(**values)
+        except ModelError:
+            raise
         except (TypeError, ValueError) as e:
             raise ModelError(f"model card: {e}") from None
 
@@ -201,6 +235,45 @@ class ModelCard:
         ``gigaseg.jobs.volume.normalizer``; planning goes without them.
         """
         return fit_steps(self.steps(), None, channels=self.in_channels)
+
+
+def _per_axis(value: Any, ndim: int) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, list | tuple) else (value,) * ndim
+
+
+ORIENTATION_LETTERS = ("LR", "PA", "IS")
+
+
+def check_grid_keys(card: ModelCard) -> None:
+    """The keys of the grid a model was trained on: spacing, orientation, axis_order, resolution, folds."""
+    for name in ("spacing", "resolution"):
+        value = getattr(card, name)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not _finite_numbers(values) or any(v <= 0 for v in values):
+            raise ModelError(f"model card: {name} must be positive numbers, got {value!r}")
+    if card.spacing is not None and isinstance(card.spacing, list) and len(card.spacing) != card.spatial_dims:
+        raise ModelError(
+            f"model card: spacing {card.spacing} gives {len(card.spacing)} sizes for a {card.spatial_dims}-D model"
+        )
+    if card.resolution is not None and isinstance(card.resolution, list) and len(card.resolution) != 2:
+        raise ModelError(f"model card: resolution is one number or [x, y], got {card.resolution}")
+    if card.spacing is not None and card.resolution is not None:
+        raise ModelError("model card: spacing (mm, volumes) and resolution (CRS units, rasters) both given; keep one")
+    if card.orientation is not None:
+        code = card.orientation
+        axes = [next((i for i, pair in enumerate(ORIENTATION_LETTERS) if c in pair), None) for c in str(code).upper()]
+        if not isinstance(code, str) or len(code) != 3 or sorted(a for a in axes if a is not None) != [0, 1, 2]:
+            raise ModelError(f"model card: orientation must be a code such as RAS or LPS, got {code!r}")
+        if card.axis_order is not None:
+            raise ModelError("model card: orientation and axis_order both say which axes the model sees; keep one")
+    if card.axis_order is not None and sorted(card.axis_order) != [0, 1, 2]:
+        raise ModelError(f"model card: axis_order must order the voxel axes 0, 1, 2 (i, j, k), got {card.axis_order!r}")
+    if card.folds is not None and (
+        not isinstance(card.folds, list) or not card.folds or not all(isinstance(f, str) and f for f in card.folds)
+    ):
+        raise ModelError(f"model card: folds must be a list of weight files, got {card.folds!r}")
 
 
 def read_card_json(path: str | Path) -> dict[str, Any]:

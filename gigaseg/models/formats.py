@@ -21,6 +21,7 @@ need no pickle, and torch files load with ``weights_only``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -41,12 +42,13 @@ from gigaseg.io.identity import file_sha256
 from gigaseg.models.card import ModelCard, parse_card, read_card_json
 from gigaseg.models.checkpoint import FORMAT as CHECKPOINT
 from gigaseg.models.checkpoint import load_weights, unreadable
+from gigaseg.models.ensemble import Ensemble
 from gigaseg.models.registry import create_model
 from gigaseg.models.runtimes import Exported, OnnxModule, onnx_session
 
 CARD_ENTRY = "gigaseg_card.json"  # the card's name in TorchScript / .pt2 extra files and ONNX metadata
 GRAPH_LAYER = "(the graph's input shape)"  # how the card's layer from a graph's fixed shape is named
-FORMATS = ("gigaseg", "state_dict", "torchscript", "torch.export", "onnx", "smp", "module")
+FORMATS = ("gigaseg", "state_dict", "torchscript", "torch.export", "onnx", "smp", "monai_bundle", "nnunet", "module")
 EXPORT_HINT = (
     "export the network instead: torch.jit.save(torch.jit.script(model)), torch.export.save, "
     "torch.onnx.export, or save model.state_dict() with a card"
@@ -88,12 +90,18 @@ def detect_format(path: str | Path) -> str:
     if path.startswith("module:"):
         return "module"
     if os.path.isdir(path):
+        from gigaseg.models import bundle, nnunet
+
         if _smp_config(path) is not None:
             return "smp"
+        if bundle.is_bundle(path):
+            return "monai_bundle"
+        if nnunet.is_nnunet(path):
+            return "nnunet"
         raise ModelError(
-            f"model {path} is a folder but not a segmentation-models-pytorch save_pretrained folder "
-            "(config.json naming its _model_class, and model.safetensors); gigaseg reads checkpoints, "
-            "state dicts, TorchScript, torch.export (.pt2), ONNX files and smp folders"
+            f"model {path} is a folder but not one gigaseg reads: a segmentation-models-pytorch save_pretrained "
+            "folder (config.json and model.safetensors), a MONAI bundle (configs/metadata.json) or an nnU-Net v2 "
+            "result folder (plans.json, dataset.json, fold_N/)"
         )
     if not os.path.isfile(path):
         raise SourceError(f"model {path} does not exist")
@@ -192,7 +200,12 @@ def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def card_layers(
-    path: str, fmt: str, override: dict[str, Any] | None = None, *, embedded: bool = True
+    path: str,
+    fmt: str,
+    override: dict[str, Any] | None = None,
+    *,
+    embedded: bool = True,
+    configuration: str | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """``(where, keys)`` from first to last; later layers win key by key.
 
@@ -201,7 +214,8 @@ def card_layers(
     the model, then ``override`` (``--card``).
     """
     layers = [(f"the {fmt} format", {"arch": fmt})] if fmt not in ("gigaseg", "state_dict", "smp") else []
-    layers += [(w, keys) for w, keys in _own_layers(path, fmt) if embedded or CARD_ENTRY not in w]
+    own = _own_layers(path, fmt, configuration)
+    layers += [(w, keys) for w, keys in own if embedded or CARD_ENTRY not in w]
     beside = sidecar(path)
     if beside is not None and os.path.isfile(beside):
         layers.append((beside, read_card_json(beside)))
@@ -215,7 +229,20 @@ def sidecar(path: str) -> str | None:
     return None if path.startswith("module:") else str(path).rstrip("/") + ".card.json"
 
 
-def _own_layers(path: str, fmt: str) -> list[tuple[str, dict[str, Any]]]:
+def _own_layers(path: str, fmt: str, configuration: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    if fmt == "monai_bundle":
+        from gigaseg.models.bundle import bundle_card
+
+        return [(f"{path} (its configs)", bundle_card(path))]
+    if fmt == "nnunet":
+        from gigaseg.models.nnunet import DEFAULT_CONFIGURATION, nnunet_card
+
+        chosen = configuration or DEFAULT_CONFIGURATION
+        return [(f"{path} (plans.json, {chosen})", nnunet_card(path, chosen))]
+    if configuration is not None:
+        raise InputError(
+            f"configuration chooses an nnU-Net configuration; {path} is a {fmt} model", parameters=("configuration",)
+        )
     if fmt == "gigaseg":
         return [(f"{path} (its checkpoint card)", _torch_file(path)["card"])]
     if fmt == "smp":
@@ -288,13 +315,13 @@ def smp_card(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge_layers(
-    path: str, fmt: str, override: dict[str, Any] | None, *, embedded: bool = True
+    path: str, fmt: str, override: dict[str, Any] | None, *, embedded: bool = True, configuration: str | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The card's keys, merged from its layers, and where each came from."""
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     stated: dict[str, Any] = {}  # what the graph's fixed shape says: no card may say otherwise
-    for where, keys in card_layers(path, fmt, override, embedded=embedded):
+    for where, keys in card_layers(path, fmt, override, embedded=embedded, configuration=configuration):
         for key, value in keys.items():
             if key in stated and value != stated[key]:
                 raise ModelError(f"{where} says {key} {value!r}, but the graph of {path} takes {stated[key]!r}")
@@ -310,10 +337,15 @@ def missing_keys(merged: dict[str, Any]) -> list[str]:
 
 
 def resolve_card(
-    path: str, fmt: str, override: dict[str, Any] | None = None, *, embedded: bool = True
+    path: str,
+    fmt: str,
+    override: dict[str, Any] | None = None,
+    *,
+    embedded: bool = True,
+    configuration: str | None = None,
 ) -> tuple[ModelCard, dict[str, str]]:
     """The card in force and, per key, where it came from (without the embedded card: what replaces it)."""
-    merged, sources = merge_layers(path, fmt, override, embedded=embedded)
+    merged, sources = merge_layers(path, fmt, override, embedded=embedded, configuration=configuration)
     if missing := missing_keys(merged):
         raise ModelError(
             f"{missing_line(path, missing)}; gigaseg models inspect shows what the graph takes", parameters=("card",)
@@ -351,15 +383,21 @@ def model_format(model: str | Path) -> str:
     return _torch_kind(str(model), fmt) if fmt in ("torch", "safetensors") else fmt
 
 
-def open_model(model: str | Path, *, card: dict[str, Any] | None = None, embedded: bool = True) -> LoadedModel:
+def open_model(
+    model: str | Path, *, card: dict[str, Any] | None = None, embedded: bool = True, configuration: str | None = None
+) -> LoadedModel:
     """The network at ``model`` (any format) with its card in force, on the CPU, in eval mode.
 
-    ``embedded`` False leaves out the card the model carries (``gigaseg card embed`` replacing it)."""
+    ``embedded`` False leaves out the card the model carries (``gigaseg card embed`` replacing it).
+    ``configuration``: which of an nnU-Net result folder's configurations (``3d_fullres`` unless said)."""
     path = str(model)
     with _loading_once():  # the card and the network come from one load of an archive
         fmt = model_format(path)
-        resolved, sources = resolve_card(path, fmt, card, embedded=embedded)
+        resolved, sources = resolve_card(path, fmt, card, embedded=embedded, configuration=configuration)
         module, graph = _build(path, fmt, resolved)
+    if isinstance(module, Ensemble) and resolved.outputs != "probabilities":  # the folds' mean, whatever each gives
+        resolved = dataclasses.replace(resolved, outputs="probabilities")
+        sources["outputs"] = f"the mean of {len(module.members)} folds"
     return LoadedModel(path, fmt, module.eval(), resolved, sources, graph)
 
 
@@ -400,7 +438,17 @@ def _build(path: str, fmt: str, card: ModelCard) -> tuple[nn.Module, Graph]:
         if path not in _MODULES:
             raise ModelError(f"{path} names a module of another process; pass the nn.Module itself")
         return _MODULES[path], Graph()
+    if fmt == "monai_bundle":
+        from gigaseg.models.bundle import bundle_module
+
+        return bundle_module(path, card), Graph()
+    if fmt == "nnunet":
+        from gigaseg.models.nnunet import nnunet_module
+
+        return nnunet_module(path, card), Graph()
     if fmt in ("gigaseg", "state_dict", "smp"):
+        if card.folds:
+            return folds_module(path, fmt, card), Graph()
         model = create_model(card)
         load_weights(model, _weights(path, fmt), path, card)
         return model, Graph()
@@ -418,6 +466,21 @@ def _build(path: str, fmt: str, card: ModelCard) -> tuple[nn.Module, Graph]:
         warnings.warn(message, GigasegWarning, stacklevel=3)
     outputs = 1 if card.outputs == "sigmoid" else card.num_classes
     return OnnxModule(path, outputs=outputs, batch=(graph.inputs or [None])[0]), graph
+
+
+def folds_module(path: str, fmt: str, card: ModelCard) -> nn.Module:
+    """The card's ``folds``: weight files of one network (relative to the model's folder), averaged as
+    probabilities. ``path`` itself is the first fold only where the folds name it."""
+    base = Path(path) if os.path.isdir(path) else Path(path).parent
+    members = []
+    for name in card.folds or []:
+        file = base / name
+        if not file.is_file():
+            raise ModelError(f"fold {name} of {path} is missing: no file {file}", parameters=("card",))
+        model = create_model(card)
+        load_weights(model, _weights(str(file), "state_dict"), str(file), card)
+        members.append(model)
+    return Ensemble(members, outputs=card.outputs)
 
 
 def _weights(path: str, fmt: str) -> dict[str, Any]:
@@ -512,17 +575,19 @@ def onnx_graph(session: Any) -> Graph:
     return Graph(inputs=dims(session.get_inputs()[0].shape), outputs=dims(session.get_outputs()[0].shape))
 
 
-def inspect_model(model: str | Path, *, card: dict[str, Any] | None = None) -> tuple[list[str], list[str]]:
+def inspect_model(
+    model: str | Path, *, card: dict[str, Any] | None = None, configuration: str | None = None
+) -> tuple[list[str], list[str]]:
     """What ``gigaseg models inspect`` prints, and the keys the card still lacks (then the card
     shows the keys found so far, and the graph where the file states it)."""
     path = str(model)
     with _loading_once():
         fmt = model_format(path)
-        merged, sources = merge_layers(path, fmt, card)
+        merged, sources = merge_layers(path, fmt, card, configuration=configuration)
         if missing := missing_keys(merged):
             graph = _graph_of(path, fmt)
             return _header(path, fmt, graph) + _keys(merged, sources) + [f"missing: {', '.join(missing)}"], missing
-        return describe(open_model(path, card=card)), []
+        return describe(open_model(path, card=card, configuration=configuration)), []
 
 
 def _graph_of(path: str, fmt: str) -> Graph:

@@ -20,7 +20,7 @@ def receptive_field(model: nn.Module, card: ModelCard, *, size: int | None = Non
     the output does not depend on the input. Weights, batch-norm statistics and
     mode are left as they were.
     """
-    size = size or card.tile
+    size = size or max(card.tile_shape())
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(0)

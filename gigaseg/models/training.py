@@ -909,7 +909,7 @@ def finish(out: Path, training: dict[str, Any], *, half: bool) -> ModelCard:
     model, card = load_checkpoint(out)
     card.training = training
     # measured on twice the tile (capped), so a field larger than one tile shows
-    size = min(2 * card.tile, 512 if card.spatial_dims == 2 else 96)
+    size = min(2 * max(card.tile_shape()), 512 if card.spatial_dims == 2 else 96)
     card.receptive_field = card.receptive_field or receptive_field(model, card, size=size)
     save_checkpoint(out, model, card, half=half)
     return card

@@ -155,13 +155,14 @@ class TileGrid:
 
 
 def tiling_problem(tile: int, overlap: int) -> str | None:
-    """The one rule for a tile side and its overlap (grids and model cards): ``tile > 2 x overlap >= 0``.
+    """The one rule for a tile side and its overlap (grids and model cards): ``tile >= 2 x overlap >= 0``.
 
-    Beyond it a tile's interior would be covered by its neighbours' edges alone.
+    Beyond it a tile's interior would be covered by its neighbours' edges alone. At
+    ``tile == 2 x overlap`` tiles step by half a tile (nnU-Net's and MONAI's 0.5).
     """
-    if overlap < 0 or tile <= 2 * overlap:
+    if overlap < 0 or tile < 2 * overlap:
         return (
-            f"tile must be larger than twice overlap, but tile is {tile} "
+            f"tile must be at least twice overlap, but tile is {tile} "
             f"and overlap is {overlap}; use a smaller overlap or a larger tile"
         )
     return None

@@ -378,14 +378,25 @@ class Stitcher:
             band.zero_()
         box = self.region.with_axis(0, self.start, until)
         self.start = until
-        labels, probabilities = _join(label_parts, 0), _join(probability_parts, 1) if kind else None
-        if self.device.type == "cpu":
-            return Released(box, labels, probabilities)
-        host_labels = _pinned_copy(labels)
-        host_scores = None if probabilities is None else _pinned_copy(probabilities)
-        ready = torch.cuda.Event()
-        ready.record()
-        return Released(box, host_labels.numpy(), None if host_scores is None else host_scores.numpy(), ready=ready)
+        return to_host(box, _join(label_parts, 0), _join(probability_parts, 1) if kind else None)
+
+    def release_probabilities(self, until: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``[start, until)`` as float32 probabilities ``(classes, rows, ...)`` and their validity, in
+        the scene's axis order on the device, for what comes after the blend (:mod:`gigaseg.tiler.regrid`);
+        then reuse their place."""
+        n = until - self.start
+        if not 0 < n <= self.depth:
+            raise ValueError(f"cannot release rows up to {until} from band starting {self.start}")
+        probability_parts, valid_parts = [], []
+        for rows, offsets in self._ring(self.start, until):
+            band, valid = self._scores[:, rows], self._valid[rows]
+            first = self.start + offsets.start - self.region.start[0]
+            p = band / self.weights(slice(first, first + offsets.stop - offsets.start))
+            probability_parts.append(torch.softmax(p, dim=0) if self.logits else p)
+            valid_parts.append(valid.clone())  # the band's rows are reused
+            band.zero_()
+        self.start = until
+        return _join(probability_parts, 1), _join(valid_parts, 0)
 
     def _labels(self, band: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | np.ndarray:
         """The argmax of the band's rows, ``nodata`` where invalid, in the store's dtype and scene order."""
@@ -406,12 +417,7 @@ class Stitcher:
         p = band / self.weights(slice(rows.start - self.region.start[0], rows.stop - self.region.start[0]))
         if self.logits:
             p = torch.softmax(p, dim=0)
-        p.masked_fill_(~valid, 0)
-        if kind == "uint8":
-            p = torch.round(p.mul_(255)).to(torch.uint8)  # round half to even, as numpy's rint
-        elif kind == "float16":
-            p = p.to(torch.float16)
-        return p.numpy() if p.device.type == "cpu" else p
+        return cast_probabilities(p, valid, kind)
 
     def weights(self, rows: slice) -> torch.Tensor:
         """``sum_t w_t`` over ``rows`` of the region (relative to its start), all other axes whole.
@@ -456,6 +462,42 @@ def softmax(scores: torch.Tensor) -> torch.Tensor:
     axes = sorted(range(1, scores.ndim), key=lambda a: -strides[a])  # the memory order
     inverse = [axes.index(a) + 1 for a in range(1, scores.ndim)]
     return torch.softmax(scores.permute(0, *axes), 0).permute(0, *inverse)
+
+
+def cast_probabilities(p: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor | np.ndarray:
+    """Probabilities as the store keeps them (``kind``, one of :data:`PROBABILITY_DTYPES`), 0 where invalid;
+    numpy on the CPU. ``p`` is changed in place."""
+    p.masked_fill_(~valid, 0)
+    if kind == "uint8":
+        p = torch.round(p.mul_(255)).to(torch.uint8)  # round half to even, as numpy's rint
+    elif kind == "float16":
+        p = p.to(torch.float16)
+    return p.numpy() if p.device.type == "cpu" else p
+
+
+def finish(
+    box: Box, p: torch.Tensor, valid: torch.Tensor, *, nodata: int, label_dtype: np.dtype, kind: str | None
+) -> Released:
+    """Labels (and probabilities as ``kind``) of scene-ordered probabilities ``(classes, *box.shape)``."""
+    labels = argmax(p)
+    if isinstance(labels, torch.Tensor):
+        dtype = torch.uint8 if label_dtype == np.uint8 else torch.uint16
+        labels = labels.masked_fill_(~valid, nodata).to(dtype)
+    else:
+        labels = labels.astype(label_dtype, copy=False)
+        labels[~valid.numpy()] = nodata
+    return to_host(box, labels, cast_probabilities(p, valid, kind) if kind else None)
+
+
+def to_host(box: Box, labels: Any, probabilities: Any) -> Released:
+    """Released rows: as they are on the CPU; from a device, copies into pinned memory still under way."""
+    if isinstance(labels, np.ndarray):
+        return Released(box, labels, probabilities)
+    host_labels = _pinned_copy(labels)
+    host_scores = None if probabilities is None else _pinned_copy(probabilities)
+    ready = torch.cuda.Event()
+    ready.record()
+    return Released(box, host_labels.numpy(), None if host_scores is None else host_scores.numpy(), ready=ready)
 
 
 def _join(parts: list[Any], axis: int) -> Any:

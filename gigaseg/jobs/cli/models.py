@@ -25,13 +25,15 @@ def models_command(ctx: click.Context) -> None:
 @models_command.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--card", "card_path", type=click.Path(path_type=Path), default=None, help="Card keys over the model's.")
-def inspect_command(model: Path, card_path: Path | None) -> None:
+@click.option("--configuration", default=None, help="nnU-Net result folders: the configuration.  [3d_fullres]")
+def inspect_command(model: Path, card_path: Path | None, configuration: str | None) -> None:
     """Print MODEL's format, the card in force (each key with where it came from) and what its graph takes."""
     from gigaseg.errors import ModelError
     from gigaseg.models.card import read_card_json
     from gigaseg.models.formats import inspect_model, missing_line
 
-    lines, missing = inspect_model(model, card=read_card_json(card_path) if card_path else None)
+    card = read_card_json(card_path) if card_path else None
+    lines, missing = inspect_model(model, card=card, configuration=configuration)
     click.echo("\n".join(lines))
     if missing:
         raise ModelError(missing_line(str(model), missing), parameters=("card",))

@@ -1,0 +1,174 @@
+"""The model's grid: a scene seen at the voxel size a network was trained at, and back.
+
+A model trained at 1.5 mm sees a 0.7 mm scene resampled to 1.5 mm; its blended
+probabilities are brought back to the scene's own voxels before the argmax, so
+the mask lies on the input's grid with the input's header. Both grids cover the
+same extent: along an axis of ``n`` scene voxels and ``m`` model voxels, voxel
+centres map by ``x_model = (x + 0.5) * m / n - 0.5`` (the convention of
+``torch.nn.functional.interpolate`` with ``align_corners=False``, of scikit-image's
+``resize`` that nnU-Net uses, and of GDAL's warper), with edges replicated.
+
+Interpolation is linear and separable: along one axis at a time, every output
+voxel is a weighted sum of its two neighbours. Where ``m == n`` the weights are
+0 and the values pass through exactly. Everything here is geometry on boxes and
+torch tensors, on the device the tensors are on; it streams, since a box of
+output needs only the box of input around it (:meth:`Regrid.footprint`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gigaseg.tiler.grid import Box, Shape
+
+
+@dataclass(frozen=True, slots=True)
+class Regrid:
+    """A scene of ``shape`` voxels (the input) and the same extent in ``model_shape`` voxels."""
+
+    shape: Shape
+    model_shape: Shape
+
+    @classmethod
+    def between(cls, shape: Shape, spacing: tuple[float, ...], model_spacing: tuple[float, ...]) -> Regrid:
+        """The model grid of a scene of ``shape`` voxels of ``spacing``, at ``model_spacing`` (same axes)."""
+        model = tuple(max(1, round(n * s / m)) for n, s, m in zip(shape, spacing, model_spacing, strict=True))
+        return cls(tuple(shape), model)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.shape == self.model_shape
+
+    def to_model(self, box: Box) -> Box:
+        """The model voxels that linear interpolation of ``box`` (scene voxels) reads."""
+        return _reach(box, self.shape, self.model_shape)
+
+    def to_scene(self, box: Box) -> Box:
+        """The scene voxels that linear interpolation of ``box`` (model voxels) reads."""
+        return _reach(box, self.model_shape, self.shape)
+
+    def model_spacing(self, spacing: tuple[float, ...]) -> tuple[float, ...]:
+        """The voxel size of the model grid, from the scene's: the extent over the voxel count."""
+        return tuple(s * n / m for s, n, m in zip(spacing, self.shape, self.model_shape, strict=True))
+
+
+def _coordinates(indices: np.ndarray, n_from: int, n_to: int) -> np.ndarray:
+    """Positions, in a grid of ``n_from`` voxels, of the centres of voxels ``indices`` of a grid of ``n_to``."""
+    return np.clip((indices + 0.5) * (n_from / n_to) - 0.5, 0, n_from - 1)
+
+
+def _reach(box: Box, shape_to: Shape, shape_from: Shape) -> Box:
+    """The voxels of the grid of ``shape_from`` that interpolating ``box`` of the grid ``shape_to`` reads."""
+    start, stop = [], []
+    for a, b, n_to, n_from in zip(box.start, box.stop, shape_to, shape_from, strict=True):
+        first, last = _coordinates(np.array([a, b - 1], np.float64), n_from, n_to)
+        start.append(int(math.floor(first)))
+        stop.append(min(n_from, int(math.floor(last)) + 2))
+    return Box(tuple(start), tuple(stop))
+
+
+def resample(
+    values: torch.Tensor, source: Box, target: Box, shapes: tuple[Shape, Shape], *, lead: int = 1
+) -> torch.Tensor:
+    """``values`` over ``source`` (a box of a grid of ``shapes[0]``) linearly interpolated onto ``target``
+    (a box of a grid of ``shapes[1]``), axis by axis; ``lead`` leading axes (channels, classes) ride along.
+
+    ``source`` must hold every voxel the interpolation reads (:meth:`Regrid.to_model` / ``to_scene``).
+    Float tensors of any layout, on any device; the result is float32.
+    """
+    out = values if values.dtype.is_floating_point else values.float()
+    for axis, (n_from, n_to) in enumerate(zip(*shapes, strict=True)):
+        if n_from == n_to and source.start[axis] == target.start[axis] and source.stop[axis] == target.stop[axis]:
+            continue
+        out = _along(out, lead + axis, source.start[axis], target.start[axis], target.stop[axis], n_from, n_to)
+    return out if out.dtype == torch.float32 else out.float()
+
+
+def _along(values: torch.Tensor, dim: int, offset: int, start: int, stop: int, n_from: int, n_to: int) -> torch.Tensor:
+    """One axis: voxels ``[start, stop)`` of a grid of ``n_to`` from ``values``, whose index 0 is voxel ``offset``
+    of a grid of ``n_from``."""
+    position = _coordinates(np.arange(start, stop, dtype=np.float64), n_from, n_to)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, n_from - 1)
+    weight = (position - low).astype(np.float32)
+    device = values.device
+    below = values.index_select(dim, torch.from_numpy(low - offset).to(device))
+    if not weight.any():
+        return below
+    above = values.index_select(dim, torch.from_numpy(high - offset).to(device))
+    shape = [1] * values.ndim
+    shape[dim] = len(weight)
+    return torch.lerp(below.float(), above.float(), torch.from_numpy(weight).to(device).view(shape))
+
+
+class BackRows:
+    """Blended model-grid rows in, scene rows out: probabilities brought back before the argmax.
+
+    A block's stitcher releases the rows (along axis 0) of its model-grid region
+    as they finish; :meth:`add` keeps only the rows still needed, and
+    :meth:`ready` yields each run of ``chunk`` scene rows of ``box`` (the block)
+    whose model rows are all in, as probabilities and validity on the scene's
+    voxels. Memory: a chunk's worth of model rows plus what the stitcher releases
+    at once.
+    """
+
+    def __init__(self, regrid: Regrid, box: Box, region: Box, chunk: int) -> None:
+        self.regrid = regrid
+        self.box = box  # scene voxels this block writes
+        self.region = region  # the model voxels it reads: regrid.to_model(box)
+        self.chunk = chunk
+        self.next = box.start[0]  # the first scene row not yet given out
+        self._rows: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (first model row, probabilities, valid)
+        self._received = region.start[0]
+
+    def add(self, start: int, probabilities: torch.Tensor, valid: torch.Tensor) -> None:
+        """Model rows ``[start, start + len)`` of the region: ``(classes, rows, ...)`` and ``(rows, ...)``."""
+        if start != self._received:
+            raise ValueError(f"model rows must come in order: expected row {self._received}, got {start}")
+        self._rows.append((start, probabilities, valid))
+        self._received = start + probabilities.shape[1]
+
+    def ready(self) -> Iterator[tuple[Box, torch.Tensor, torch.Tensor]]:
+        """Scene boxes of up to ``chunk`` rows, with their probabilities and validity, as soon as they can be made."""
+        while self.next < self.box.stop[0]:
+            stop = min(self.box.stop[0], (self.next // self.chunk + 1) * self.chunk)
+            target = self.box.with_axis(0, self.next, stop)
+            reads = self.regrid.to_model(target)
+            if reads.stop[0] > self._received:
+                return
+            yield target, *self._interpolate(target, reads)
+            self.next = stop
+            self._forget(
+                self.regrid.to_model(self.box.with_axis(0, stop, stop + 1)).start[0]
+                if stop < self.box.stop[0]
+                else self._received
+            )
+
+    def _interpolate(self, target: Box, reads: Box) -> tuple[torch.Tensor, torch.Tensor]:
+        first = self._rows[0][0]
+        probabilities = torch.cat([p for _, p, _ in self._rows], dim=1) if len(self._rows) > 1 else self._rows[0][1]
+        valid = torch.cat([v for _, _, v in self._rows], dim=0) if len(self._rows) > 1 else self._rows[0][2]
+        rows = slice(reads.start[0] - first, reads.stop[0] - first)
+        held = self.region.with_axis(0, reads.start[0], reads.stop[0])
+        shapes = (self.regrid.model_shape, self.regrid.shape)
+        p = resample(probabilities[:, rows], held, target, shapes)
+        v = resample(valid[rows].to(torch.float32), held, target, shapes, lead=0) > 0.5
+        return p, v
+
+    def _forget(self, keep_from: int) -> None:
+        """Drop the model rows no later scene row reads."""
+        kept = []
+        for start, p, v in self._rows:
+            stop = start + p.shape[1]
+            if stop <= keep_from:
+                continue
+            if start < keep_from:
+                cut = keep_from - start
+                start, p, v = keep_from, p[:, cut:], v[cut:]
+            kept.append((start, p, v))
+        self._rows = kept
