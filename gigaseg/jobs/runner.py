@@ -39,6 +39,7 @@ from gigaseg.jobs.outputs import check_file_output
 from gigaseg.jobs.progress import Progress
 from gigaseg.jobs.scene import SceneSpec, open_runner
 from gigaseg.jobs.segment import Summary, discard_if_empty, finish_scene, pending_blocks, plan_checked, refine_stage
+from gigaseg.models.card import ModelCard
 from gigaseg.models.formats import model_sha256
 
 REPORT_NAME = "gigaseg-run-report.json"
@@ -372,6 +373,7 @@ def prepare_scene(spec: SceneSpec) -> SceneState:
             return state
         cpu = replace(spec, options=replace(spec.options, device="cpu"))
         planned = plan_checked(cpu)  # every check before the output is touched
+        check_shippable(spec.model, planned[0].predictor.card)
         state.lock = StoreLock(spec.output).acquire()
         state.created = not exists(spec.output) or spec.options.overwrite
         state.runner = open_runner(cpu, create=True, planned=planned)
@@ -385,6 +387,16 @@ def prepare_scene(spec: SceneSpec) -> SceneState:
     state.summary = Summary(spec.output, list(runner.predictor.card.classes), blocks=runner.plan.blocks.size)
     state.result.blocks = runner.plan.blocks.size
     return state
+
+
+def check_shippable(model: str, card: ModelCard) -> None:
+    """Workers get the model's bytes (a file, or a folder's files): folds beside a model file would not go."""
+    if card.folds and not os.path.isdir(model) and not model.startswith("module:"):
+        raise InputError(
+            f"the card's folds ({', '.join(card.folds)}) are files beside {model}, which a cluster's workers "
+            "do not get; run the scene with gigaseg segment, or ship the folds in an nnU-Net result folder",
+            parameters=("card",),
+        )
 
 
 def gpu_workers(client: Any) -> bool:
