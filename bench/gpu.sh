@@ -39,7 +39,7 @@ except ImportError:
 EOF
 echo "== GPU tests (pytest -m gpu)"
 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider --basetemp=/tmp/gigaseg-pytest \
-  tests/test_tiler_stitch.py tests/test_segment.py 2>&1 | tail -20 | tee "$OUT/gpu-tests.log"
+  tests/test_tiler_stitch.py tests/test_segment.py tests/test_model_grid.py 2>&1 | tail -20 | tee "$OUT/gpu-tests.log"
 echo "== python -m bench --device cuda ($(( $(date +%s) - started )) s so far)"
 timeout "${BENCH_TIMEOUT:-390}" python3 -m bench --device cuda --json "$OUT/gpu-bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu-bench.log"
 echo "== done in $(( $(date +%s) - started )) s"

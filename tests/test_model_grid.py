@@ -25,7 +25,7 @@ from gigaseg.errors import InputError
 from gigaseg.tiler.grid import Box
 from gigaseg.tiler.regrid import Regrid, resample
 
-from .conftest import conv3d_checkpoint, one_error, organ_nifti, run, write_nifti, write_tiff
+from .conftest import conv3d_checkpoint, needs_cuda, one_error, organ_nifti, run, write_nifti, write_tiff
 
 ZOOMS = (0.8, 0.9, 1.3)
 
@@ -217,3 +217,29 @@ def test_tiles_may_step_by_half_a_tile(tmp_path):
         )
     half, eighth = (zarr.open_group(str(tmp_path / f"{n}.zarr"))["probabilities"][:] for n in ("half", "eighth"))
     np.testing.assert_allclose(half, eighth, atol=1e-6)
+
+
+@needs_cuda
+def test_on_a_gpu_the_model_grid_gives_the_cpus_probabilities(tmp_path):
+    """The resampling both ways runs on the device: probabilities within autocast tolerance."""
+    path = smooth_volume(tmp_path / "v.nii")
+    card = card3d(overlap=4, spacing=[1.5, 1.2, 1.0])
+    for device in ("cpu", "cuda"):
+        options = gigaseg.SegmentOptions(probabilities="float32", device=device, block=32, chunk=16)
+        gigaseg.segment(path, pointwise(), tmp_path / f"{device}.zarr", options, card=card)
+    cpu, gpu = (zarr.open_group(str(tmp_path / f"{d}.zarr"))["probabilities"][:] for d in ("cpu", "cuda"))
+    np.testing.assert_allclose(gpu, cpu, atol=2e-2)
+
+
+def test_a_resume_with_another_model_grid_is_refused(tmp_path):
+    path = smooth_volume(tmp_path / "v.nii")
+    model = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(pointwise()), str(model))
+    for name, spacing in (("a", [1.5, 1.2, 1.0]), ("b", [1.5, 1.5, 1.5])):
+        (tmp_path / f"{name}.json").write_text(json.dumps(card3d(overlap=4, spacing=spacing)))
+    out = tmp_path / "o.zarr"
+    assert run("segment", path, "--model", model, "--card", tmp_path / "a.json", "--out", out).exit_code == 0
+    again = run("segment", path, "--model", model, "--card", tmp_path / "a.json", "--out", out, "--resume")
+    assert again.exit_code == 0, again.output
+    result = run("segment", path, "--model", model, "--card", tmp_path / "b.json", "--out", out, "--resume")
+    one_error(result, "model_grid")
