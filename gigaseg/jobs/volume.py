@@ -77,7 +77,7 @@ def model_input(
     record = {"axis_order": list(view.order), "axis_flip": list(view.flip), "canonical": canonical}
     record |= {"slice_axis": slice_axis, "context": context, "intensity": _describe(normalize)}
     if regrid is not None:
-        record["model_grid"] = {"shape": list(regrid.model_shape), "spacing": list(fed.spacing)}
+        record["model_grid"] = {"shape": list(regrid.model_shape), "spacing": [round(s, 6) for s in fed.spacing]}
     return ModelInput(fed, wrapped, normalize, flat, record, view, regrid, source)
 
 

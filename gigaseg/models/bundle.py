@@ -1,7 +1,9 @@
-"""MONAI bundles as models: the loader lands in the next commit."""
+"""MONAI bundles as models (in progress)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def is_bundle(path: str) -> bool:
-    return False
+    return (Path(path) / "configs" / "metadata.json").is_file()
