@@ -163,12 +163,10 @@ class BlockRunner:
         """Model-grid rows up to ``until`` into ``back``; each chunk of scene rows they complete, out."""
         with self._timed("release"):
             back.add(stitcher.start, *stitcher.release_probabilities(until))
-        for box, probabilities, valid in back.ready():
+        for box, pieces in back.ready():
             self._wait_room(writer)
             with self._timed("release"):
-                released = finish(
-                    box, probabilities, valid, nodata=self.store.nodata, label_dtype=self.store.mask.dtype, kind=keep
-                )
+                released = finish(box, pieces, nodata=self.store.nodata, label_dtype=self.store.mask.dtype, kind=keep)
             writer.submit(released)
             if self.on_rows:
                 self.on_rows(box.size)

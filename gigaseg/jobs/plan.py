@@ -139,9 +139,10 @@ def make_plan(
     # Blocks stream along axis 0, so only their cross-section sets the band's size (on the model's grid,
     # the cross-section of the region a block reads there).
     scale = max((m / n for n, m in zip(shape[1:], grid_shape[1:], strict=True)), default=1.0)
-    side = fit_block_side(
-        depth=grid.tile[0] + chunk, classes=card.num_classes, ndim=ndim, budget=budget, chunk=chunk, limit=block
-    )
+    depth = grid.tile[0] + chunk
+    if regrid is not None:  # the band on the model's grid, and the model rows held to bring a chunk back
+        depth = grid.tile[0] + 2 * (math.ceil(chunk * grid_shape[0] / shape[0]) + 2)
+    side = fit_block_side(depth=depth, classes=card.num_classes, ndim=ndim, budget=budget, chunk=chunk, limit=block)
     if regrid is not None:
         side = max(chunk, int(side / scale) // chunk * chunk)
     blocks = BlockGrid.create(shape, max_block=(block, *(side,) * (ndim - 1)), chunk=chunk)

@@ -106,6 +106,10 @@ def _along(values: torch.Tensor, dim: int, offset: int, start: int, stop: int, n
     return torch.lerp(below.float(), above.float(), torch.from_numpy(weight).to(device).view(shape))
 
 
+PIECE_BYTES = 64 * 2**20  # float32 probabilities interpolated at once
+Piece = tuple[Box, torch.Tensor, torch.Tensor]
+
+
 class BackRows:
     """Blended model-grid rows in, scene rows out: probabilities brought back before the argmax.
 
@@ -133,32 +137,45 @@ class BackRows:
         self._rows.append((start, probabilities, valid))
         self._received = start + probabilities.shape[1]
 
-    def ready(self) -> Iterator[tuple[Box, torch.Tensor, torch.Tensor]]:
-        """Scene boxes of up to ``chunk`` rows, with their probabilities and validity, as soon as they can be made."""
+    def ready(self, *, piece_bytes: int | None = None) -> Iterator[tuple[Box, Iterator[Piece]]]:
+        """Scene boxes of up to ``chunk`` rows (whole output chunks) as soon as their model rows are in,
+        each as pieces of a few rows, made one at a time: probabilities and validity on the scene's voxels.
+
+        A piece holds at most ``piece_bytes`` of float32 probabilities (at least one row), so a chunk of
+        many classes is never interpolated whole. Read each box's pieces before asking for the next box."""
         while self.next < self.box.stop[0]:
             stop = min(self.box.stop[0], (self.next // self.chunk + 1) * self.chunk)
             target = self.box.with_axis(0, self.next, stop)
-            reads = self.regrid.to_model(target)
-            if reads.stop[0] > self._received:
+            if self.regrid.to_model(target).stop[0] > self._received:
                 return
-            yield target, *self._interpolate(target, reads)
+            classes = self._rows[0][1].shape[0]
+            budget = PIECE_BYTES if piece_bytes is None else piece_bytes
+            per_row = max(1, budget // (4 * classes * math.prod(target.shape[1:])))
+            yield target, self._pieces(target, per_row)
             self.next = stop
-            self._forget(
-                self.regrid.to_model(self.box.with_axis(0, stop, stop + 1)).start[0]
-                if stop < self.box.stop[0]
-                else self._received
-            )
+            following = self.box.with_axis(0, stop, stop + 1)
+            self._forget(self.regrid.to_model(following).start[0] if stop < self.box.stop[0] else self._received)
+
+    def _pieces(self, target: Box, per_row: int) -> Iterator[Piece]:
+        for start in range(target.start[0], target.stop[0], per_row):
+            piece = target.with_axis(0, start, min(start + per_row, target.stop[0]))
+            yield piece, *self._interpolate(piece, self.regrid.to_model(piece))
 
     def _interpolate(self, target: Box, reads: Box) -> tuple[torch.Tensor, torch.Tensor]:
-        first = self._rows[0][0]
-        probabilities = torch.cat([p for _, p, _ in self._rows], dim=1) if len(self._rows) > 1 else self._rows[0][1]
-        valid = torch.cat([v for _, _, v in self._rows], dim=0) if len(self._rows) > 1 else self._rows[0][2]
-        rows = slice(reads.start[0] - first, reads.stop[0] - first)
+        probabilities, valid = self._held(reads.start[0], reads.stop[0])
         held = self.region.with_axis(0, reads.start[0], reads.stop[0])
         shapes = (self.regrid.model_shape, self.regrid.shape)
-        p = resample(probabilities[:, rows], held, target, shapes)
-        v = resample(valid[rows].to(torch.float32), held, target, shapes, lead=0) > 0.5
+        p = resample(probabilities, held, target, shapes)
+        v = resample(valid.to(torch.float32), held, target, shapes, lead=0) > 0.5
         return p, v
+
+    def _held(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model rows ``[start, stop)`` from the parts held (joined only where a read spans two)."""
+        parts = [(s, p, v) for s, p, v in self._rows if s < stop and s + p.shape[1] > start]
+        cut = [(p[:, max(0, start - s) : stop - s], v[max(0, start - s) : stop - s]) for s, p, v in parts]
+        if len(cut) == 1:
+            return cut[0]
+        return torch.cat([p for p, _ in cut], dim=1), torch.cat([v for _, v in cut], dim=0)
 
     def _forget(self, keep_from: int) -> None:
         """Drop the model rows no later scene row reads."""

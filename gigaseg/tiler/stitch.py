@@ -39,6 +39,7 @@ CPU the same bits as a plain numpy accumulation (tested).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
@@ -476,17 +477,28 @@ def cast_probabilities(p: torch.Tensor, valid: torch.Tensor, kind: str) -> torch
 
 
 def finish(
-    box: Box, p: torch.Tensor, valid: torch.Tensor, *, nodata: int, label_dtype: np.dtype, kind: str | None
+    box: Box,
+    pieces: Iterable[tuple[Box, torch.Tensor, torch.Tensor]],
+    *,
+    nodata: int,
+    label_dtype: np.dtype,
+    kind: str | None,
 ) -> Released:
-    """Labels (and probabilities as ``kind``) of scene-ordered probabilities ``(classes, *box.shape)``."""
-    labels = argmax(p)
-    if isinstance(labels, torch.Tensor):
-        dtype = torch.uint8 if label_dtype == np.uint8 else torch.uint16
-        labels = labels.masked_fill_(~valid, nodata).to(dtype)
-    else:
-        labels = labels.astype(label_dtype, copy=False)
-        labels[~valid.numpy()] = nodata
-    return to_host(box, labels, cast_probabilities(p, valid, kind) if kind else None)
+    """Labels (and probabilities as ``kind``) of ``box``, from its rows' scene-ordered probabilities
+    ``(classes, rows, ...)`` and validity, a few rows (a piece) at a time."""
+    label_parts, probability_parts = [], []
+    for _, p, valid in pieces:
+        labels = argmax(p)
+        if isinstance(labels, torch.Tensor):
+            dtype = torch.uint8 if label_dtype == np.uint8 else torch.uint16
+            labels = labels.masked_fill_(~valid, nodata).to(dtype)
+        else:
+            labels = labels.astype(label_dtype, copy=False)
+            labels[~valid.numpy()] = nodata
+        label_parts.append(labels)
+        if kind:
+            probability_parts.append(cast_probabilities(p, valid, kind))
+    return to_host(box, _join(label_parts, 0), _join(probability_parts, 1) if kind else None)
 
 
 def to_host(box: Box, labels: Any, probabilities: Any) -> Released:
