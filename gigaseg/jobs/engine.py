@@ -36,6 +36,7 @@ from gigaseg.tiler.stitch import finish
 from gigaseg.tiler.tiles import Strip, Tile, TileBatch
 
 T = TypeVar("T")
+BACK_ROWS = 8  # model-grid rows released at once on the way back to the scene's grid
 
 
 class BlockRunner:
@@ -97,7 +98,7 @@ class BlockRunner:
         """
         grid, out_box, regrid = self.plan.grid, self.plan.blocks.block_box(index), self.plan.regrid
         box = out_box if regrid is None else regrid.to_model(out_box)  # the region blended, on the tiles' grid
-        back = None if regrid is None else BackRows(regrid, out_box, box, self.plan.blocks.chunk[0])
+        back = None if regrid is None else self._back_rows(out_box, box)
         ranges = grid.tiles_overlapping(box)
         chunk = self.plan.blocks.chunk[0]
         stitcher = Stitcher(
@@ -105,7 +106,7 @@ class BlockRunner:
             box,
             self.classes,
             blend=self.plan.blend,
-            depth=self.plan.band_depth(),
+            depth=self.plan.stitcher_depth(),
             scratch=self._scratch(),
             order=self.predictor.scores_order,  # the band laid out as the scores come
             device=self.device,
@@ -161,8 +162,30 @@ class BlockRunner:
 
     def _back(self, back: BackRows, stitcher: Stitcher, until: int, writer: WriteBehind, keep: str | None) -> None:
         """Model-grid rows up to ``until`` into ``back``; each chunk of scene rows they complete, out."""
-        with self._timed("release"):
-            back.add(stitcher.start, *stitcher.release_probabilities(until))
+        while stitcher.start < until:  # a few rows at a time: the rows held for the way back stay few
+            rows = min(until, stitcher.start + BACK_ROWS) - stitcher.start
+            with self._timed("release"):
+                stitcher.release_probabilities(stitcher.start + rows, out=back.room(rows))
+                back.add(rows)
+            self._finish_back(back, writer, keep)
+
+    def _back_rows(self, out_box: Box, region: Box) -> BackRows:
+        """The window that brings a block's blended model rows back to its scene rows."""
+        regrid, chunk = self.plan.regrid, self.plan.blocks.chunk[0]
+        assert regrid is not None
+        capacity = BackRows.capacity(regrid, chunk, BACK_ROWS)
+        return BackRows(
+            regrid,
+            out_box,
+            region,
+            chunk,
+            classes=self.classes,
+            capacity=capacity,
+            device=self.device,
+            scratch=self._scratch(),
+        )
+
+    def _finish_back(self, back: BackRows, writer: WriteBehind, keep: str | None) -> None:
         for box, pieces in back.ready():
             self._wait_room(writer)
             with self._timed("release"):

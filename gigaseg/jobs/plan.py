@@ -37,9 +37,17 @@ class Plan:
         model's grid, the band of the block's model-grid region and the rows held to bring it back."""
         return band_bytes(self.band_depth(), math.prod(self.region_shape()[1:]), classes)
 
+    def stitcher_depth(self) -> int:
+        """Rows the stitcher's band holds: a tile and the chunk it releases by; on a model's grid it
+        releases every tile row at once (the chunks are made on the way back), so a tile."""
+        return self.grid.tile[0] + (0 if self.regrid else self.blocks.chunk[0])
+
     def band_depth(self) -> int:
-        chunk = self.region_shape(self.blocks.chunk)[0]
-        return self.grid.tile[0] + (2 * chunk if self.regrid else chunk)
+        """Rows of class scores held at once: the stitcher's, and on a model's grid the model rows
+        kept to bring a chunk back (a chunk's worth there, and the tile row released last)."""
+        if self.regrid is None:
+            return self.stitcher_depth()
+        return self.stitcher_depth() + self.region_shape(self.blocks.chunk)[0] + 8  # engine.BACK_ROWS
 
     def region_shape(self, shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
         """The model-grid voxels a box of ``shape`` scene voxels (a block) reads, at most."""
@@ -141,7 +149,7 @@ def make_plan(
     scale = max((m / n for n, m in zip(shape[1:], grid_shape[1:], strict=True)), default=1.0)
     depth = grid.tile[0] + chunk
     if regrid is not None:  # the band on the model's grid, and the model rows held to bring a chunk back
-        depth = grid.tile[0] + 2 * (math.ceil(chunk * grid_shape[0] / shape[0]) + 2)
+        depth = grid.tile[0] + math.ceil(chunk * grid_shape[0] / shape[0]) + 10
     side = fit_block_side(depth=depth, classes=card.num_classes, ndim=ndim, budget=budget, chunk=chunk, limit=block)
     if regrid is not None:
         side = max(chunk, int(side / scale) // chunk * chunk)

@@ -23,6 +23,7 @@ from gigaseg.jobs.scene import SceneSpec, pixel_options, plan_scene
 from gigaseg.jobs.volume import ModelInput
 from gigaseg.models.inference import resolve_device
 from gigaseg.tiler import halo_overhead
+from gigaseg.tiler.regrid import PIECE_BYTES
 
 
 def scene_footprint(spec: SceneSpec) -> tuple[str, Footprint]:
@@ -81,10 +82,13 @@ def predict_footprint(spec: SceneSpec, fed: ModelInput, plan: Plan, device: torc
 
 
 def back_bytes(plan: Plan, classes: int) -> int:
-    """On a model's own grid: a chunk of scene rows of float32 probabilities, and its interpolation's temporaries."""
+    """On a model's own grid: the rows brought back at once (a piece of float32 probabilities, with the
+    interpolation's temporaries: about four of them) and the labels of the chunk they fill."""
     if plan.regrid is None:
         return 0
-    return 3 * plan.blocks.chunk[0] * math.prod(plan.blocks.block[1:]) * classes * 4
+    row = math.prod(plan.blocks.block[1:])
+    piece = max(PIECE_BYTES, 4 * classes * row)  # at least one row
+    return 4 * piece + 2 * plan.blocks.chunk[0] * row
 
 
 def model_grid(fed: ModelInput, plan: Plan) -> str:

@@ -14,11 +14,15 @@ Building one registers it (``gigaseg.models`` imports this module).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import cast
 
-import segmentation_models_pytorch as smp
 import torch
+
+with warnings.catch_warnings():  # timm >= 1.0.22 marks its own modules with the deprecated torch.jit.interface
+    warnings.filterwarnings("ignore", "`torch.jit.interface` is deprecated", FutureWarning)
+    import segmentation_models_pytorch as smp
 import torch.nn.functional as F
 from torch import nn
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,6 +107,10 @@ def _along(values: torch.Tensor, dim: int, offset: int, start: int, stop: int, n
     return torch.lerp(below.float(), above.float(), torch.from_numpy(weight).to(device).view(shape))
 
 
+def _empty(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, zero: bool) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 PIECE_BYTES = 64 * 2**20  # float32 probabilities interpolated at once
 Piece = tuple[Box, torch.Tensor, torch.Tensor]
 
@@ -114,28 +119,55 @@ class BackRows:
     """Blended model-grid rows in, scene rows out: probabilities brought back before the argmax.
 
     A block's stitcher releases the rows (along axis 0) of its model-grid region
-    as they finish; :meth:`add` keeps only the rows still needed, and
+    as they finish, straight into this window (:meth:`room`, then :meth:`add`);
     :meth:`ready` yields each run of ``chunk`` scene rows of ``box`` (the block)
     whose model rows are all in, as probabilities and validity on the scene's
-    voxels. Memory: a chunk's worth of model rows plus what the stitcher releases
-    at once.
+    voxels, and the rows no later scene row reads are dropped. The window is one
+    buffer of ``capacity`` rows, reused from block to block (``scratch``): on the
+    CPU, buffers of a hundred megabytes allocated and freed row after row would
+    split the heap (measured: 8.1 instead of 4.6 GB at 104 classes).
     """
 
-    def __init__(self, regrid: Regrid, box: Box, region: Box, chunk: int) -> None:
+    def __init__(
+        self,
+        regrid: Regrid,
+        box: Box,
+        region: Box,
+        chunk: int,
+        *,
+        classes: int,
+        capacity: int,
+        device: torch.device,
+        scratch: Any = None,
+    ) -> None:
         self.regrid = regrid
         self.box = box  # scene voxels this block writes
         self.region = region  # the model voxels it reads: regrid.to_model(box)
         self.chunk = chunk
         self.next = box.start[0]  # the first scene row not yet given out
-        self._rows: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (first model row, probabilities, valid)
-        self._received = region.start[0]
+        capacity = min(capacity, region.shape[0])
+        cross = region.shape[1:]
+        take = scratch.take if scratch is not None else _empty
+        self._p = take("back", (classes, capacity, *cross), torch.float32, device, zero=False)
+        self._v = take("back_valid", (capacity, *cross), torch.bool, device, zero=False)
+        self._first = region.start[0]  # the model row at window row 0
+        self._received = region.start[0]  # the model rows in: [first, received)
 
-    def add(self, start: int, probabilities: torch.Tensor, valid: torch.Tensor) -> None:
-        """Model rows ``[start, start + len)`` of the region: ``(classes, rows, ...)`` and ``(rows, ...)``."""
-        if start != self._received:
-            raise ValueError(f"model rows must come in order: expected row {self._received}, got {start}")
-        self._rows.append((start, probabilities, valid))
-        self._received = start + probabilities.shape[1]
+    @staticmethod
+    def capacity(regrid: Regrid, chunk: int, release: int) -> int:
+        """Window rows enough for the model rows of a chunk of scene rows and one release."""
+        return math.ceil(chunk * regrid.model_shape[0] / regrid.shape[0]) + 3 + release
+
+    def room(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the next ``rows`` model rows go: views of the window, for the stitcher to fill."""
+        at = self._received - self._first
+        if at + rows > self._p.shape[1]:
+            raise ValueError(f"the window holds {self._p.shape[1]} model rows; {at} are held and {rows} more came")
+        return self._p[:, at : at + rows], self._v[at : at + rows]
+
+    def add(self, rows: int) -> None:
+        """The ``rows`` given by :meth:`room` are filled."""
+        self._received += rows
 
     def ready(self, *, piece_bytes: int | None = None) -> Iterator[tuple[Box, Iterator[Piece]]]:
         """Scene boxes of up to ``chunk`` rows (whole output chunks) as soon as their model rows are in,
@@ -148,7 +180,7 @@ class BackRows:
             target = self.box.with_axis(0, self.next, stop)
             if self.regrid.to_model(target).stop[0] > self._received:
                 return
-            classes = self._rows[0][1].shape[0]
+            classes = self._p.shape[0]
             budget = PIECE_BYTES if piece_bytes is None else piece_bytes
             per_row = max(1, budget // (4 * classes * math.prod(target.shape[1:])))
             yield target, self._pieces(target, per_row)
@@ -170,22 +202,17 @@ class BackRows:
         return p, v
 
     def _held(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model rows ``[start, stop)`` from the parts held (joined only where a read spans two)."""
-        parts = [(s, p, v) for s, p, v in self._rows if s < stop and s + p.shape[1] > start]
-        cut = [(p[:, max(0, start - s) : stop - s], v[max(0, start - s) : stop - s]) for s, p, v in parts]
-        if len(cut) == 1:
-            return cut[0]
-        return torch.cat([p for p, _ in cut], dim=1), torch.cat([v for _, v in cut], dim=0)
+        """Model rows ``[start, stop)``: views of the window."""
+        rows = slice(start - self._first, stop - self._first)
+        return self._p[:, rows], self._v[rows]
 
     def _forget(self, keep_from: int) -> None:
-        """Drop the model rows no later scene row reads."""
-        kept = []
-        for start, p, v in self._rows:
-            stop = start + p.shape[1]
-            if stop <= keep_from:
-                continue
-            if start < keep_from:
-                cut = keep_from - start
-                start, p, v = keep_from, p[:, cut:], v[cut:]
-            kept.append((start, p, v))
-        self._rows = kept
+        """Drop the model rows no later scene row reads: the rest move to the window's start, row by row
+        in increasing order (each row is read before it is written over)."""
+        drop = min(keep_from, self._received) - self._first
+        if drop <= 0:
+            return
+        for row in range(self._received - self._first - drop):
+            self._p[:, row].copy_(self._p[:, row + drop])
+            self._v[row].copy_(self._v[row + drop])
+        self._first += drop

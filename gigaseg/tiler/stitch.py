@@ -381,23 +381,33 @@ class Stitcher:
         self.start = until
         return to_host(box, _join(label_parts, 0), _join(probability_parts, 1) if kind else None)
 
-    def release_probabilities(self, until: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def release_probabilities(
+        self, until: int, out: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows ``[start, until)`` as float32 probabilities ``(classes, rows, ...)`` and their validity, in
         the scene's axis order on the device, for what comes after the blend (:mod:`gigaseg.tiler.regrid`);
-        then reuse their place."""
+        then reuse their place. ``out``: where to write them (float32 and bool tensors of those shapes)."""
         n = until - self.start
         if not 0 < n <= self.depth:
             raise ValueError(f"cannot release rows up to {until} from band starting {self.start}")
-        probability_parts, valid_parts = [], []
+        shape = (n, *self.region.shape[1:])
+        if out is None:
+            out = (
+                torch.empty((self.classes, *shape), dtype=torch.float32, device=self.device),
+                torch.empty(shape, dtype=torch.bool, device=self.device),
+            )
+        probabilities, valid = out
         for rows, offsets in self._ring(self.start, until):
-            band, valid = self._scores[:, rows], self._valid[rows]
+            band = self._scores[:, rows]
             first = self.start + offsets.start - self.region.start[0]
-            p = band / self.weights(slice(first, first + offsets.stop - offsets.start))
-            probability_parts.append(torch.softmax(p, dim=0) if self.logits else p)
-            valid_parts.append(valid.clone())  # the band's rows are reused
+            weights = self.weights(slice(first, first + offsets.stop - offsets.start))
+            torch.div(band, weights, out=probabilities[:, offsets])  # straight into the rows given out
+            if self.logits:
+                probabilities[:, offsets] = torch.softmax(probabilities[:, offsets], dim=0)
+            valid[offsets] = self._valid[rows]  # the band's rows are reused
             band.zero_()
         self.start = until
-        return _join(probability_parts, 1), _join(valid_parts, 0)
+        return probabilities, valid
 
     def _labels(self, band: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | np.ndarray:
         """The argmax of the band's rows, ``nodata`` where invalid, in the store's dtype and scene order."""
