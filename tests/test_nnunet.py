@@ -366,8 +366,8 @@ def test_one_fold_is_the_network_and_several_an_ensemble_of_logits(result):
             expected = both.members[1](x)
         assert isinstance(scores, torch.Tensor) and scores.shape == (1, 3, *PATCH)  # no deep supervision
         torch.testing.assert_close(scores, expected)
-    loaded = open_model(result)
-    assert loaded.format == "nnunet" and loaded.card.outputs == "probabilities"
+    loaded = open_model(result)  # the folds' logits averaged, as nnU-Net averages them
+    assert loaded.format == "nnunet" and loaded.card.outputs == "logits" and loaded.module.average == "logits"
 
 
 def test_a_checkpoint_written_under_numpy_1_loads(result):
@@ -438,13 +438,6 @@ def test_bad_result_folders_are_one_line_and_nothing_is_created(result, tmp_path
 CASES = {"the plans' spacing": ((48, 40, 56), ZOOMS), "1 mm": ((56, 48, 44), (1.0, 1.0, 1.0))}
 # Volumes of one tile on the model's grid (24 x 32 x 32): no blending, so no choice of gigaseg's tiling counts.
 ONE_TILE = {"the plans' spacing": ((24, 32, 32), ZOOMS), "1 mm": ((36, 38, 38), (1.0, 1.0, 1.0))}
-# Where gigaseg's path is not nnU-Net's (measured by the last test of this file): the mean of the folds'
-# probabilities (nnU-Net: of their logits), tiles flush with the far edge (nnU-Net: spread evenly), the
-# gaussian centred at (n - 1) / 2 and clamped at 1e-3 per axis (nnU-Net: at n // 2, unclamped), and, on
-# another spacing, linear interpolation of the volume after normalising and of the probabilities back
-# (nnU-Net: cubic splines before normalising; logits back). Random networks, whose scores change with a
-# tile's position and differ between folds, make each of them count far more than trained ones would.
-GAP = "gigaseg averages folds as probabilities, places and weighs tiles its own way and resamples linearly"
 FLOOR = 0.8  # below this, something gigaseg reads from the folder is wrong (axes, intensities, weights)
 
 
@@ -469,18 +462,18 @@ def nnunet_mask(result: Path, scan: Path, folds: tuple[int, ...]) -> np.ndarray:
     return np.asarray(mask).transpose(2, 1, 0)  # SimpleITK's (k, j, i)
 
 
-def gigaseg_mask(result: Path, scan: Path, out: Path, folds: tuple[int, ...], merge: str) -> np.ndarray:
+def gigaseg_mask(result: Path, scan: Path, out: Path, folds: tuple[int, ...]) -> np.ndarray:
     card = {"folds": [str(f) for f in folds]}
-    gigaseg.segment(scan, result, out, gigaseg.SegmentOptions(device="cpu", merge=merge), card=card)
+    gigaseg.segment(scan, result, out, gigaseg.SegmentOptions(device="cpu"), card=card)
     return zarr.open_group(str(out))["mask"][:].T  # the store is (k, j, i)
 
 
-def agreement(result: Path, tmp_path: Path, case: tuple, folds: tuple[int, ...] = (0, 1), merge="probs") -> float:
+def agreement(result: Path, tmp_path: Path, case: tuple, folds: tuple[int, ...] = (0, 1)) -> float:
     """The share of voxels where gigaseg's mask is nnU-Net's, printed with nnU-Net's class shares."""
     pytest.importorskip("nnunetv2")
     shape, zooms = case
     scan = volume(tmp_path / "ct.nii.gz", shape, zooms)
-    ours = gigaseg_mask(result, scan, tmp_path / "o.zarr", folds, merge)
+    ours = gigaseg_mask(result, scan, tmp_path / "o.zarr", folds)
     theirs = nnunet_mask(result, scan, folds)
     assert ours.shape == theirs.shape == shape
     counts = np.bincount(theirs.ravel(), minlength=3) / theirs.size
@@ -493,44 +486,16 @@ def agreement(result: Path, tmp_path: Path, case: tuple, folds: tuple[int, ...] 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ONE_TILE)
 def test_on_one_tile_gigaseg_gives_nnunets_mask(made, tmp_path, case):
-    """One fold, one tile: the axes, intensities, network and weights gigaseg reads are nnU-Net's."""
+    """One fold, one tile: the axes, intensities, network and weights gigaseg reads are nnU-Net's. Off the
+    plans' grid one random fold (whose InstanceNorm scores swing with any change of input) shows what is left
+    of the resampling: nnU-Net normalises, then resamples with cubic splines; gigaseg resamples linearly,
+    then normalises (measured 0.979; two folds over many tiles agree on 0.993, the test below)."""
     share = agreement(made, tmp_path, ONE_TILE[case], folds=(0,))
-    assert share >= FLOOR
-    if share < 0.99:
-        pytest.xfail(f"{share:.4f} of voxels agree: gigaseg resamples linearly, after normalising, probabilities back")
+    assert share >= (0.99 if case == "the plans' spacing" else 0.97)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_gigaseg_agrees_with_nnunets_predictor(made, tmp_path, case):
-    share = agreement(made, tmp_path, CASES[case])
-    assert share >= FLOOR
-    if share < 0.99:
-        pytest.xfail(f"{share:.4f} of voxels agree, under 0.99: {GAP}")
-
-
-def nnunet_origins(size: int, tile: int, stride: int) -> tuple[int, ...]:
-    """nnU-Net's tile starts: as many as half-tile steps need, spread evenly from 0 to size - tile."""
-    if size <= tile:
-        return (0,)
-    count = -(-(size - tile) // stride) + 1
-    return tuple(round((size - tile) / (count - 1) * i) for i in range(count))
-
-
-def nnunet_gaussian(n: int, *, sigma_scale: float = 0.125) -> np.ndarray:
-    return np.exp(-0.5 * ((np.arange(n) - n // 2) / (n * sigma_scale)) ** 2)
-
-
-def mean_of_logits(self, x):
-    return torch.stack([member(x) for member in self.members]).mean(0).softmax(1)
-
-
-@pytest.mark.slow
-def test_with_nnunets_tiles_window_and_fold_mean_gigaseg_gives_its_mask(made, tmp_path, monkeypatch):
-    """The gap above is gigaseg's three choices, nothing read from the folder: with nnU-Net's in their place
-    (and tiles blended as logits) the masks agree but for nnU-Net's float16 sums."""
-    monkeypatch.setattr("gigaseg.tiler.grid.axis_origins", nnunet_origins)
-    monkeypatch.setitem(gigaseg.tiler.windows.WINDOWS, "gaussian", nnunet_gaussian)
-    monkeypatch.setattr("gigaseg.tiler.windows.MIN_WEIGHT", 1e-12)
-    monkeypatch.setattr(Ensemble, "forward", mean_of_logits)
-    assert agreement(made, tmp_path, CASES["the plans' spacing"], merge="logits") >= 0.998
+    """Two folds, many tiles: nnU-Net's window, tile placement and mean of logits, on its grid and off it."""
+    assert agreement(made, tmp_path, CASES[case]) >= 0.99

@@ -112,7 +112,7 @@ def test_the_readme_documents_every_flag() -> None:
     ("args", "message"),
     [
         (["--zarr-format", "4"], "--zarr-format must be one of 2, 3, got '4'"),
-        (["--blend", "box"], "--blend must be one of 'gaussian', 'cosine', 'constant', got 'box'"),
+        (["--blend", "box"], "--blend must be one of 'gaussian', 'cosine', 'constant', 'nnunet', got 'box'"),
         (["--block", "abc"], "--block must be a whole number, got 'abc'"),
         (["--tile", "abc"], "--tile must be pixels (512), CRS units (3840m) or millimetres (80mm), got 'abc'"),
         (["--tile", "16", "--overlap", "9"], "--tile must be at least twice --overlap"),

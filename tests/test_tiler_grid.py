@@ -113,3 +113,14 @@ def test_lengths_in_crs_units_round_to_the_model_stride():
     assert to_pixels(1, 10.0, multiple=32) == 32
     with pytest.raises(InputError):
         to_pixels(100, 0.0)
+
+
+@pytest.mark.parametrize(("size", "tile"), [(100, 32), (33, 32), (32, 32), (20, 32), (257, 128), (1000, 96)])
+def test_even_placement_is_nnunets_sliding_window(size, tile):
+    """``even`` tiles start where nnU-Net's predictor puts its patches (step 0.5)."""
+    pytest.importorskip("nnunetv2")
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    theirs = compute_steps_for_sliding_window((max(size, tile),), (tile,), 0.5)[0]
+    grid = TileGrid.create((size,), tile, tile // 2, "even")
+    assert list(grid.origins[0]) == [int(s) for s in theirs]

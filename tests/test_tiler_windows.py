@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,8 +16,21 @@ def test_windows_are_positive_symmetric_and_peak_at_one(kind, shape):
     assert w.dtype == np.float32
     assert (w > 0).all()
     assert np.isclose(w.max(), 1.0)
+    if kind == "nnunet":  # centred on voxel n // 2, as nnU-Net's: symmetric for odd sides only
+        return
     for axis in range(len(shape)):
         np.testing.assert_allclose(w, np.flip(w, axis), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 32), (24, 40, 33), (128, 112, 160)])
+def test_the_nnunet_window_is_nnunets_own(shape):
+    """nnU-Net's compute_gaussian, up to its scale (a constant weight factor changes no blend)."""
+    pytest.importorskip("nnunetv2")
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    theirs = compute_gaussian(shape, sigma_scale=1 / 8, dtype=torch.float64, device=torch.device("cpu")).numpy()
+    ours = blend_window("nnunet", shape)
+    np.testing.assert_allclose(ours, theirs / theirs.max(), rtol=1e-5, atol=1e-6)  # corners cut: ~1e-7
 
 
 def test_gaussian_falls_off_towards_the_edges():

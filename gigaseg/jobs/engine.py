@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from gigaseg.cpu import keep_less_freed_memory
 from gigaseg.errors import ModelError
 from gigaseg.faults import maybe_fail_write
 from gigaseg.io.location import is_remote
@@ -81,6 +82,8 @@ class BlockRunner:
         # Seconds of the model's thread: waiting on readers and writers, and its own host time
         # building batches, launching the network, adding and releasing (on a GPU the device
         # works meanwhile, so these sum to the wall time only where the host is the bottleneck).
+        if plan.regrid is not None and self.device.type == "cpu":
+            keep_less_freed_memory()  # the way back's buffers would split the heap (gigaseg.cpu)
         self.timings = dict.fromkeys(("read", "write", "fill", "model", "add", "release"), 0.0)
         self._local = threading.local()  # blocks may run in several threads of one process
         self._written = threading.Lock()
@@ -165,7 +168,7 @@ class BlockRunner:
         while stitcher.start < until:  # a few rows at a time: the rows held for the way back stay few
             rows = min(until, stitcher.start + BACK_ROWS) - stitcher.start
             with self._timed("release"):
-                stitcher.release_probabilities(stitcher.start + rows, out=back.room(rows))
+                stitcher.release_probabilities(stitcher.start + rows, out=back.room(rows), softmax=not back.logits)
                 back.add(rows)
             self._finish_back(back, writer, keep)
 
@@ -183,6 +186,7 @@ class BlockRunner:
             capacity=capacity,
             device=self.device,
             scratch=self._scratch(),
+            logits=self.plan.merge == "logits",
         )
 
     def _finish_back(self, back: BackRows, writer: WriteBehind, keep: str | None) -> None:

@@ -114,10 +114,15 @@ class SegmentOptions:
         parse=parse_length_text,
         shown="the model card's",
     )
-    blend: Literal["gaussian", "cosine", "constant"] = option(
-        "gaussian", "Window that weights each tile's scores where tiles overlap.", section="tiling"
+    blend: Literal["gaussian", "cosine", "constant", "nnunet"] | None = option(
+        None,
+        "Window that weights each tile's scores where tiles overlap.",
+        section="tiling",
+        shown="the model card's, else gaussian",
     )
-    merge: Literal["probs", "logits"] = option("probs", "Blend softmax probabilities or raw logits.", section="tiling")
+    merge: Literal["probs", "logits"] | None = option(
+        None, "Blend softmax probabilities or raw logits.", section="tiling", shown="the model card's, else probs"
+    )
     bands: tuple[int, ...] | None = option(None, "Input bands to use, 1-based: 4,3,2.", parse=parse_bands)
     assets: tuple[str, ...] | None = option(
         None, "STAC: the assets to stack as bands, in order: B04,B03,B02.", parse=parse_names, shown="the model's bands"

@@ -58,9 +58,11 @@ class Plan:
         return tuple(min(m, math.ceil(b * m / n) + 2) for b, n, m in scale)
 
     def describe(self) -> dict[str, Any]:
-        model_grid = {"model_grid": list(self.regrid.model_shape)} if self.regrid else {}
+        extra: dict[str, Any] = {"model_grid": list(self.regrid.model_shape)} if self.regrid else {}
+        if self.grid.placement != "edge":
+            extra["placement"] = self.grid.placement
         return {
-            **model_grid,
+            **extra,
             "shape": list(self.blocks.shape),
             "tile": list(self.grid.tile),
             "overlap": list(self.grid.overlap),
@@ -140,7 +142,7 @@ def make_plan(
     if flat_axis is not None:
         tile = tuple(1 if a == flat_axis else t for a, t in enumerate(tile))
         overlap = tuple(0 if a == flat_axis else o for a, o in enumerate(overlap))
-    grid = TileGrid.create(grid_shape, tile, overlap)
+    grid = TileGrid.create(grid_shape, tile, overlap, card.placement or "edge")
     block = options.block or DEFAULT_BLOCK.get(ndim, DEFAULT_BLOCK[3])
     chunk = options.chunk or DEFAULT_CHUNK.get(ndim, DEFAULT_CHUNK[3])
     budget = parse_bytes(options.band_memory)
@@ -154,8 +156,9 @@ def make_plan(
     if regrid is not None:
         side = max(chunk, int(side / scale) // chunk * chunk)
     blocks = BlockGrid.create(shape, max_block=(block, *(side,) * (ndim - 1)), chunk=chunk)
-    blend_window(options.blend, (1,))  # validates the name early
-    plan = Plan(grid, blocks, options.blend, options.merge, options.tta, regrid)
+    blend = options.blend or card.blend or "gaussian"
+    blend_window(blend, (1,))  # validates the name early
+    plan = Plan(grid, blocks, blend, merge_of(options, card), options.tta, regrid)
     if regrid is not None and plan.band_bytes(card.num_classes) > budget:
         raise InputError(
             f"the model's grid ({list(regrid.model_shape)} voxels for the scene's {list(shape)}) needs a band of "
@@ -174,6 +177,11 @@ def make_plan(
             stacklevel=2,
         )
     return plan
+
+
+def merge_of(options: SegmentOptions, card: ModelCard) -> str:
+    """What is blended: the option, else the model card's, else probabilities."""
+    return options.merge or card.merge or "probs"
 
 
 def card_sides(sides: tuple[int, ...], ndim: int, order: tuple[int, ...] | None) -> tuple[int, ...]:

@@ -33,7 +33,7 @@ from gigaseg.jobs.engine import BlockRunner, probability_dtype
 from gigaseg.jobs.fingerprint import check_fingerprint, fingerprint
 from gigaseg.jobs.memory import gpu_batch_size
 from gigaseg.jobs.options import SegmentOptions, cache_bytes, check_options
-from gigaseg.jobs.plan import Plan, length_spacing, make_plan
+from gigaseg.jobs.plan import Plan, length_spacing, make_plan, merge_of
 from gigaseg.jobs.volume import ModelInput, model_input
 from gigaseg.models import ModelCard, Predictor
 from gigaseg.models.formats import open_model
@@ -148,7 +148,7 @@ def load_predictor(spec: SceneSpec) -> Predictor:
             loaded.card,
             device=o.device,
             batch_size=o.batch_size,
-            merge=o.merge,
+            merge=merge_of(o, loaded.card),
             tta=o.tta,
             deterministic=o.deterministic,
         )

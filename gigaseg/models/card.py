@@ -13,7 +13,8 @@ import numpy as np
 
 from gigaseg.errors import ModelError, SourceError
 from gigaseg.models.intensity import Normalizer, check_spec, check_steps, fit_steps, spec_steps
-from gigaseg.tiler.grid import tiling_problem
+from gigaseg.tiler.grid import PLACEMENTS, tiling_problem
+from gigaseg.tiler.windows import WINDOWS
 
 MAX_SIZE = 1 << 16  # no tile side, channel or class count beyond this is meant
 
@@ -57,6 +58,9 @@ class ModelCard:
     axis_order: list[int] | None = None  # without orientation: model axis m shows voxel axis i/j/k = 0/1/2
     resolution: float | list[float] | None = None  # CRS units per pixel the model was trained at ([x, y])
     folds: list[str] | None = None  # weight files of this network, averaged as probabilities
+    blend: str | None = None  # the window the model's own inference blends tiles with (the run's default)
+    merge: str | None = None  # what it blends: "probs" or "logits" (the run's default)
+    placement: str | None = None  # where its tiles go: "edge" (gigaseg's) or "even" (nnU-Net's)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -270,6 +274,10 @@ def check_grid_keys(card: ModelCard) -> None:
             raise ModelError("model card: orientation and axis_order both say which axes the model sees; keep one")
     if card.axis_order is not None and sorted(card.axis_order) != [0, 1, 2]:
         raise ModelError(f"model card: axis_order must order the voxel axes 0, 1, 2 (i, j, k), got {card.axis_order!r}")
+    for name, allowed in (("blend", WINDOWS), ("merge", ("probs", "logits")), ("placement", PLACEMENTS)):
+        value = getattr(card, name)
+        if value is not None and value not in allowed:
+            raise ModelError(f"model card: {name} must be one of {', '.join(allowed)}, got {value!r}")
     if card.folds is not None and (
         not isinstance(card.folds, list) or not card.folds or not all(isinstance(f, str) and f for f in card.folds)
     ):

@@ -1,9 +1,9 @@
 """Several weight files of one network (nnU-Net's folds, a card's ``folds``) as one scorer.
 
 Each member scores the same batch; their probabilities are averaged, so one pass
-over the input serves every fold. The ensemble's outputs are probabilities: a
-card whose members give logits or sigmoids says ``outputs: probabilities`` for
-the ensemble (:func:`ensemble_outputs`).
+over the input serves every fold, and the ensemble's outputs are probabilities.
+Where the card blends logits (``merge: logits``, nnU-Net's way) and the members
+give logits, their logits are averaged instead and the outputs stay logits.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ class Ensemble(nn.Module):
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
         self.outputs = outputs
+        self.average = "probabilities"  # or "logits": the members' logits averaged (nnU-Net's way)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total: torch.Tensor | None = None
         for member in self.members:
-            p = probabilities(member(x), self.outputs)
+            scores = member(x)
+            p = scores.float() if self.average == "logits" else probabilities(scores, self.outputs)
             total = p if total is None else total.add_(p)
         assert total is not None
         return total.div_(len(self.members))

@@ -395,7 +395,9 @@ def open_model(
         fmt = model_format(path)
         resolved, sources = resolve_card(path, fmt, card, embedded=embedded, configuration=configuration)
         module, graph = _build(path, fmt, resolved)
-    if isinstance(module, Ensemble) and resolved.outputs != "probabilities":  # the folds' mean, whatever each gives
+    if isinstance(module, Ensemble) and resolved.merge == "logits" and resolved.outputs == "logits":
+        module.average = "logits"  # the folds' logits averaged, as nnU-Net does
+    elif isinstance(module, Ensemble) and resolved.outputs != "probabilities":  # the folds' mean probabilities
         resolved = dataclasses.replace(resolved, outputs="probabilities")
         sources["outputs"] = f"the mean of {len(module.members)} folds"
     return LoadedModel(path, fmt, module.eval(), resolved, sources, graph)

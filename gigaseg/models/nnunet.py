@@ -177,6 +177,10 @@ def nnunet_card(path: str, configuration: str) -> dict[str, Any]:
         "normalize": normalize_steps(plans, config, channels, folder),
         "outputs": "logits",
         "folds": found_folds(folder),
+        # nnU-Net's sliding window: its gaussian, tiles spread evenly, logits blended and averaged over folds
+        "blend": "nnunet",
+        "placement": "even",
+        "merge": "logits",
     }
     card |= grid_keys(plans, folder)
     multiple = size_multiple(config)

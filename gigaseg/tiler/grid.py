@@ -65,14 +65,22 @@ class Box:
         return Box(tuple(starts), tuple(stops))
 
 
-def axis_origins(size: int, tile: int, stride: int) -> tuple[int, ...]:
-    """Tile origins along one axis: ``0, stride, 2 stride, ...`` then ``size - tile``.
+PLACEMENTS = ("edge", "even")
+
+
+def axis_origins(size: int, tile: int, stride: int, placement: str = "edge") -> tuple[int, ...]:
+    """Tile origins along one axis: ``0, stride, 2 stride, ...`` then ``size - tile`` (``edge``); or
+    as many tiles spread evenly from 0 to ``size - tile``, steps of at most ``stride`` (``even``,
+    nnU-Net's ``compute_steps_for_sliding_window``).
 
     Every index in ``[0, size)`` is covered and no tile reaches past the edge,
     except when ``size <= tile``: then one tile at 0 covers the axis and is padded.
     """
     if size <= tile:
         return (0,)
+    if placement == "even":
+        steps = math.ceil((size - tile) / stride) + 1
+        return tuple(round(i * (size - tile) / (steps - 1)) for i in range(steps))
     origins = list(range(0, size - tile, stride))
     origins.append(size - tile)
     return tuple(origins)
@@ -92,11 +100,12 @@ class TileGrid:
     shape: Shape
     tile: Shape
     overlap: Shape
+    placement: str = "edge"  # see axis_origins
 
     @classmethod
-    def create(cls, shape: Shape, tile: int | Shape, overlap: int | Shape) -> TileGrid:
+    def create(cls, shape: Shape, tile: int | Shape, overlap: int | Shape, placement: str = "edge") -> TileGrid:
         ndim = len(shape)
-        return cls(tuple(shape), _per_axis(tile, ndim, "tile"), _per_axis(overlap, ndim, "overlap"))
+        return cls(tuple(shape), _per_axis(tile, ndim, "tile"), _per_axis(overlap, ndim, "overlap"), placement)
 
     def __post_init__(self) -> None:
         if any(n < 1 for n in self.shape):
@@ -116,7 +125,8 @@ class TileGrid:
     @property
     def origins(self) -> tuple[tuple[int, ...], ...]:
         """Tile origins per axis."""
-        return tuple(axis_origins(n, t, s) for n, t, s in zip(self.shape, self.tile, self.stride, strict=True))
+        axes = zip(self.shape, self.tile, self.stride, strict=True)
+        return tuple(axis_origins(n, t, s, self.placement) for n, t, s in axes)
 
     @property
     def counts(self) -> Shape:

@@ -139,11 +139,13 @@ class BackRows:
         capacity: int,
         device: torch.device,
         scratch: Any = None,
+        logits: bool = False,
     ) -> None:
         self.regrid = regrid
         self.box = box  # scene voxels this block writes
         self.region = region  # the model voxels it reads: regrid.to_model(box)
         self.chunk = chunk
+        self.logits = logits  # blended logits come in: resampled, then soft-maxed (nnU-Net's order)
         self.next = box.start[0]  # the first scene row not yet given out
         capacity = min(capacity, region.shape[0])
         cross = region.shape[1:]
@@ -198,6 +200,8 @@ class BackRows:
         held = self.region.with_axis(0, reads.start[0], reads.stop[0])
         shapes = (self.regrid.model_shape, self.regrid.shape)
         p = resample(probabilities, held, target, shapes)
+        if self.logits:
+            p = torch.softmax(p, dim=0)
         v = resample(valid.to(torch.float32), held, target, shapes, lead=0) > 0.5
         return p, v
 

@@ -382,11 +382,12 @@ class Stitcher:
         return to_host(box, _join(label_parts, 0), _join(probability_parts, 1) if kind else None)
 
     def release_probabilities(
-        self, until: int, out: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, until: int, out: tuple[torch.Tensor, torch.Tensor] | None = None, *, softmax: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows ``[start, until)`` as float32 probabilities ``(classes, rows, ...)`` and their validity, in
         the scene's axis order on the device, for what comes after the blend (:mod:`gigaseg.tiler.regrid`);
-        then reuse their place. ``out``: where to write them (float32 and bool tensors of those shapes)."""
+        then reuse their place. ``out``: where to write them (float32 and bool tensors of those shapes).
+        Blended logits are soft-maxed unless ``softmax`` is False (the caller does it later)."""
         n = until - self.start
         if not 0 < n <= self.depth:
             raise ValueError(f"cannot release rows up to {until} from band starting {self.start}")
@@ -402,7 +403,7 @@ class Stitcher:
             first = self.start + offsets.start - self.region.start[0]
             weights = self.weights(slice(first, first + offsets.stop - offsets.start))
             torch.div(band, weights, out=probabilities[:, offsets])  # straight into the rows given out
-            if self.logits:
+            if self.logits and softmax:
                 probabilities[:, offsets] = torch.softmax(probabilities[:, offsets], dim=0)
             valid[offsets] = self._valid[rows]  # the band's rows are reused
             band.zero_()

@@ -29,6 +29,18 @@ def gaussian_profile(n: int, *, sigma_scale: float = 0.125) -> np.ndarray:
     return np.exp(-0.5 * ((x - centre) / sigma) ** 2)
 
 
+def nnunet_profile(n: int) -> np.ndarray:
+    """nnU-Net's gaussian: centred on voxel ``n // 2``, sigma = n / 8, cut at four sigma as scipy's
+    ``gaussian_filter`` cuts it, and the cut-off voxels given the smallest weight left (its
+    ``compute_gaussian``, axis by axis). Not clamped at :data:`MIN_WEIGHT`: its edges weigh less."""
+    sigma = max(n / 8, 1e-6)
+    x = np.arange(n, dtype=np.float64) - n // 2
+    p = np.exp(-0.5 * (x / sigma) ** 2)
+    p[np.abs(x) > int(4 * sigma + 0.5)] = 0
+    p[p == 0] = p[p > 0].min()
+    return p
+
+
 def cosine_profile(n: int) -> np.ndarray:
     """A Hann window sampled at pixel centres, so it is never zero inside the tile."""
     x = (np.arange(n, dtype=np.float64) + 0.5) / n
@@ -44,7 +56,9 @@ WINDOWS: dict[str, Profile] = {
     "gaussian": gaussian_profile,
     "cosine": cosine_profile,
     "constant": constant_profile,
+    "nnunet": nnunet_profile,
 }
+UNCLAMPED = ("nnunet",)  # windows that set their own smallest weight
 
 
 def blend_window(kind: str | Profile, shape: tuple[int, ...]) -> np.ndarray:
@@ -58,10 +72,11 @@ def blend_window(kind: str | Profile, shape: tuple[int, ...]) -> np.ndarray:
 def blend_profiles(kind: str | Profile, shape: tuple[int, ...]) -> list[np.ndarray]:
     """The window's float64 profile along each axis: peak 1, clamped at :data:`MIN_WEIGHT`."""
     profile = _profile(kind)
+    floor = 0.0 if kind in UNCLAMPED else MIN_WEIGHT
     axes = []
     for n in shape:
         p = np.asarray(profile(n), dtype=np.float64)
-        axes.append(np.maximum(p / p.max(), MIN_WEIGHT))
+        axes.append(np.maximum(p / p.max(), floor))
     return axes
 
 
