@@ -67,7 +67,9 @@ def predict_footprint(spec: SceneSpec, fed: ModelInput, plan: Plan, device: torc
         pixel_bytes=strip_pixel_bytes(source),
         probability_bytes=np.dtype(PROBABILITY_DTYPES[stored]).itemsize if stored else 0,
         tta=spec.options.tta,
-        back=back_bytes(plan, card.num_classes),
+        back=back_bytes(
+            plan, card.num_classes, channels=source.channels, readers=spec.options.readers or default_readers(device)
+        ),
     )
     overhead = halo_overhead(plan.grid, plan.blocks)
     work = plan.grid.size * overhead * math.prod(plan.grid.tile) / 1e6
@@ -81,14 +83,19 @@ def predict_footprint(spec: SceneSpec, fed: ModelInput, plan: Plan, device: torc
     return summary, memory
 
 
-def back_bytes(plan: Plan, classes: int) -> int:
+def back_bytes(plan: Plan, classes: int, *, channels: int, readers: int) -> int:
     """On a model's own grid: the rows brought back at once (a piece of float32 probabilities, with the
-    interpolation's temporaries: about four of them) and the labels of the chunk they fill."""
+    interpolation's temporaries: about four of them) and the labels of the chunk they fill; and each
+    reader's scene rows under a tile row, read and resampled (float32 values and validity, and two
+    stages of the resampling)."""
     if plan.regrid is None:
         return 0
     row = math.prod(plan.blocks.block[1:])
     piece = max(PIECE_BYTES, 4 * classes * row)  # at least one row
-    return 4 * piece + 2 * plan.blocks.chunk[0] * row
+    regrid = plan.regrid
+    scene_rows = math.ceil(plan.grid.tile[0] * regrid.shape[0] / regrid.model_shape[0]) + 2
+    reads = (readers + 1) * 4 * scene_rows * row * (4 * channels + 1)
+    return 4 * piece + 2 * plan.blocks.chunk[0] * row + reads
 
 
 def model_grid(fed: ModelInput, plan: Plan) -> str:
