@@ -562,6 +562,79 @@ def model_formats(ctx: Context) -> list[Row]:
     return rows
 
 
+def model_grid(ctx: Context) -> list[Row]:
+    """An nnU-Net result folder trained at 1.5 mm with 104 classes on a 512 x 512 x 1000 scan of
+    0.7 x 0.7 x 1.0 mm: gigaseg (model grid, streamed) against nnU-Net's own predictor, time and peak RSS;
+    gigaseg's peak against 8 GB and against what its dry run predicted."""
+    s = ctx.settings
+    try:
+        import dynamic_network_architectures  # noqa: F401
+    except ImportError:
+        return [
+            Row(
+                "19", "model grid: skipped", None, note="pip install 'gigaseg[nnunet]' (and nnunetv2 for its predictor)"
+            )
+        ]
+    shape, patch = ((64, 64, 100), 32) if s.quick else ((512, 512, 1000), 96)
+    path = str(inputs.scan(shape, (0.7, 0.7, 1.0), data=s.data))
+    model = str(inputs.nnunet_result(104, spacing=1.5, patch=patch, data=s.data))
+    out = ctx.output("c19.zarr")
+    predicted = ctx.measure_once("dry_run", {"input": path, "model": model, "out": out})
+    found = ctx.measure({"gigaseg": ("gigaseg", {"input": path, "model": model, "out": out, "batch_size": None})})
+    g = found["gigaseg"]
+    label = f"{'x'.join(map(str, shape))} at 0.7x0.7x1.0 mm, 104 classes at 1.5 mm"
+    rows = _speed_rows("19", found, label)
+    host = predicted.get("host", 0) / 2**20
+    rows.append(
+        Row(
+            "19",
+            "model grid: gigaseg peak RSS",
+            g.peak_rss_mb,
+            "MiB",
+            "<= 8192",
+            g.peak_rss_mb <= 8192,
+            g.error or label,
+        )
+    )
+    rows.append(
+        Row(
+            "19",
+            "model grid: gigaseg peak / dry-run estimate",
+            g.peak_rss_mb / host if host else None,
+            target="<= 1.0",
+            met=bool(host) and g.peak_rss_mb <= host,
+            note=f"{g.peak_rss_mb:.0f} vs {host:.0f} MiB predicted",
+        )
+    )
+    try:
+        import nnunetv2  # noqa: F401
+    except ImportError:
+        rows.append(Row("19", "model grid: nnU-Net's predictor", None, note="nnunetv2 not installed"))
+        return rows
+    cap = 20 * 1024  # MiB of address space: the machine (24 GiB) stays usable when nnU-Net runs out
+    theirs = ctx.measure_once(
+        "nnunet", {"input": path, "model": model, "out": ctx.output("c19-nnunet.nii.gz")}, memory_limit_mb=cap
+    )
+    error = theirs.get("error")
+    note = (
+        f"{error.splitlines()[-1][:160]} (address space capped at {cap} MiB)"
+        if error
+        else f"{theirs.get('seconds', 0):.0f} s"
+    )
+    rows.append(Row("19", "model grid: nnU-Net's predictor peak RSS", theirs.get("peak_rss_mb"), "MiB", note=note))
+    if not error:
+        ratio = theirs["seconds"] / g.seconds if g.seconds else None
+        rows.append(
+            Row(
+                "19",
+                "model grid: nnU-Net seconds / gigaseg seconds",
+                ratio,
+                note=f"{theirs['seconds']:.0f} vs {g.seconds:.0f} s",
+            )
+        )
+    return rows
+
+
 def _mask_agreement(a: str, b: str) -> float | None:
     """The fraction of pixels where two stores' masks agree (None when one is missing)."""
     import numpy as np
@@ -586,4 +659,5 @@ CASES: dict[int, Callable[[Context], list[Row]]] = {
     10: sparse_labels,
     16: object_storage,
     17: model_formats,
+    19: model_grid,
 }

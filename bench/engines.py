@@ -298,6 +298,32 @@ def dask(*, inputs: list[str], model: str, out: str, batch_size: int, workers: i
     return {"seconds": seconds, "pixels": pixels, "tiles": 0, "worker_rss_mb": report.peak_worker_rss_mb}
 
 
+def nnunet(*, input: str, model: str, out: str) -> Result:
+    """nnU-Net v2's own predictor on the NIfTI file, in this process (its worker processes would hide
+    their memory from the peak): fold 0, step 0.5, gaussian, no mirroring, as on a CPU; SimpleITK reads
+    the scan and writes the mask, on the clock."""
+    import torch
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=False,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(model, use_folds=(0,), checkpoint_name="checkpoint_final.pth")
+    started = time.perf_counter()
+    io = SimpleITKIO()
+    image, properties = io.read_images([input])
+    mask = predictor.predict_single_npy_array(image, properties)
+    io.write_seg(mask, out, properties)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "pixels": int(np.prod(image.shape[1:])), "tiles": 0}
+
+
 ENGINES: dict[str, Callable[..., Result]] = {
     "gigaseg": gigaseg,
     "dry_run": dry_run,
@@ -306,6 +332,7 @@ ENGINES: dict[str, Callable[..., Result]] = {
     "toolbelt": toolbelt,
     "tiler": tiler,
     "dask": dask,
+    "nnunet": nnunet,
 }
 
 

@@ -244,3 +244,146 @@ def export(checkpoint: Path, fmt: str, *, data: Path = DATA) -> Path:
             )
     os.replace(tmp, path)
     return path
+
+
+def scan(shape: tuple[int, int, int], zooms: tuple[float, float, float], *, data: Path = DATA) -> Path:
+    """A CT-like int16 NIfTI of ``shape`` (i, j, k) with voxels of ``zooms`` mm, written slab by slab.
+
+    Smooth ellipsoid shells and a gradient (HU -1000..1000), so every class of a random network
+    wins somewhere; cheap enough for 512 x 512 x 1000 (0.5 GB on disk)."""
+    import nibabel as nib
+
+    name = "x".join(map(str, shape)) + "_" + "x".join(f"{z:g}" for z in zooms)
+    path = data / f"scan_{name}.nii"
+    if path.exists():
+        return path
+    data.mkdir(parents=True, exist_ok=True)
+    ni, nj, nk = shape
+    image = nib.Nifti1Image(np.zeros((1, 1, 1), np.int16), np.diag([*zooms, 1.0]))
+    header = image.header.copy()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.int16)
+    header.set_xyzt_units("mm", "sec")
+    tmp = path.with_name("partial_" + path.name)
+    i, j = np.meshgrid(np.linspace(-1, 1, ni), np.linspace(-1, 1, nj), indexing="ij")
+    with open(tmp, "wb") as f:
+        header.write_to(f)
+        f.seek(int(header.get_data_offset()))
+        for k in range(nk):  # Fortran order: a k slab is one run of bytes
+            z = 2 * k / max(1, nk - 1) - 1
+            r = np.sqrt(i**2 + j**2 + z**2)
+            hu = 900 * np.cos(9 * r) - 300 * z + 40 * np.sin(23 * i * j)
+            f.write(np.ascontiguousarray(np.rint(hu).astype(np.int16).T).tobytes())
+    os.replace(tmp, path)
+    return path
+
+
+def nnunet_result(classes: int, *, spacing: float, patch: int, data: Path = DATA) -> Path:
+    """An nnU-Net v2 result folder as nnU-Net writes one: plans.json (a small 3d_fullres PlainConvUNet,
+    CT normalisation), dataset.json with ``classes`` labels and fold_0/checkpoint_final.pth, seeded."""
+    import json
+
+    import torch
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    folder = data / f"nnunet_{classes}c_{spacing:g}mm_p{patch}" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    if (folder / "fold_0" / "checkpoint_final.pth").exists():
+        return folder
+    kwargs = {
+        "n_stages": 3,
+        "features_per_stage": [8, 16, 32],
+        "kernel_sizes": [[3, 3, 3]] * 3,
+        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+        "n_conv_per_stage": [2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2],
+        "conv_bias": True,
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin_kwargs": {"inplace": True},
+    }
+    names = {
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "nonlin": "torch.nn.LeakyReLU",
+    }
+    configuration = {
+        "data_identifier": "nnUNetPlans_3d_fullres",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": [patch] * 3,
+        "median_image_size_in_voxels": [256, 256, 256],
+        "spacing": [spacing] * 3,
+        "normalization_schemes": ["CTNormalization"],
+        "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {**kwargs, **names, "dropout_op": None},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+        },
+        "batch_dice": False,
+    }
+    ct = {
+        "max": 1000.0,
+        "mean": 0.0,
+        "median": 0.0,
+        "min": -1000.0,
+        "percentile_00_5": -900.0,
+        "percentile_99_5": 900.0,
+        "std": 500.0,
+    }
+    plans = {
+        "dataset_name": "Dataset104_Bench",
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [spacing] * 3,
+        "original_median_shape_after_transp": [256, 256, 256],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": configuration},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": ct},
+    }
+    labels = {"background": 0, **{f"structure_{c}": c for c in range(1, classes)}}
+    dataset = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}
+    torch.manual_seed(0)
+    network = PlainConvUNet(
+        input_channels=1,
+        num_classes=classes,
+        deep_supervision=True,
+        conv_op=torch.nn.Conv3d,
+        norm_op=torch.nn.InstanceNorm3d,
+        nonlin=torch.nn.LeakyReLU,
+        **kwargs,
+    )
+    with torch.no_grad():
+        network.decoder.seg_layers[-1].weight.mul_(6)  # many classes win somewhere
+    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "network_weights": network.state_dict(),
+        "optimizer_state": None,
+        "grad_scaler_state": None,
+        "logging": {},
+        "_best_ema": None,
+        "current_epoch": 1,
+        "init_args": {
+            "plans": plans,
+            "configuration": "3d_fullres",
+            "fold": 0,
+            "dataset_json": dataset,
+            "device": torch.device("cpu"),
+        },
+        "trainer_name": "nnUNetTrainer",
+        "inference_allowed_mirroring_axes": (0, 1, 2),
+    }
+    torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
+    (folder / "plans.json").write_text(json.dumps(plans, indent=2))
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    return folder
