@@ -632,7 +632,24 @@ def model_grid(ctx: Context) -> list[Row]:
                 note=f"{theirs['seconds']:.0f} vs {g.seconds:.0f} s",
             )
         )
+        agree = _nifti_agreement(out, ctx.output("c19-nnunet.nii.gz"))
+        rows.append(Row("19", "model grid: voxels where the masks agree", agree))
     return rows
+
+
+def _nifti_agreement(store: str, nifti: str) -> float | None:
+    """The share of voxels where a store's mask (k, j, i) and a NIfTI mask (i, j, k) agree, slab by slab."""
+    import nibabel as nib
+    import numpy as np
+    import zarr
+
+    if not (Path(store).exists() and Path(nifti).exists()):
+        return None
+    ours, theirs = zarr.open_group(store, mode="r")["mask"], nib.load(nifti).dataobj
+    same = 0
+    for k in range(0, ours.shape[0], 64):
+        same += int((ours[k : k + 64] == np.asarray(theirs[:, :, k : k + 64]).T).sum())
+    return same / float(np.prod(ours.shape))
 
 
 def _mask_agreement(a: str, b: str) -> float | None:
