@@ -72,7 +72,7 @@ import torch
 from torch import nn
 
 from gigaseg.errors import GigasegWarning, ModelError
-from gigaseg.models.card import ModelCard
+from gigaseg.models.card import ModelCard, json_object
 
 CONFIGS = ("inference.json", "inference.yaml", "inference.yml")
 
@@ -300,14 +300,7 @@ def read_bundle(path: str) -> Reading:
 
 
 def _metadata(path: str) -> dict[str, Any]:
-    file = Path(path) / "configs" / "metadata.json"
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"MONAI bundle {path}: configs/metadata.json is not readable JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"MONAI bundle {path}: configs/metadata.json holds no JSON object")
-    return data
+    return json_object(Path(path) / "configs" / "metadata.json", f"MONAI bundle {path}: configs/metadata.json")
 
 
 def _inference(path: str) -> Config | None:

@@ -293,6 +293,17 @@ def read_card_json(path: str | Path) -> dict[str, Any]:
     return parse_card(text, f"model card {path}")
 
 
+def json_object(file: Path, where: str) -> dict[str, Any]:
+    """The JSON object in ``file`` (a model folder's config); ``where`` names it in the one-line error."""
+    try:
+        values = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{where} is not readable JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ModelError(f"{where} must hold a JSON object, not a {type(values).__name__}")
+    return values
+
+
 def parse_card(text: str | bytes, where: str) -> dict[str, Any]:
     """A card's JSON object; ``where`` names it in the one-line error for anything else."""
     try:

@@ -37,7 +37,6 @@ voxels, outside which it writes background).
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from pathlib import Path
@@ -48,7 +47,7 @@ import torch
 from torch import nn
 
 from gigaseg.errors import ModelError
-from gigaseg.models.card import ModelCard
+from gigaseg.models.card import ModelCard, json_object
 from gigaseg.models.ensemble import Ensemble
 
 DEFAULT_CONFIGURATION = "3d_fullres"
@@ -190,13 +189,7 @@ def nnunet_card(path: str, configuration: str) -> dict[str, Any]:
 
 
 def _json(file: Path) -> dict[str, Any]:
-    try:
-        values = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{file} is not a JSON file gigaseg can read: {e}") from None
-    if not isinstance(values, dict):
-        raise ModelError(f"{file} must hold a JSON object, not a {type(values).__name__}")
-    return values
+    return json_object(file, str(file))
 
 
 def trained_configuration(folder: Path, plans: dict[str, Any], configuration: str) -> str:
