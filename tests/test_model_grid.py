@@ -247,3 +247,29 @@ def test_a_resume_with_another_model_grid_is_refused(tmp_path):
     assert again.exit_code == 0, again.output
     result = run("segment", path, "--model", model, "--card", tmp_path / "b.json", "--out", out, "--resume")
     one_error(result, "model_grid")
+
+
+def test_on_a_model_grid_nodata_stays_nodata_and_every_valid_voxel_gets_a_label(tmp_path):
+    """Validity is the scene's own, not a resampled guess: isolated NaN voxels, NaN stripes, a NaN corner."""
+    shape = (40, 36, 30)
+    z = np.indices(shape).astype(np.float32)
+    data = np.sin(z[0] / 5) + np.cos(z[1] / 4)
+    data[0, 0, 0] = data[17, 5, 9] = np.nan
+    data[::2, 20:24, :] = np.nan  # stripes thinner than a model voxel
+    data[30:, 30:, 25:] = np.nan
+    path = write_nifti(tmp_path / "nan.nii", data.astype(np.float32), np.diag([*ZOOMS, 1]))
+    gigaseg.segment(path, pointwise(), tmp_path / "o.zarr", card=card3d(overlap=4, spacing=[2.0, 2.0, 2.0]))
+    mask = zarr.open_group(str(tmp_path / "o.zarr"))["mask"][:].T  # (i, j, k)
+    np.testing.assert_array_equal(mask == 255, np.isnan(data))
+
+
+def test_nodata_of_a_raster_survives_the_model_grid(tmp_path):
+    rng = np.random.default_rng(4)
+    data = (rng.random((3, 90, 120)) * 200 + 20).astype(np.uint8)
+    data[:, :, :7] = 0  # a nodata border
+    data[:, ::6, 40:60] = 0  # stripes of nodata, as Landsat 7's SLC-off
+    tif = write_tiff(tmp_path / "s.tif", data, transform=from_origin(500000, 4100000, 10, 10), nodata=0)
+    card = {"arch": "x", "in_channels": 3, "classes": list("abcd"), "tile": 32, "overlap": 4, "resolution": 30.0}
+    gigaseg.segment(tif, pointwise(3, 4, dims=2), tmp_path / "o.zarr", card=card)
+    mask = zarr.open_group(str(tmp_path / "o.zarr"))["mask"][:]
+    np.testing.assert_array_equal(mask == 255, (data == 0).all(axis=0))

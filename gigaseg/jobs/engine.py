@@ -192,11 +192,20 @@ class BlockRunner:
     def _finish_back(self, back: BackRows, writer: WriteBehind, keep: str | None) -> None:
         for box, pieces in back.ready():
             self._wait_room(writer)
+            with self._timed("read"):
+                valid = self._scene_valid(box)
             with self._timed("release"):
-                released = finish(box, pieces, nodata=self.store.nodata, label_dtype=self.store.mask.dtype, kind=keep)
+                own = ((piece, p, valid[piece.slices(box.start)]) for piece, p, _ in pieces)
+                released = finish(box, own, nodata=self.store.nodata, label_dtype=self.store.mask.dtype, kind=keep)
             writer.submit(released)
             if self.on_rows:
                 self.on_rows(box.size)
+
+    def _scene_valid(self, box: Box) -> torch.Tensor:
+        """Which voxels of ``box`` hold data in the scene itself: on a model's grid, nodata stays nodata
+        and every valid voxel gets a label, whatever the resampling made of their neighbours."""
+        scene = getattr(self.source, "source", self.source)  # the scene under OnModelGrid
+        return torch.from_numpy(scene.read(box)[1]).to(self.device)
 
     def _strips(self, ranges: tuple[range, ...]) -> Iterator[Strip]:
         """The block's tile rows as strips staged on the model's device, read ahead in threads.

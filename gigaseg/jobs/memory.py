@@ -137,6 +137,16 @@ def footprint(
 GPU_BATCH_PIXELS = 64 * 512 * 512
 
 
+CPU_BATCH_SCORES = 256 * 2**20  # float32 scores of one CPU batch, at most (one tile at least)
+
+
+def cpu_batch_size(batch: int, *, tile: tuple[int, ...], classes: int) -> int:
+    """Tiles per forward pass on the CPU: ``batch``, fewer where their scores would pass
+    :data:`CPU_BATCH_SCORES` (a 96^3 tile of 104 classes is 368 MB of scores, and its softmax and
+    weighting copies come with it); on the CPU a batch of one runs as fast per tile."""
+    return max(1, min(batch, CPU_BATCH_SCORES // (math.prod(tile) * classes * 4)))
+
+
 def gpu_batch_size(*, free: int, tile: tuple[int, ...], channels: int, classes: int, band: int) -> int:
     """Tiles per forward pass on a GPU with ``free`` bytes: half of what the band leaves, at most
     :data:`GPU_BATCH_PIXELS` pixels, at least one tile."""

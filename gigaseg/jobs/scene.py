@@ -31,7 +31,7 @@ from gigaseg.io.store import (
 )
 from gigaseg.jobs.engine import BlockRunner, probability_dtype
 from gigaseg.jobs.fingerprint import check_fingerprint, fingerprint
-from gigaseg.jobs.memory import gpu_batch_size
+from gigaseg.jobs.memory import cpu_batch_size, gpu_batch_size
 from gigaseg.jobs.options import SegmentOptions, cache_bytes, check_options
 from gigaseg.jobs.plan import Plan, length_spacing, make_plan, merge_of
 from gigaseg.jobs.volume import ModelInput, model_input
@@ -119,6 +119,8 @@ def plan_scene(spec: SceneSpec, *, dry: bool = False) -> tuple[ModelInput, Plan]
     largest = tuple(min(t, n) for t, n in zip(plan.grid.tile, plan.grid.shape, strict=True))
     model_tile = getattr(fed.predictor, "model_shape", lambda tile: tile)(largest)
     check_graph(predictor, spec.model, model_tile)  # the card and the tile against the graph, one forward
+    if options.batch_size is None and predictor.device.type == "cpu":
+        predictor.batch_size = cpu_batch_size(predictor.batch_size, tile=plan.grid.tile, classes=card.num_classes)
     if options.batch_size is None and predictor.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(predictor.device)
         predictor.batch_size = gpu_batch_size(
