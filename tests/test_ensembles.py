@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +82,54 @@ def test_a_batch_job_refuses_folds_its_workers_would_not_get(tmp_path):
     report = run_job(job)
     assert report.scenes[0].status == "failed"
     assert "which a cluster's workers do not get" in report.scenes[0].error
+
+
+def test_a_changed_fold_file_is_a_changed_model_for_resume(tmp_path):
+    names = folds(tmp_path, 2)
+    tif = write_tiff(tmp_path / "s.tif", np.zeros((3, 40, 50), np.uint8))
+    card = {**CARD, "folds": names}
+    gigaseg.segment(tif, tmp_path / names[0], tmp_path / "o.zarr", card=card)
+    torch.save(torch.load(tmp_path / names[0]), tmp_path / names[1])  # fold 1 replaced by fold 0's weights
+    with pytest.raises(gigaseg.InputError, match="weights.folds.fold_1.pt"):
+        gigaseg.segment(tif, tmp_path / names[0], tmp_path / "o.zarr", gigaseg.SegmentOptions(resume=True), card=card)
+
+
+def test_folds_on_a_format_that_does_not_read_them_are_refused(tmp_path):
+    model = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 4, 1)), str(model))
+    with pytest.raises(ModelError, match="export one file per fold"):
+        open_model(model, card={**CARD, "arch": "torchscript", "folds": ["a.ts", "b.ts"]})
+
+
+def test_a_job_dry_run_lists_folds_its_workers_would_not_get_as_failing(tmp_path):
+    names = folds(tmp_path, 2)
+    write_tiff(tmp_path / "s.tif", np.zeros((3, 40, 50), np.uint8))
+    (tmp_path / "card.json").write_text(json.dumps({**CARD, "folds": names}))
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"inputs: [s.tif]\nmodel: {names[0]}\ncard: card.json\noutput: {{dir: out}}\ncluster: {{workers: 1}}\n"
+    )
+    result = run("run", job, "--dry-run")
+    assert result.exit_code == 2 and "FAILS" in result.output and "do not get" in result.output
+
+
+def test_two_workers_shipping_one_model_folder_at_once_both_end_with_it(tmp_path, monkeypatch):
+    """A worker that looked before another finished finds the folder at its rename: its own copy goes."""
+    from gigaseg.jobs.runner import ShipModels, shipped_model
+
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
+    target = Path(shipped_model("abc"))
+    (target / "fold_0").mkdir(parents=True)
+    (target / "plans.json").write_bytes(b"{}")  # the other worker's copy, complete
+    real_exists, looked = Path.exists, []
+
+    def late(path):  # the first look happens before the other worker's rename
+        if path == target and not looked:
+            looked.append(path)
+            return False
+        return real_exists(path)
+
+    monkeypatch.setattr(Path, "exists", late)
+    ShipModels({"abc": {"fold_0/w.pt": b"1", "plans.json": b"{}"}}).setup(None)
+    assert looked and (target / "plans.json").read_bytes() == b"{}"
+    assert [p.name for p in target.parent.iterdir()] == ["abc"]  # no partial left

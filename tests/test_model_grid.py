@@ -21,7 +21,7 @@ from rasterio.transform import from_origin
 from torch import nn
 
 import gigaseg
-from gigaseg.errors import InputError
+from gigaseg.errors import GigasegWarning, InputError
 from gigaseg.tiler.grid import Box
 from gigaseg.tiler.regrid import Regrid, resample
 
@@ -273,3 +273,24 @@ def test_nodata_of_a_raster_survives_the_model_grid(tmp_path):
     gigaseg.segment(tif, pointwise(3, 4, dims=2), tmp_path / "o.zarr", card=card)
     mask = zarr.open_group(str(tmp_path / "o.zarr"))["mask"][:]
     np.testing.assert_array_equal(mask == 255, (data == 0).all(axis=0))
+
+
+def test_a_model_grid_far_from_the_input_runs_with_one_warning(tmp_path):
+    path = smooth_volume(tmp_path / "v.nii")
+    with pytest.warns(GigasegWarning, match="check the card.s spacing"):
+        gigaseg.segment(path, pointwise(), tmp_path / "o.zarr", card=card3d(overlap=4, spacing=[12.0, 12.0, 12.0]))
+    assert zarr.open_group(str(tmp_path / "o.zarr"))["mask"].shape == (30, 36, 40)
+
+
+def test_the_dry_run_counts_the_model_grids_tiles(tmp_path):
+    from gigaseg.jobs.preflight import scene_footprint
+    from gigaseg.jobs.scene import SceneSpec
+
+    path = smooth_volume(tmp_path / "v.nii")
+    model = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(pointwise()), str(model))
+    card = card3d(overlap=4, spacing=[0.4, 0.45, 0.65])  # twice finer: 8 times the voxels
+    summary, _ = scene_footprint(SceneSpec(str(path), str(model), str(tmp_path / "o.zarr"), card=card))
+    halos = float(summary.split("(x")[1].split(" ")[0])
+    work = float(summary.split("with halos, ")[1].split(" ")[0])
+    assert halos >= 1.0 and work >= 8 * 40 * 36 * 30 / 1e6 * 0.9

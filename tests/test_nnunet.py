@@ -24,7 +24,7 @@ import zarr
 
 import gigaseg
 import gigaseg.tiler.windows
-from gigaseg.errors import ModelError
+from gigaseg.errors import GigasegWarning, ModelError
 from gigaseg.models.card import ModelCard
 from gigaseg.models.ensemble import Ensemble
 from gigaseg.models.formats import open_model
@@ -499,3 +499,11 @@ def test_on_one_tile_gigaseg_gives_nnunets_mask(made, tmp_path, case):
 def test_gigaseg_agrees_with_nnunets_predictor(made, tmp_path, case):
     """Two folds, many tiles: nnU-Net's window, tile placement and mean of logits, on its grid and off it."""
     assert agreement(made, tmp_path, CASES[case]) >= 0.99
+
+
+def test_a_fold_whose_training_has_not_finished_is_left_out_with_a_warning(result):
+    (result / "fold_2").mkdir()
+    (result / "fold_2" / "checkpoint_best.pth").write_bytes(b"")
+    with pytest.warns(GigasegWarning, match="fold_2 hold no checkpoint_final.pth"):
+        card = nnunet_card(str(result), CONFIGURATION)
+    assert card["folds"] == ["fold_0", "fold_1"]

@@ -20,13 +20,16 @@ from gigaseg.io.stac import is_stac, stac_identity
 from gigaseg.models.formats import model_sha256
 
 
-def fingerprint(input_path: str | Path, model_path: str | Path, options: dict[str, Any]) -> dict[str, Any]:
-    """``input`` (size, mtime, sampled bytes), ``weights`` (sha256) and the pixel-changing ``options``."""
-    return json.loads(
-        json.dumps(
-            {"input": input_identity(input_path), "weights": {"sha256": weights_sha256(model_path)}, "options": options}
-        )
-    )
+def fingerprint(
+    input_path: str | Path, model_path: str | Path, options: dict[str, Any], *, folds: list[str] | None = None
+) -> dict[str, Any]:
+    """``input`` (size, mtime, sampled bytes), ``weights`` (sha256; with a card's ``folds`` beside a model
+    file, theirs too) and the pixel-changing ``options``."""
+    weights: dict[str, Any] = {"sha256": weights_sha256(model_path)}
+    model = str(model_path)
+    if folds and not model.startswith("module:") and os.path.isfile(model):
+        weights["folds"] = {name: model_sha256(str(Path(model).parent / name)) for name in folds}
+    return json.loads(json.dumps({"input": input_identity(input_path), "weights": weights, "options": options}))
 
 
 def input_identity(path: str | Path) -> dict[str, Any]:

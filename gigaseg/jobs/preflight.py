@@ -71,7 +71,7 @@ def predict_footprint(spec: SceneSpec, fed: ModelInput, plan: Plan, device: torc
             plan, card.num_classes, channels=source.channels, readers=spec.options.readers or default_readers(device)
         ),
     )
-    overhead = halo_overhead(plan.grid, plan.blocks)
+    overhead = halo_overhead(plan.grid, plan.blocks, plan.regrid.to_model if plan.regrid else None)
     work = plan.grid.size * overhead * math.prod(plan.grid.tile) / 1e6
     unit = "Mvoxels" if len(plan.grid.shape) == 3 else "Mpix"
     summary = (
@@ -165,7 +165,8 @@ def check_output(spec: SceneSpec, fed: ModelInput, plan: Plan) -> None:
     if holder is not None and stale_reason(lock_path(output), holder) is None:
         raise StoreLockedError(f"{output} is being written by {describe(holder)}")
     if options.resume and is_store(output):
-        current = fingerprint(spec.input, spec.model, pixel_options(plan, fed, options))
+        folds = fed.predictor.card.folds
+        current = fingerprint(spec.input, spec.model, pixel_options(plan, fed, options), folds=folds)
         check_fingerprint(output, open_store(output).attrs.get("fingerprint"), current, ignore=DRY_UNKNOWNS)
 
 

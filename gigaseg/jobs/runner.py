@@ -37,10 +37,10 @@ from gigaseg.jobs.engine import BlockRunner
 from gigaseg.jobs.jobfile import Cluster, Job, Slurm, job_message, join, load_job
 from gigaseg.jobs.outputs import check_file_output
 from gigaseg.jobs.progress import Progress
-from gigaseg.jobs.scene import SceneSpec, open_runner
+from gigaseg.jobs.scene import SceneSpec, load_predictor, open_runner
 from gigaseg.jobs.segment import Summary, discard_if_empty, finish_scene, pending_blocks, plan_checked, refine_stage
 from gigaseg.models.card import ModelCard
-from gigaseg.models.formats import model_sha256
+from gigaseg.models.formats import folder_files, model_sha256
 
 REPORT_NAME = "gigaseg-run-report.json"
 
@@ -161,7 +161,12 @@ class ShipModels(WorkerPlugin):
                 for name, raw in data.items():
                     (partial / name).parent.mkdir(parents=True, exist_ok=True)
                     (partial / name).write_bytes(raw)
-            os.replace(partial, path)
+            try:
+                os.replace(partial, path)
+            except OSError:  # another worker of this machine wrote the same folder first: its copy serves
+                if not path.exists():
+                    raise
+                shutil.rmtree(partial, ignore_errors=True)
 
 
 def ship_models(client: Any, paths: set[str]) -> dict[str, str]:
@@ -176,8 +181,7 @@ def ship_models(client: Any, paths: set[str]) -> dict[str, str]:
 def _model_bytes(path: str) -> Shipped:
     if not os.path.isdir(path):
         return Path(path).read_bytes()
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
-    return {f.relative_to(path).as_posix(): f.read_bytes() for f in files}
+    return {name: file.read_bytes() for name, file in folder_files(path)}
 
 
 def _from_the_system(error: BaseException) -> bool:
@@ -759,6 +763,8 @@ def plan_lines(job: Job, *, base: Path, resume: bool) -> tuple[list[str], int]:
     for spec in job.scenes(resume=resume, base=base):
         try:
             lines.append(describe_scene(spec))
+            cpu = replace(spec, options=replace(spec.options, device="cpu"))  # as the dry run's plan
+            check_shippable(spec.model, load_predictor(cpu).card)  # as the run refuses it
         except GigasegError as e:
             lines.append(f"{spec.input}: FAILS: {e}")
             failing += 1

@@ -174,7 +174,7 @@ def check_channels(card: ModelCard, channels: int, path: str) -> None:
 def open_output(spec: SceneSpec, plan: Plan, fed: ModelInput) -> MaskStore:
     """Create the store; with resume, reopen it if it was started with this very input, model and options."""
     options, card = spec.options, fed.predictor.card
-    current = fingerprint(spec.input, spec.model, pixel_options(plan, fed, options))
+    current = fingerprint(spec.input, spec.model, pixel_options(plan, fed, options), folds=card.folds)
     if options.resume and exists(spec.output) and not cut_short(spec.output):  # a directory, or a prefix
         from gigaseg.jobs.refine import check_resume  # refinement builds on this module
 

@@ -13,11 +13,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gigaseg.errors import InputError
+from gigaseg.errors import GigasegWarning, InputError
 from gigaseg.io.sources import OnModelGrid, Oriented, SliceContext, Source, sample_voxels
 from gigaseg.models import ModelCard, Predictor, Scorer
 from gigaseg.models.intensity import fit_steps, needs_scene
@@ -105,7 +106,23 @@ def model_grid(source: Source, card: ModelCard, view: AxisView, *, slice_axis: i
     for m, a in enumerate(view.order):
         scene_spacing[a] = spacing[m]
     regrid = Regrid.between(tuple(source.shape), tuple(source.spacing), tuple(scene_spacing))
+    warn_odd_grid(source, regrid, key)
     return None if regrid.is_identity else regrid
+
+
+def warn_odd_grid(source: Source, regrid: Regrid, key: str) -> None:
+    """A model grid 8 times finer or coarser than the input, or a few voxels thick, is more often a unit
+    mistaken (metres for degrees, mm for cm) than meant: it runs, with one warning."""
+    factors = [m / n for n, m in zip(regrid.shape, regrid.model_shape, strict=True)]
+    if all(1 / 8 <= f <= 8 for f in factors) and min(regrid.model_shape) >= 4:
+        return
+    warnings.warn(
+        f"the model card's {key} makes {source.path}'s {list(regrid.shape)} voxels {list(regrid.model_shape)} "
+        f"on the model's grid ({' x '.join(f'{s:g}' for s in source.spacing)} {source.unit} per voxel here): "
+        f"check the card's {key}",
+        GigasegWarning,
+        stacklevel=3,
+    )
 
 
 def check_dims(source: Source, card: ModelCard, *, slice_axis: int | None, context: int, canonical: bool) -> None:
@@ -151,7 +168,7 @@ def axis_view(source: Source, *, canonical: bool, card: ModelCard | None = None)
             )
         return AxisView(tuple(2 - v for v in card.axis_order), (False,) * 3)
     if isinstance(source, Oriented):
-        if canonical and orientation not in (None, "RAS"):
+        if canonical and orientation is not None and orientation.upper() != "RAS":
             raise InputError(
                 f"canonical shows the model RAS, but its card says orientation {orientation}", parameters=("canonical",)
             )

@@ -180,9 +180,21 @@ def model_sha256(path: str | Path) -> str:
     if not os.path.isdir(path):
         return _file_sha256(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{_file_sha256(str(file))}\n".encode())
+    for name, file in folder_files(path):
+        digest.update(f"{name}\0{_file_sha256(str(file))}\n".encode())
     return digest.hexdigest()
+
+
+def folder_files(path: str | Path) -> list[tuple[str, Path]]:
+    """A model folder's files by relative name, sorted, symlinked folders followed (nnU-Net
+    result folders often link their folds)."""
+    found = []
+    for root, _, names in os.walk(path, followlinks=True):
+        for name in names:
+            file = Path(root) / name
+            if file.is_file():
+                found.append((file.relative_to(path).as_posix(), file))
+    return sorted(found)
 
 
 def _file_sha256(path: str) -> str:
@@ -435,7 +447,16 @@ def _torch_kind(path: str, fmt: str) -> str:
     return "gigaseg" if data.get("format") == CHECKPOINT else "state_dict"
 
 
+FOLD_FORMATS = ("gigaseg", "state_dict", "smp", "nnunet")  # formats whose folds are weight files of one network
+
+
 def _build(path: str, fmt: str, card: ModelCard) -> tuple[nn.Module, Graph]:
+    if card.folds and fmt not in FOLD_FORMATS:
+        raise ModelError(
+            f"{path} is a {fmt} model: its card's folds name weight files of one network, which "
+            f"{', '.join(FOLD_FORMATS)} models take; export one file per fold instead",
+            parameters=("card",),
+        )
     if fmt == "module":
         if path not in _MODULES:
             raise ModelError(f"{path} names a module of another process; pass the nn.Module itself")

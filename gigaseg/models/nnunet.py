@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gigaseg.errors import ModelError
+from gigaseg.errors import GigasegWarning, ModelError
 from gigaseg.models.card import ModelCard, json_object
 from gigaseg.models.ensemble import Ensemble
 
@@ -309,6 +310,14 @@ def found_folds(folder: Path) -> list[str]:
         raise ModelError(
             f"{folder} has no fold holding {CHECKPOINT} (fold_0/{CHECKPOINT}, ...): training has not finished, "
             "and nnU-Net's predictor reads that file too"
+        )
+    unfinished = sorted(p.name for p in folder.glob("fold_*") if p.is_dir() and p.name not in held)
+    if unfinished:
+        warnings.warn(
+            f"{folder}: {', '.join(unfinished)} hold no {CHECKPOINT} (training not finished) and are left out; "
+            f"running {', '.join(folds)}",
+            GigasegWarning,
+            stacklevel=2,
         )
     return folds
 

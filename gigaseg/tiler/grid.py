@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from gigaseg.errors import InputError
@@ -246,7 +246,10 @@ def read_box(grid: TileGrid, block: Box) -> Box:
     return Box(start, stop)
 
 
-def halo_overhead(grid: TileGrid, blocks: BlockGrid) -> float:
-    """Tiles computed over all blocks divided by the tiles of the grid (>= 1)."""
-    computed = sum(math.prod(len(r) for r in grid.tiles_overlapping(blocks.block_box(i))) for i in blocks.indices())
+def halo_overhead(grid: TileGrid, blocks: BlockGrid, region: Callable[[Box], Box] | None = None) -> float:
+    """Tiles computed over all blocks divided by the tiles of the grid (>= 1). ``region``: where a
+    block's box lies on the tiles' grid (a model's own grid), when that is not the block's grid."""
+    where = region or (lambda box: box)
+    boxes = (where(blocks.block_box(i)) for i in blocks.indices())
+    computed = sum(math.prod(len(r) for r in grid.tiles_overlapping(box)) for box in boxes)
     return computed / grid.size
