@@ -507,3 +507,24 @@ def test_a_fold_whose_training_has_not_finished_is_left_out_with_a_warning(resul
     with pytest.warns(GigasegWarning, match="fold_2 hold no checkpoint_final.pth"):
         card = nnunet_card(str(result), CONFIGURATION)
     assert card["folds"] == ["fold_0", "fold_1"]
+
+
+def test_a_result_folders_identity_is_its_plans_and_final_checkpoints(result):
+    """What nnU-Net writes beside them (validation predictions, logs, best checkpoints) neither changes the
+    model for --resume nor travels to a cluster's workers."""
+    from gigaseg.models.formats import folder_files, model_sha256
+
+    before = model_sha256(result)
+    (result / "fold_0" / "validation").mkdir()
+    (result / "fold_0" / "validation" / "case_000.nii.gz").write_bytes(b"x" * 1000)
+    (result / "fold_0" / "checkpoint_best.pth").write_bytes(b"y")
+    (result.parent / "inference_information.json").write_text("{}")
+    assert model_sha256(result) == before
+    assert [name for name, _ in folder_files(result)] == [
+        "dataset.json",
+        "fold_0/checkpoint_final.pth",
+        "fold_1/checkpoint_final.pth",
+        "plans.json",
+    ]
+    (result / "fold_1" / "checkpoint_final.pth").write_bytes((result / "fold_0" / "checkpoint_final.pth").read_bytes())
+    assert model_sha256(result) != before

@@ -186,15 +186,28 @@ def model_sha256(path: str | Path) -> str:
 
 
 def folder_files(path: str | Path) -> list[tuple[str, Path]]:
-    """A model folder's files by relative name, sorted, symlinked folders followed (nnU-Net
-    result folders often link their folds)."""
+    """A model folder's files that make the model, by relative name, sorted, symlinked folders followed
+    (nnU-Net result folders often link their folds). Of an nnU-Net folder the plans, dataset.json and
+    final checkpoints only (not its validation predictions, best checkpoints or logs), of a MONAI bundle
+    its configs and models: what is hashed for resume and shipped to a cluster's workers."""
+    keep = _MODEL_FILES.get(detect_format(path), lambda name: True)
     found = []
     for root, _, names in os.walk(path, followlinks=True):
         for name in names:
             file = Path(root) / name
-            if file.is_file():
-                found.append((file.relative_to(path).as_posix(), file))
+            relative = file.relative_to(path).as_posix()
+            if file.is_file() and keep(relative):
+                found.append((relative, file))
     return sorted(found)
+
+
+_MODEL_FILES: dict[str, Callable[[str], bool]] = {
+    "nnunet": lambda name: (
+        name.rsplit("/", 1)[-1] in ("plans.json", "dataset.json")
+        or (name.endswith("/checkpoint_final.pth") and name.split("/")[-2].startswith("fold_"))
+    ),
+    "monai_bundle": lambda name: name.startswith(("configs/", "models/")),
+}
 
 
 def _file_sha256(path: str) -> str:
