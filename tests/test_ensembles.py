@@ -71,7 +71,8 @@ def test_a_missing_fold_is_one_line_and_nothing_is_created(tmp_path):
         open_model(tmp_path / names[0], card={**CARD, "folds": []})
 
 
-def test_a_batch_job_refuses_folds_its_workers_would_not_get(tmp_path):
+def job_with_folds(tmp_path):
+    """A job file of one scene whose card names two folds beside the model file."""
     names = folds(tmp_path, 2)
     write_tiff(tmp_path / "s.tif", np.zeros((3, 40, 50), np.uint8))
     (tmp_path / "card.json").write_text(json.dumps({**CARD, "folds": names}))
@@ -79,6 +80,11 @@ def test_a_batch_job_refuses_folds_its_workers_would_not_get(tmp_path):
     job.write_text(
         f"inputs: [s.tif]\nmodel: {names[0]}\ncard: card.json\noutput: {{dir: out}}\ncluster: {{workers: 1}}\n"
     )
+    return job
+
+
+def test_a_batch_job_refuses_folds_its_workers_would_not_get(tmp_path):
+    job = job_with_folds(tmp_path)
     report = run_job(job)
     assert report.scenes[0].status == "failed"
     assert "which a cluster's workers do not get" in report.scenes[0].error
@@ -102,13 +108,7 @@ def test_folds_on_a_format_that_does_not_read_them_are_refused(tmp_path):
 
 
 def test_a_job_dry_run_lists_folds_its_workers_would_not_get_as_failing(tmp_path):
-    names = folds(tmp_path, 2)
-    write_tiff(tmp_path / "s.tif", np.zeros((3, 40, 50), np.uint8))
-    (tmp_path / "card.json").write_text(json.dumps({**CARD, "folds": names}))
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        f"inputs: [s.tif]\nmodel: {names[0]}\ncard: card.json\noutput: {{dir: out}}\ncluster: {{workers: 1}}\n"
-    )
+    job = job_with_folds(tmp_path)
     result = run("run", job, "--dry-run")
     assert result.exit_code == 2 and "FAILS" in result.output and "do not get" in result.output
 
