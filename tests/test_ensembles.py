@@ -133,3 +133,17 @@ def test_two_workers_shipping_one_model_folder_at_once_both_end_with_it(tmp_path
     ShipModels({"abc": {"fold_0/w.pt": b"1", "plans.json": b"{}"}}).setup(None)
     assert looked and (target / "plans.json").read_bytes() == b"{}"
     assert [p.name for p in target.parent.iterdir()] == ["abc"]  # no partial left
+
+
+def test_a_fold_named_twice_is_refused(tmp_path):
+    names = folds(tmp_path, 2)
+    with pytest.raises(ModelError, match="folds names one twice"):
+        open_model(tmp_path / names[0], card={**CARD, "folds": [names[0], names[0]]})
+
+
+def test_the_card_beside_a_model_folder_given_as_dot_is_named_after_the_folder(tmp_path, monkeypatch):
+    from gigaseg.models.formats import sidecar
+
+    monkeypatch.chdir(tmp_path)
+    assert sidecar(".") == f"{tmp_path}.card.json"
+    assert sidecar("s3://bucket/model/") == "s3://bucket/model.card.json"

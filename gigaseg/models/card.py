@@ -282,6 +282,8 @@ def check_grid_keys(card: ModelCard) -> None:
         not isinstance(card.folds, list) or not card.folds or not all(isinstance(f, str) and f for f in card.folds)
     ):
         raise ModelError(f"model card: folds must be a list of weight files, got {card.folds!r}")
+    if card.folds is not None and len(set(card.folds)) != len(card.folds):
+        raise ModelError(f"model card: folds names one twice: {card.folds}")
 
 
 def read_card_json(path: str | Path) -> dict[str, Any]:

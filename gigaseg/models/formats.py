@@ -251,7 +251,11 @@ def card_layers(
 
 def sidecar(path: str) -> str | None:
     """``<model file or folder>.card.json``, where a card for a model that carries none is looked for."""
-    return None if path.startswith("module:") else str(path).rstrip("/") + ".card.json"
+    if path.startswith("module:"):
+        return None
+    if "://" in path:
+        return path.rstrip("/") + ".card.json"
+    return str(Path(path).absolute()).rstrip("/") + ".card.json"  # "." is the folder's name, not ".."
 
 
 def _own_layers(path: str, fmt: str, configuration: str | None = None) -> list[tuple[str, dict[str, Any]]]:
