@@ -32,12 +32,11 @@ from gigaseg.jobs.strips import prefetch, read_strips
 from gigaseg.jobs.volume import Normalize
 from gigaseg.models import Scorer
 from gigaseg.tiler import Box, Released, Scratch, Stitcher
-from gigaseg.tiler.regrid import BackRows
+from gigaseg.tiler.regrid import BACK_ROWS, BackRows
 from gigaseg.tiler.stitch import finish
 from gigaseg.tiler.tiles import Strip, Tile, TileBatch
 
 T = TypeVar("T")
-BACK_ROWS = 8  # model-grid rows released at once on the way back to the scene's grid
 
 
 class BlockRunner:
@@ -176,7 +175,7 @@ class BlockRunner:
         """The window that brings a block's blended model rows back to its scene rows."""
         regrid, chunk = self.plan.regrid, self.plan.blocks.chunk[0]
         assert regrid is not None
-        capacity = BackRows.capacity(regrid, chunk, BACK_ROWS)
+        capacity = BackRows.capacity(regrid, chunk)
         return BackRows(
             regrid,
             out_box,

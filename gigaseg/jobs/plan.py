@@ -15,7 +15,7 @@ from gigaseg.jobs.memory import fit_block_side, format_bytes, parse_bytes
 from gigaseg.jobs.options import DEFAULT_BLOCK, DEFAULT_CHUNK, Length, SegmentOptions
 from gigaseg.models import ModelCard
 from gigaseg.tiler import BlockGrid, TileGrid, blend_window, to_pixels
-from gigaseg.tiler.regrid import Regrid
+from gigaseg.tiler.regrid import BackRows, Regrid
 from gigaseg.tiler.stitch import band_bytes
 
 UNITS_IN_METRES = {"mm": 1e-3, "m": 1.0}
@@ -47,14 +47,13 @@ class Plan:
         kept to bring a chunk back (a chunk's worth there, and the tile row released last)."""
         if self.regrid is None:
             return self.stitcher_depth()
-        return self.stitcher_depth() + self.region_shape(self.blocks.chunk)[0] + 8  # engine.BACK_ROWS
+        return self.stitcher_depth() + BackRows.capacity(self.regrid, self.blocks.chunk[0])
 
-    def region_shape(self, shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
-        """The model-grid voxels a box of ``shape`` scene voxels (a block) reads, at most."""
-        shape = shape or self.blocks.block
+    def region_shape(self) -> tuple[int, ...]:
+        """The model-grid voxels a block reads, at most (the block itself without a model grid)."""
         if self.regrid is None:
-            return shape
-        scale = zip(shape, self.regrid.shape, self.regrid.model_shape, strict=True)
+            return self.blocks.block
+        scale = zip(self.blocks.block, self.regrid.shape, self.regrid.model_shape, strict=True)
         return tuple(min(m, math.ceil(b * m / n) + 2) for b, n, m in scale)
 
     def describe(self) -> dict[str, Any]:
@@ -151,7 +150,7 @@ def make_plan(
     scale = max((m / n for n, m in zip(shape[1:], grid_shape[1:], strict=True)), default=1.0)
     depth = grid.tile[0] + chunk
     if regrid is not None:  # the band on the model's grid, and the model rows held to bring a chunk back
-        depth = grid.tile[0] + math.ceil(chunk * grid_shape[0] / shape[0]) + 10
+        depth = grid.tile[0] + BackRows.capacity(regrid, chunk)
     side = fit_block_side(depth=depth, classes=card.num_classes, ndim=ndim, budget=budget, chunk=chunk, limit=block)
     if regrid is not None:
         side = max(chunk, int(side / scale) // chunk * chunk)

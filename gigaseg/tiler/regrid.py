@@ -111,6 +111,7 @@ def _empty(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+BACK_ROWS = 8  # model-grid rows the stitcher releases at once on the way back to the scene's grid
 PIECE_BYTES = 64 * 2**20  # float32 probabilities interpolated at once
 Piece = tuple[Box, torch.Tensor, torch.Tensor]
 
@@ -156,7 +157,7 @@ class BackRows:
         self._received = region.start[0]  # the model rows in: [first, received)
 
     @staticmethod
-    def capacity(regrid: Regrid, chunk: int, release: int) -> int:
+    def capacity(regrid: Regrid, chunk: int, release: int = BACK_ROWS) -> int:
         """Window rows enough for the model rows of a chunk of scene rows and one release."""
         return math.ceil(chunk * regrid.model_shape[0] / regrid.shape[0]) + 3 + release
 
